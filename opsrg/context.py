@@ -1,0 +1,89 @@
+"""Everything a command needs, built once from the settings: host, folders, state, tasks.
+
+Objects are made lazily, so a quick command (``fsm-status``) pays only for what it reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .settings import LoadedSettings, load_settings
+
+
+@dataclass
+class Context:
+    loaded: LoadedSettings
+
+    @classmethod
+    def load(cls, env_file: str | None = None) -> "Context":
+        return cls(load_settings(env_file))
+
+    @property
+    def s(self):
+        return self.loaded.settings
+
+    # -------------------------------------------------------- paths (on the pod)
+    def pod_path(self, value: str) -> str:
+        """A pod-side path: for the local provider, relative paths are under the project root."""
+        if self.s.pod_provider == "local":
+            return str(self.loaded.local_path(value))
+        return value
+
+    @property
+    def outputs_dir(self) -> str:
+        return self.pod_path(self.s.ops_remote_outputs_dir)
+
+    @property
+    def control_dir(self) -> str:
+        return f"{self.outputs_dir}/_control"
+
+    @property
+    def state_file(self) -> Path:
+        """The FSM file. It is read on this machine, so the local provider keeps it with the outputs."""
+        if self.s.wf_state_file:
+            return self.loaded.local_path(self.s.wf_state_file)
+        if self.s.pod_provider == "local":
+            return Path(self.control_dir) / "workflow_state.json"
+        return self.loaded.local_path(".opsrg/control") / "workflow_state.json"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.loaded.local_path(self.s.local_artifacts_dir)
+
+    # -------------------------------------------------------- objects
+    @cached_property
+    def host(self):
+        from .hosts import LocalHost
+
+        if self.s.pod_provider == "local":
+            return LocalHost()
+        from .errors import ConfigError
+
+        raise ConfigError(f"POD_PROVIDER={self.s.pod_provider}: remote pods are not available in this build")
+
+    @cached_property
+    def store(self):
+        from .workflow_state import StateStore
+
+        return StateStore(self.state_file)
+
+    @cached_property
+    def tasks(self):
+        from .tracked import TaskManager
+
+        return TaskManager(
+            self.host, self.outputs_dir, tmux_socket=self.s.ops_tmux_socket,
+            tmux_session=self.s.wf_tmux_session, kill_grace=self.s.task_kill_grace_secs,
+            stale_secs=self.s.task_heartbeat_stale_secs,
+        )
+
+    def transition(self, command: str):
+        """The FSM guard for ``command`` (enforced unless WF_FSM_ENFORCE=0)."""
+        return self.store.transition(command, enforce=self.s.wf_fsm_enforce)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

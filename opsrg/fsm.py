@@ -1,0 +1,125 @@
+"""The workflow state machine: states, and one table of which command runs where.
+
+Pure logic, no I/O: :mod:`opsrg.workflow_state` persists it. Nothing else in the product
+hard-codes a transition; commands ask :func:`check` and apply :func:`target_of`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import IllegalStateError
+
+
+class State(str, enum.Enum):
+    INIT = "INIT"
+    POD_READY = "POD_READY"
+    BOOTSTRAPPED = "BOOTSTRAPPED"
+    CHECKED_OUT = "CHECKED_OUT"
+    SWEEP_RUNNING = "SWEEP_RUNNING"
+    SWEEP_COMPLETED = "SWEEP_COMPLETED"
+    SWEEP_FAILED = "SWEEP_FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALL = frozenset(State)
+HAS_POD = ALL - {State.INIT}
+HAS_CHECKOUT = frozenset(
+    {State.CHECKED_OUT, State.SWEEP_RUNNING, State.SWEEP_COMPLETED, State.SWEEP_FAILED}
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Where a command may run, and the state it leaves behind on success (None: unchanged)."""
+
+    allowed: frozenset[State]
+    target: State | None
+    next_step: str = ""
+
+
+# The one table. Read-only commands are listed too, so `fsm-check` answers for every command.
+TABLE: dict[str, Rule] = {
+    "pod-up": Rule(frozenset({State.INIT, State.POD_READY}), State.POD_READY),
+    "pod-down": Rule(ALL, State.INIT),
+    "pod-status": Rule(ALL, None),
+    "bootstrap": Rule(frozenset({State.POD_READY, State.BOOTSTRAPPED}), State.BOOTSTRAPPED, "inv pod-up"),
+    "checkout": Rule(
+        frozenset({State.BOOTSTRAPPED, State.CHECKED_OUT, State.SWEEP_COMPLETED, State.SWEEP_FAILED}),
+        State.CHECKED_OUT,
+        "inv bootstrap",
+    ),
+    "push": Rule(ALL - {State.INIT, State.POD_READY}, None, "inv bootstrap"),
+    "pull": Rule(HAS_POD, None, "inv pod-up"),
+    "fetch-run": Rule(HAS_POD, None, "inv pod-up"),
+    "sweep-start": Rule(frozenset({State.CHECKED_OUT, State.SWEEP_COMPLETED}), State.SWEEP_RUNNING, "inv checkout"),
+    "sweep-resume": Rule(frozenset({State.SWEEP_FAILED, State.SWEEP_RUNNING}), State.SWEEP_RUNNING),
+    "sweep-completed": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_COMPLETED),
+    "sweep-failed": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_FAILED),
+    "sweep-cancel": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_FAILED),
+    "sweep-status": Rule(ALL, None),
+    "task-run": Rule(HAS_POD, None, "inv pod-up"),
+    "task-kill": Rule(ALL, None),
+    "task-status": Rule(ALL, None),
+    "task-wait": Rule(ALL, None),
+    "task-list": Rule(ALL, None),
+    "task-logs": Rule(ALL, None),
+    "task-attach": Rule(ALL, None),
+    "fsm-status": Rule(ALL, None),
+    "fsm-history": Rule(ALL, None),
+    "fsm-check": Rule(ALL, None),
+    "fsm-reset": Rule(ALL, None),
+    "config-show": Rule(ALL, None),
+}
+
+
+def parse_state(name: str) -> State:
+    try:
+        return State(name.strip().upper())
+    except ValueError:
+        known = ", ".join(s.value for s in State)
+        raise IllegalStateError(f"unknown state {name!r}; known states: {known}") from None
+
+
+def rule_for(command: str) -> Rule:
+    try:
+        return TABLE[command]
+    except KeyError:
+        raise IllegalStateError(
+            f"unknown command {command!r}; known: {', '.join(sorted(TABLE))}"
+        ) from None
+
+
+def _ordered(states: frozenset[State]) -> list[str]:
+    order = list(State)
+    return [s.value for s in sorted(states, key=order.index)]
+
+
+def refusal(command: str, current: State) -> str | None:
+    """The message that refuses ``command`` in ``current``, or None when it may run."""
+    rule = rule_for(command)
+    if current in rule.allowed:
+        return None
+    msg = (
+        f"'{command}' is not allowed in state {current.value}; "
+        f"allowed in: {', '.join(_ordered(rule.allowed))}"
+    )
+    if rule.next_step:
+        msg += f" (usually reached with: {rule.next_step})"
+    return msg
+
+
+def check(command: str, current: State) -> None:
+    """Raise IllegalStateError when ``command`` may not run in ``current``."""
+    msg = refusal(command, current)
+    if msg is not None:
+        raise IllegalStateError(msg)
+
+
+def target_of(command: str, current: State) -> State:
+    """The state after ``command`` succeeds in ``current``."""
+    rule = rule_for(command)
+    return rule.target if rule.target is not None else current

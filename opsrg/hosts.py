@@ -1,0 +1,126 @@
+"""Where commands run and files live: one small interface, a local and an SSH implementation.
+
+Everything above this layer (tracked tasks, the FSM file, sweeps, fetch-run) talks to a
+:class:`Host` only, so a pod reached over SSH behaves exactly like this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from .atomic import atomic_write_text
+from .errors import HostError
+
+
+@dataclass(frozen=True)
+class RunResult:
+    command: str
+    exited: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+
+Command = Sequence[str] | str
+
+
+def as_shell(cmd: Command) -> str:
+    """A command as one shell string; a list is quoted word by word."""
+    return cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
+
+
+class Host(Protocol):
+    """The whole host contract."""
+
+    name: str
+    python: str
+
+    def run(self, cmd: Command, *, check: bool = True, timeout: float | None = None,
+            env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult: ...
+
+    def put(self, local: str | os.PathLike[str], remote: str) -> None: ...
+
+    def get(self, remote: str, local: str | os.PathLike[str]) -> None: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def read_text(self, path: str) -> str | None: ...
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
+
+    def sync(self, src: str, dst: str, *, to_host: bool = True, delete: bool = False,
+             dry_run: bool = False, excludes: Sequence[str] = ()) -> RunResult: ...
+
+
+class LocalHost:
+    """This machine: the default pod, and the client side of every remote operation."""
+
+    def __init__(self, python: str | None = None) -> None:
+        import sys
+
+        self.name = socket.gethostname()
+        self.python = python or sys.executable
+
+    def run(self, cmd: Command, *, check: bool = True, timeout: float | None = None,
+            env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult:
+        shell = as_shell(cmd)
+        full_env = {**os.environ, **(env or {})}
+        try:
+            p = subprocess.run(
+                ["bash", "-c", shell], capture_output=True, text=True, timeout=timeout,
+                env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise HostError(f"{self.name}: command timed out after {timeout}s: {shell}") from e
+        res = RunResult(shell, p.returncode, p.stdout, p.stderr)
+        if check and not res.ok:
+            raise HostError(
+                f"{self.name}: command failed with exit {p.returncode}: {shell}\n{p.stderr.strip()[-2000:]}"
+            )
+        return res
+
+    def put(self, local: str | os.PathLike[str], remote: str) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(local, remote)
+
+    def get(self, remote: str, local: str | os.PathLike[str]) -> None:
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(remote, local)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        atomic_write_text(path, text, mode=mode)
+
+    def sync(self, src: str, dst: str, *, to_host: bool = True, delete: bool = False,
+             dry_run: bool = False, excludes: Sequence[str] = ()) -> RunResult:
+        """rsync between two folders of this machine (direction is moot locally)."""
+        args = ["rsync", "-a", "--partial", "--itemize-changes"]
+        if delete:
+            args.append("--delete")
+        if dry_run:
+            args.append("--dry-run")
+        args += [f"--exclude={x}" for x in excludes]
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        args += [src.rstrip("/") + "/", dst.rstrip("/") + "/"]
+        p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise HostError(f"{self.name}: rsync {src} -> {dst} failed ({p.returncode}): {p.stderr.strip()}")
+        return RunResult(shlex.join(args), p.returncode, p.stdout, p.stderr)

@@ -1,0 +1,558 @@
+"""Numba kernels of the ``cpu`` backend (imported lazily by :mod:`opsrg.rg.backends.cpu`).
+
+One fused pass per sample: Philox4x32-10 words keyed by (key, global sample index), alias draws of
+5 z, 4 loop phases, the map of RG_SPEC 2.2 as z' = ln(|N_r|^2/|N_t|^2), then histogram and sums.
+The random stream depends only on (key, sample index), so counts are identical for any chunk
+size or thread count, and the same stream is what ``kernels/rg_step.cu`` draws on a GPU.
+
+Vectorisation: numba has no vector maths library here (no SVML), so exp, log, sin and cos are
+written as float32 polynomials (Cephes coefficients, about 1 ulp) with bit casts for the exponent;
+LLVM then vectorises the whole sample loop (AVX-512: 16 lanes). sin and cos come from one
+polynomial pair on [-pi/4, pi/4] plus a quadrant rotation, so there is no ``sincos`` call that
+would block vectorisation (RG_SPEC 4, build gotcha). The float64 path uses the same loop with
+libm's exp/log (scalar) and float64 polynomials for sin/cos.
+
+Word layout per sample i (shared with the CUDA kernel): Philox call j = 0..4 with counter
+(lo32(i), hi32(i), j, 0) gives words (x0, x1, x2, x3); input z_{j+1} uses x0 (column), x1
+(keep-or-alias) and x2 (position in the bin); loop phase Phi_{j+1} (j < 4) uses x3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core.extending import intrinsic
+
+# fast-math flags without nnan/ninf: NaN and inf tests in the binning stay meaningful
+FM = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+U64 = np.uint64
+MASK32 = U64(0xFFFFFFFF)
+SH32 = U64(32)
+SH8 = U64(8)
+SH30 = U64(30)
+PH_M0 = U64(0xD2511F53)
+PH_M1 = U64(0xCD9E8D57)
+PH_W0 = U64(0x9E3779B9)
+PH_W1 = U64(0xBB67AE85)
+Q30MASK = U64(0x3FFFFFFF)
+U64_1 = U64(1)
+U64_2 = U64(2)
+U64_3 = U64(3)
+
+F32 = np.float32
+# float32 constants (module globals of numpy scalar type keep float32 typing in numba)
+F_0 = F32(0.0)
+F_HALF = F32(0.5)
+F_1 = F32(1.0)
+F_2M24 = F32(2.0 ** -24)
+F_2M30 = F32(2.0 ** -30)
+F_PIO2 = F32(math.pi / 2)
+F_LOG2E = F32(1.4426950408889634)
+F_LN2_HI = F32(0.693359375)
+F_LN2_LO = F32(-2.12194440e-4)
+F_SQRTH = F32(0.70710678118654752)
+F_MIN_NORMAL = F32(1.1754943508222875e-38)
+F_MAX = F32(3.4028234663852886e38)
+F_EXP_P0 = F32(1.9875691500e-4)
+F_EXP_P1 = F32(1.3981999507e-3)
+F_EXP_P2 = F32(8.3334519073e-3)
+F_EXP_P3 = F32(4.1665795894e-2)
+F_EXP_P4 = F32(1.6666665459e-1)
+F_EXP_P5 = F32(5.0000001201e-1)
+F_LOG_P = tuple(F32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                                 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                                 3.3333331174e-1))
+F_LOG_P0, F_LOG_P1, F_LOG_P2, F_LOG_P3, F_LOG_P4, F_LOG_P5, F_LOG_P6, F_LOG_P7, F_LOG_P8 = F_LOG_P
+F_SIN_P0 = F32(-1.9515295891e-4)
+F_SIN_P1 = F32(8.3321608736e-3)
+F_SIN_P2 = F32(-1.6666654611e-1)
+F_COS_P0 = F32(2.443315711809948e-5)
+F_COS_P1 = F32(-1.388731625493765e-3)
+F_COS_P2 = F32(4.166664568298827e-2)
+F_EXP_MIN = F32(-87.0)
+F_INF = F32(np.inf)
+F_NAN = F32(np.nan)
+I32_127 = np.int32(127)
+I32_23 = np.int32(23)
+I32_MANT = np.int32(0x007FFFFF)
+I32_HALF = np.int32(0x3F000000)
+
+
+# ---------------------------------------------------------------------------------------- bit casts
+@intrinsic
+def _f32_bits(typingctx, x):
+    """float32 -> its int32 bit pattern."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, x):
+    """int32 bit pattern -> float32."""
+    if x != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+# ----------------------------------------------------------------------------------------- Philox
+@njit(cache=True, fastmath=FM)
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Salmon et al. 2011) on 32-bit values held in uint64."""
+    for _ in range(10):
+        p0 = c0 * PH_M0
+        p1 = c2 * PH_M1
+        n0 = (p1 >> SH32) ^ c1 ^ k0
+        n1 = p1 & MASK32
+        n2 = (p0 >> SH32) ^ c3 ^ k1
+        n3 = p0 & MASK32
+        c0 = n0
+        c1 = n1
+        c2 = n2
+        c3 = n3
+        k0 = (k0 + PH_W0) & MASK32
+        k1 = (k1 + PH_W1) & MASK32
+    return c0, c1, c2, c3
+
+
+@njit(cache=True)
+def philox_block(ctr, key):
+    """Test helper: one Philox4x32-10 block (ctr: 4 uint32 values, key: 2)."""
+    out = np.empty(4, dtype=np.uint64)
+    a, b, c, d = philox4x32_10(U64(ctr[0]), U64(ctr[1]), U64(ctr[2]), U64(ctr[3]), U64(key[0]), U64(key[1]))
+    out[0] = a
+    out[1] = b
+    out[2] = c
+    out[3] = d
+    return out
+
+
+# ------------------------------------------------------------------------------- float32 maths
+@njit(cache=True, fastmath=FM)
+def exp_neg32(x):
+    """exp(x) for float32 x <= 0 (x >= -87); Cephes expf, about 1 ulp."""
+    x = max(x, F_EXP_MIN)
+    fn = math.floor(x * F_LOG2E + F_HALF)
+    r = x - fn * F_LN2_HI - fn * F_LN2_LO
+    r2 = r * r
+    p = ((((F_EXP_P0 * r + F_EXP_P1) * r + F_EXP_P2) * r + F_EXP_P3) * r + F_EXP_P4) * r + F_EXP_P5
+    p = p * r2 + r + F_1
+    scale = _bits_f32((np.int32(fn) + I32_127) << I32_23)
+    return p * scale
+
+
+@njit(cache=True, fastmath=FM)
+def log32(q):
+    """ln(q) for finite normal float32 q > 0; Cephes logf, about 1 ulp.
+
+    0 and denormals give -inf, +inf gives +inf and NaN or negative input gives NaN.
+    """
+    bits = _f32_bits(q)
+    e = (bits >> I32_23) - np.int32(126)
+    m = _bits_f32((bits & I32_MANT) | I32_HALF)  # in [0.5, 1)
+    small = m < F_SQRTH
+    fe = F32(e - np.int32(1)) if small else F32(e)
+    x = (m + m - F_1) if small else (m - F_1)
+    z = x * x
+    y = ((((((((F_LOG_P0 * x + F_LOG_P1) * x + F_LOG_P2) * x + F_LOG_P3) * x + F_LOG_P4) * x + F_LOG_P5) * x
+             + F_LOG_P6) * x + F_LOG_P7) * x + F_LOG_P8) * x * z
+    y = y + F_LN2_LO * fe - F_HALF * z
+    res = x + y + F_LN2_HI * fe
+    if not (q >= F_MIN_NORMAL):
+        res = -F_INF if q >= F_0 else F_NAN
+    if q > F_MAX:
+        res = F_INF
+    return res
+
+
+@njit(cache=True, fastmath=FM)
+def sincos_quarter32(a):
+    """(cos a, sin a) for float32 |a| <= pi/4; Cephes sinf/cosf polynomials."""
+    a2 = a * a
+    s = ((F_SIN_P0 * a2 + F_SIN_P1) * a2 + F_SIN_P2) * a2 * a + a
+    c = ((F_COS_P0 * a2 + F_COS_P1) * a2 + F_COS_P2) * a2 * a2 - F_HALF * a2 + F_1
+    return c, s
+
+
+@njit(cache=True, fastmath=FM)
+def rotate_quadrant(c, s, q):
+    """(cos, sin) of a + q*pi/2 given (cos a, sin a); q in 0..3 as uint64."""
+    odd = (q & U64_1) != 0
+    neg_c = ((q + U64_1) & U64_2) != 0  # q = 1, 2: cos of the result < 0 side
+    neg_s = (q & U64_2) != 0  # q = 2, 3
+    cc = s if odd else c
+    ss = c if odd else s
+    cc = -cc if neg_c else cc
+    ss = -ss if neg_s else ss
+    return cc, ss
+
+
+@njit(cache=True, fastmath=FM)
+def phase_from_word32(w):
+    """(cos, sin) of the loop phase (pi/2) (q + f - 1/2), q = top 2 bits, f = low 30 bits / 2^30.
+
+    That phase is uniform over a full period [-pi/4, 7pi/4), equivalent to uniform on [0, 2pi).
+    """
+    q = w >> SH30
+    f = F32(w & Q30MASK) * F_2M30
+    c, s = sincos_quarter32((f - F_HALF) * F_PIO2)
+    return rotate_quadrant(c, s, q)
+
+
+@njit(cache=True, fastmath=FM)
+def t_r_32(z):
+    """(t, r) from z: e = exp(-|z|), t^2 = e/(1+e) for z >= 0 else 1/(1+e)."""
+    e = exp_neg32(-abs(z))
+    inv = F_1 / (F_1 + e)
+    small = math.sqrt(e * inv)
+    large = math.sqrt(inv)
+    if z >= F_0:
+        return small, large
+    return large, small
+
+
+@njit(cache=True, fastmath=FM)
+def t_r_64(z):
+    e = math.exp(-abs(z))
+    inv = 1.0 / (1.0 + e)
+    small = math.sqrt(e * inv)
+    large = math.sqrt(inv)
+    if z >= 0.0:
+        return small, large
+    return large, small
+
+
+@njit(cache=True, fastmath=FM)
+def sincos_quarter64(a):
+    """(cos a, sin a) for |a| <= pi/4 in float64 (Taylor to a^17 / a^16: < 1e-16)."""
+    a2 = a * a
+    s = a * (1.0 + a2 * (-1.0 / 6 + a2 * (1.0 / 120 + a2 * (-1.0 / 5040 + a2 * (
+        1.0 / 362880 + a2 * (-1.0 / 39916800 + a2 * (1.0 / 6227020800 + a2 * (
+            -1.0 / 1307674368000 + a2 * (1.0 / 355687428096000)))))))))
+    c = 1.0 + a2 * (-0.5 + a2 * (1.0 / 24 + a2 * (-1.0 / 720 + a2 * (1.0 / 40320 + a2 * (
+        -1.0 / 3628800 + a2 * (1.0 / 479001600 + a2 * (-1.0 / 87178291200 + a2 * (
+            1.0 / 20922789888000))))))))
+    return c, s
+
+
+@njit(cache=True, fastmath=FM)
+def phase_from_word64(w):
+    q = w >> SH30
+    f = float(w & Q30MASK) * (2.0 ** -30)
+    c, s = sincos_quarter64((f - 0.5) * (math.pi / 2))
+    return rotate_quadrant(c, s, q)
+
+
+# ---------------------------------------------------------------------------------------- the map
+@njit(cache=True, fastmath=FM)
+def numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, c1, c2, c3, c4, s1, s2, s3, s4, one):
+    """(|N_r|^2, |N_t|^2) of RG_SPEC 2.2 in real arithmetic of the type of ``one``."""
+    c34 = c3 * c4 - s3 * s4
+    s34 = s3 * c4 + c3 * s4
+    c12 = c1 * c2 - s1 * s2
+    s12 = s1 * c2 + c1 * s2
+    # N_t = t1 t5 (a E2 - 1) + t2 t4 E3 E4 (b conj(E1) - 1) + t3 (t2 t5 E3 + t1 t4 E4)
+    a = r2 * r3 * r4
+    b = r1 * r3 * r5
+    t15 = t1 * t5
+    t24 = t2 * t4
+    t25 = t2 * t5
+    t14 = t1 * t4
+    x = b * c1 - one
+    y = -(b * s1)
+    nt_re = t15 * (a * c2 - one) + t24 * (c34 * x - s34 * y) + t3 * (t25 * c3 + t14 * c4)
+    nt_im = t15 * (a * s2) + t24 * (s34 * x + c34 * y) + t3 * (t25 * s3 + t14 * s4)
+    # N_r = r1 r2 (c E4 - 1) + r4 r5 E1 E2 (d conj(E3) - 1) + r3 (r2 r5 E1 + r1 r4 E2)
+    cc = t3 * t4 * t5
+    dd = t1 * t2 * t3
+    r12 = r1 * r2
+    r45 = r4 * r5
+    r25 = r2 * r5
+    r14 = r1 * r4
+    x = dd * c3 - one
+    y = -(dd * s3)
+    nr_re = r12 * (cc * c4 - one) + r45 * (c12 * x - s12 * y) + r3 * (r25 * c1 + r14 * c2)
+    nr_im = r12 * (cc * s4) + r45 * (s12 * x + c12 * y) + r3 * (r25 * s1 + r14 * s2)
+    return nr_re * nr_re + nr_im * nr_im, nt_re * nt_re + nt_im * nt_im
+
+
+# --------------------------------------------------------------------------- draws (alias table)
+@njit(cache=True, fastmath=FM)
+def draw_z32(x0, x1, x2, thr, zkeep, zalias, nbins_u, width32):
+    """z from the alias table: column from x0, keep-or-alias from x1, position in the bin from x2."""
+    col = (x0 * nbins_u) >> SH32
+    zb = zkeep[col] if x1 < thr[col] else zalias[col]
+    return zb + F32(x2 >> SH8) * F_2M24 * width32
+
+
+@njit(cache=True, fastmath=FM)
+def draw_z64(x0, x1, x2, thr, zkeep, zalias, nbins_u, width):
+    col = (x0 * nbins_u) >> SH32
+    zb = zkeep[col] if x1 < thr[col] else zalias[col]
+    # 53-bit position from x2 and x3-independent low bits of x0 are not needed: 32 bits suffice
+    return zb + (float(x2) + 0.5) * (2.0 ** -32) * width
+
+
+@njit(cache=True, fastmath=FM)
+def uniform_g_ratio(x0):
+    """r^2/t^2 = (1-G)/G for G = (x0 + 1/2)/2^32, uniform on (0, 1), in float64."""
+    g = float(x0) + 0.5
+    return (4294967296.0 - g) / g
+
+
+# ----------------------------------------------------------------------------------- one sample
+@njit(cache=True, fastmath=FM)
+def sample32(i, k0, k1, thr, zkeep, zalias, nbins_u, width32, first, shift32):
+    """(|N_r|^2, |N_t|^2) in float32 for global sample index i."""
+    lo = U64(i) & MASK32
+    hi = U64(i) >> SH32
+    a0, a1, a2, a3 = philox4x32_10(lo, hi, U64(0), U64(0), k0, k1)
+    b0, b1, b2, b3 = philox4x32_10(lo, hi, U64_1, U64(0), k0, k1)
+    c0, c1, c2, c3 = philox4x32_10(lo, hi, U64_2, U64(0), k0, k1)
+    d0, d1, d2, d3 = philox4x32_10(lo, hi, U64_3, U64(0), k0, k1)
+    e0, e1, e2, _e3 = philox4x32_10(lo, hi, U64(4), U64(0), k0, k1)
+    if first:
+        z1 = log32(F32(uniform_g_ratio(a0))) + shift32
+        z2 = log32(F32(uniform_g_ratio(b0))) + shift32
+        z3 = log32(F32(uniform_g_ratio(c0))) + shift32
+        z4 = log32(F32(uniform_g_ratio(d0))) + shift32
+        z5 = log32(F32(uniform_g_ratio(e0))) + shift32
+    else:
+        z1 = draw_z32(a0, a1, a2, thr, zkeep, zalias, nbins_u, width32)
+        z2 = draw_z32(b0, b1, b2, thr, zkeep, zalias, nbins_u, width32)
+        z3 = draw_z32(c0, c1, c2, thr, zkeep, zalias, nbins_u, width32)
+        z4 = draw_z32(d0, d1, d2, thr, zkeep, zalias, nbins_u, width32)
+        z5 = draw_z32(e0, e1, e2, thr, zkeep, zalias, nbins_u, width32)
+    t1, r1 = t_r_32(z1)
+    t2, r2 = t_r_32(z2)
+    t3, r3 = t_r_32(z3)
+    t4, r4 = t_r_32(z4)
+    t5, r5 = t_r_32(z5)
+    p1c, p1s = phase_from_word32(a3)
+    p2c, p2s = phase_from_word32(b3)
+    p3c, p3s = phase_from_word32(c3)
+    p4c, p4s = phase_from_word32(d3)
+    return numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, p1c, p2c, p3c, p4c, p1s, p2s, p3s, p4s, F_1)
+
+
+@njit(cache=True, fastmath=FM)
+def sample64(i, k0, k1, thr, zkeep, zalias, nbins_u, width, first, shift):
+    lo = U64(i) & MASK32
+    hi = U64(i) >> SH32
+    a0, a1, a2, a3 = philox4x32_10(lo, hi, U64(0), U64(0), k0, k1)
+    b0, b1, b2, b3 = philox4x32_10(lo, hi, U64_1, U64(0), k0, k1)
+    c0, c1, c2, c3 = philox4x32_10(lo, hi, U64_2, U64(0), k0, k1)
+    d0, d1, d2, d3 = philox4x32_10(lo, hi, U64_3, U64(0), k0, k1)
+    e0, e1, e2, _e3 = philox4x32_10(lo, hi, U64(4), U64(0), k0, k1)
+    if first:
+        z1 = math.log(uniform_g_ratio(a0)) + shift
+        z2 = math.log(uniform_g_ratio(b0)) + shift
+        z3 = math.log(uniform_g_ratio(c0)) + shift
+        z4 = math.log(uniform_g_ratio(d0)) + shift
+        z5 = math.log(uniform_g_ratio(e0)) + shift
+    else:
+        z1 = draw_z64(a0, a1, a2, thr, zkeep, zalias, nbins_u, width)
+        z2 = draw_z64(b0, b1, b2, thr, zkeep, zalias, nbins_u, width)
+        z3 = draw_z64(c0, c1, c2, thr, zkeep, zalias, nbins_u, width)
+        z4 = draw_z64(d0, d1, d2, thr, zkeep, zalias, nbins_u, width)
+        z5 = draw_z64(e0, e1, e2, thr, zkeep, zalias, nbins_u, width)
+    t1, r1 = t_r_64(z1)
+    t2, r2 = t_r_64(z2)
+    t3, r3 = t_r_64(z3)
+    t4, r4 = t_r_64(z4)
+    t5, r5 = t_r_64(z5)
+    p1c, p1s = phase_from_word64(a3)
+    p2c, p2s = phase_from_word64(b3)
+    p3c, p3s = phase_from_word64(c3)
+    p4c, p4s = phase_from_word64(d3)
+    return numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, p1c, p2c, p3c, p4c, p1s, p2s, p3s, p4s, 1.0)
+
+
+# ------------------------------------------------------------------------------------ binning
+@njit(cache=True, fastmath=FM)
+def accumulate_block(nr2, nt2, m, zp_f32, counts, zmax, scale, nbins, acc, ovf):
+    """Histogram z' = ln(nr2/nt2) of m samples; acc += (sum z, z^2, G, G^2); ovf += (under, over, nan).
+
+    ``zp_f32`` holds z' already evaluated in the working precision (float32 or float64).
+    """
+    sz = 0.0
+    sz2 = 0.0
+    sg = 0.0
+    sg2 = 0.0
+    under = 0
+    over = 0
+    bad = 0
+    for j in range(m):
+        z = float(zp_f32[j])
+        if z != z:
+            bad += 1
+            continue
+        x = math.floor((z + zmax) * scale)
+        if x < 0.0:
+            under += 1
+            continue
+        if x >= nbins:
+            over += 1
+            continue
+        counts[int(x)] += 1
+        # G = t'^2 = |N_t|^2 / (|N_t|^2 + |N_r|^2), from the float64 ratio
+        q = float(nr2[j]) / float(nt2[j])
+        g = 1.0 / (1.0 + q)
+        sz += z
+        sz2 += z * z
+        sg += g
+        sg2 += g * g
+    acc[0] += sz
+    acc[1] += sz2
+    acc[2] += sg
+    acc[3] += sg2
+    ovf[0] += under
+    ovf[1] += over
+    ovf[2] += bad
+
+
+# --------------------------------------------------------------------------------- step drivers
+@njit(cache=True, fastmath=FM, parallel=True)
+def step32(n, k0, k1, thr, zkeep, zalias, width, zmax, first, shift, chunk, nworkers, block):
+    """One RG step in float32: returns (counts[nworkers, nbins], sums[nchunks, 4], flows[nchunks, 3])."""
+    nbins = zkeep.shape[0]
+    nbins_u = U64(nbins)
+    width32 = F32(width)
+    shift32 = F32(shift)
+    scale = nbins / (2.0 * zmax)
+    nchunks = (n + chunk - 1) // chunk
+    counts = np.zeros((nworkers, nbins), dtype=np.int64)
+    sums = np.zeros((nchunks, 4), dtype=np.float64)
+    flows = np.zeros((nchunks, 3), dtype=np.int64)
+    for w in prange(nworkers):
+        nr2 = np.empty(block, dtype=np.float32)
+        nt2 = np.empty(block, dtype=np.float32)
+        zp = np.empty(block, dtype=np.float32)
+        hist = counts[w]
+        for ch in range(w, nchunks, nworkers):
+            start = ch * chunk
+            stop = min(start + chunk, n)
+            for b0 in range(start, stop, block):
+                m = min(block, stop - b0)
+                for j in range(m):
+                    a, b = sample32(b0 + j, k0, k1, thr, zkeep, zalias, nbins_u, width32, first, shift32)
+                    nr2[j] = a
+                    nt2[j] = b
+                    zp[j] = log32(a / b)
+                accumulate_block(nr2, nt2, m, zp, hist, zmax, scale, nbins, sums[ch], flows[ch])
+    return counts, sums, flows
+
+
+@njit(cache=True, fastmath=FM, parallel=True)
+def step64(n, k0, k1, thr, zkeep, zalias, width, zmax, first, shift, chunk, nworkers, block):
+    """As :func:`step32` in float64 (libm exp/log, scalar)."""
+    nbins = zkeep.shape[0]
+    nbins_u = U64(nbins)
+    scale = nbins / (2.0 * zmax)
+    nchunks = (n + chunk - 1) // chunk
+    counts = np.zeros((nworkers, nbins), dtype=np.int64)
+    sums = np.zeros((nchunks, 4), dtype=np.float64)
+    flows = np.zeros((nchunks, 3), dtype=np.int64)
+    for w in prange(nworkers):
+        nr2 = np.empty(block, dtype=np.float64)
+        nt2 = np.empty(block, dtype=np.float64)
+        zp = np.empty(block, dtype=np.float64)
+        hist = counts[w]
+        for ch in range(w, nchunks, nworkers):
+            start = ch * chunk
+            stop = min(start + chunk, n)
+            for b0 in range(start, stop, block):
+                m = min(block, stop - b0)
+                for j in range(m):
+                    a, b = sample64(b0 + j, k0, k1, thr, zkeep, zalias, nbins_u, width, first, shift)
+                    nr2[j] = a
+                    nt2[j] = b
+                for j in range(m):
+                    zp[j] = math.log(nr2[j] / nt2[j])
+                accumulate_block(nr2, nt2, m, zp, hist, zmax, scale, nbins, sums[ch], flows[ch])
+    return counts, sums, flows
+
+
+# ------------------------------------------------------------------------------ the map on arrays
+@njit(cache=True, fastmath=FM)
+def map_z32(z, cph, sph):
+    """z' (float32) for z (5, N) float32 and cos/sin of the phases (4, N) float32."""
+    n = z.shape[1]
+    out = np.empty(n, dtype=np.float32)
+    for j in range(n):
+        t1, r1 = t_r_32(z[0, j])
+        t2, r2 = t_r_32(z[1, j])
+        t3, r3 = t_r_32(z[2, j])
+        t4, r4 = t_r_32(z[3, j])
+        t5, r5 = t_r_32(z[4, j])
+        a, b = numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, cph[0, j], cph[1, j], cph[2, j],
+                           cph[3, j], sph[0, j], sph[1, j], sph[2, j], sph[3, j], F_1)
+        out[j] = log32(a / b)
+    return out
+
+
+@njit(cache=True, fastmath=FM)
+def map_z64(z, cph, sph):
+    n = z.shape[1]
+    out = np.empty(n, dtype=np.float64)
+    for j in range(n):
+        t1, r1 = t_r_64(z[0, j])
+        t2, r2 = t_r_64(z[1, j])
+        t3, r3 = t_r_64(z[2, j])
+        t4, r4 = t_r_64(z[3, j])
+        t5, r5 = t_r_64(z[4, j])
+        a, b = numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, cph[0, j], cph[1, j], cph[2, j],
+                           cph[3, j], sph[0, j], sph[1, j], sph[2, j], sph[3, j], 1.0)
+        out[j] = math.log(a / b)
+    return out
+
+
+@njit(cache=True, fastmath=FM)
+def sincos_reduced32(y, q):
+    """(cos, sin) arrays in float32 of (pi/2)(q + y), y in [-1/2, 1/2] float32, q uint64 quadrant."""
+    n = y.shape[0]
+    c = np.empty(n, dtype=np.float32)
+    s = np.empty(n, dtype=np.float32)
+    for j in range(n):
+        cj, sj = sincos_quarter32(y[j] * F_PIO2)
+        c[j], s[j] = rotate_quadrant(cj, sj, q[j])
+    return c, s
+
+
+@njit(cache=True, fastmath=FM)
+def sincos_reduced64(y, q):
+    n = y.shape[0]
+    c = np.empty(n, dtype=np.float64)
+    s = np.empty(n, dtype=np.float64)
+    for j in range(n):
+        cj, sj = sincos_quarter64(y[j] * (math.pi / 2))
+        c[j], s[j] = rotate_quadrant(cj, sj, q[j])
+    return c, s
+
+
+@njit(cache=True, fastmath=FM)
+def exp_neg32_array(x):
+    out = np.empty_like(x)
+    for j in range(x.shape[0]):
+        out[j] = exp_neg32(x[j])
+    return out
+
+
+@njit(cache=True, fastmath=FM)
+def log32_array(x):
+    out = np.empty_like(x)
+    for j in range(x.shape[0]):
+        out[j] = log32(x[j])
+    return out

@@ -1,0 +1,244 @@
+"""The one configuration model: ``workflow.env`` read with pydantic-settings.
+
+Precedence, lowest to highest: field defaults < ``workflow.env`` (or the file named by
+``OPSRG_ENV_FILE``) < environment variables. Every value remembers where it came from, so
+``inv config-show`` can say so and every error names the file, line and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_FILE_VAR = "OPSRG_ENV_FILE"
+DEFAULT_ENV_NAME = "workflow.env"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every key of ``workflow.env``; docs/configuration.md describes each one."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, validate_default=True)
+
+    # Pod
+    pod_provider: Literal["local", "ssh", "lium"] = "local"
+    lium_target: str = ""
+    ops_default_host: str = ""
+    ops_ssh_key: str = ""
+    ops_ssh_connect_timeout: float = Field(10.0, gt=0)
+    ops_ssh_retry_secs: float = Field(30.0, ge=0)
+    ops_local_pod_root: str = ".opsrg/pod"
+    # Code on the pod
+    repo_url: str = ""
+    checkout_branch: str = "main"
+    checkout_pr: int | None = None
+    ops_remote_repo: str = ".opsrg/pod/repo"
+    ops_remote_outputs_dir: str = ".opsrg/pod/outputs"
+    data_dir: str = ""
+    remote_env_path: str = ".opsrg/pod/workflow.env"
+    remote_python_bin: str = "python3"
+    venv_recreate: bool = False
+    auto_install_prereqs: bool = False
+    bootstrap_script: str = ""
+    wandb_setup_script: str = ""
+    sweep_wandb: bool = False
+    wandb_api_key: SecretStr | None = None
+    # Workflow state
+    wf_fsm_enforce: bool = True
+    wf_state_file: str = ""
+    wf_tmux_session: str = "opsrg"
+    ops_tmux_socket: str = "opsrg"
+    task_kill_grace_secs: float = Field(5.0, ge=0)
+    task_heartbeat_stale_secs: float = Field(30.0, gt=0)
+    # Sweeps
+    sweep_tmux_session: str = "opsrg-sweep"
+    sweep_csv: str = "sweeps/demo.csv"
+    sweep_backend: Literal["tmux", "slurm"] = "tmux"
+    run_timeout_secs: int = Field(3600, gt=0)
+    run_out_mode: Literal["direct", "local_sync"] = "direct"
+    run_out_local_root: str = ".opsrg/pod/scratch"
+    sync_interval_secs: int = Field(60, gt=0)
+    local_artifacts_dir: str = "artifacts"
+    # Slurm
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_time: str = "01:00:00"
+    slurm_cpus_per_task: int = Field(1, gt=0)
+    slurm_mem: str = "2G"
+    slurm_gres: str = ""
+    slurm_array_parallelism: int = Field(4, gt=0)
+    slurm_max_requeue: int = Field(2, ge=0)
+
+    @field_validator("wf_tmux_session", "sweep_tmux_session", "ops_tmux_socket")
+    @classmethod
+    def _tmux_name(cls, v: str) -> str:
+        if not v or any(c in v for c in ":. \t'\"$`\\"):
+            raise ValueError("must be a non-empty name without ':', '.', quotes or spaces")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file is parsed by load_settings() (which needs its line numbers) and passed as
+        # init values; init sits *below* the environment here, so env vars override the file.
+        return (env_settings, init_settings)
+
+
+SECRET_KEYS = {name for name, f in Settings.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)}
+KNOWN_KEYS = {name.upper() for name in Settings.model_fields}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one value came from: ``default``, ``env``, or ``file`` with its line."""
+
+    kind: str
+    path: Path | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return f"{self.path}:{self.line}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    env_file: Path | None
+    sources: dict[str, Source]
+
+    @property
+    def root(self) -> Path:
+        """Folder that relative paths in the settings are taken against."""
+        return self.env_file.parent if self.env_file else Path.cwd()
+
+    def local_path(self, value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (self.root / p)
+
+    def masked(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in Settings.model_fields:
+            v = getattr(self.settings, name)
+            if name in SECRET_KEYS:
+                v = None if v is None else "********"
+            out[name.upper()] = v
+        return out
+
+
+def env_file_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The env file in force: explicit argument, ``$OPSRG_ENV_FILE``, or ``./workflow.env``."""
+    if explicit:
+        return Path(explicit).resolve()
+    if os.environ.get(ENV_FILE_VAR):
+        return Path(os.environ[ENV_FILE_VAR]).resolve()
+    for base in (Path.cwd(), REPO_ROOT):
+        if (base / DEFAULT_ENV_NAME).is_file():
+            return (base / DEFAULT_ENV_NAME).resolve()
+    return None
+
+
+def parse_env_file(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """KEY=VALUE lines with their line numbers; unknown keys and bad lines raise ConfigError."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: settings file not found") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    problems: list[str] = []
+    for b in parse_stream(io.StringIO(text)):
+        line = b.original.line
+        if b.error:
+            problems.append(f"{path}:{line}: cannot parse {b.original.string.strip()!r} (expected KEY=VALUE)")
+            continue
+        if b.key is None:
+            continue
+        key = b.key.strip()
+        if key.upper() not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key.upper(), sorted(KNOWN_KEYS), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{path}:{line}: {key}: unknown key{hint}")
+            continue
+        if b.value is None:
+            problems.append(f"{path}:{line}: {key}: missing '=' and value")
+            continue
+        if key.upper() in lines:
+            problems.append(f"{path}:{line}: {key}: set twice (first on line {lines[key.upper()]})")
+            continue
+        values[key.lower()] = b.value
+        lines[key.upper()] = line
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return values, lines
+
+
+def _provider_requirements(s: Settings) -> list[tuple[str, str]]:
+    missing: list[tuple[str, str]] = []
+    if s.pod_provider == "ssh" and not s.ops_default_host:
+        missing.append(("OPS_DEFAULT_HOST", "required when POD_PROVIDER=ssh"))
+    if s.pod_provider == "lium" and not s.lium_target:
+        missing.append(("LIUM_TARGET", "required when POD_PROVIDER=lium"))
+    return missing
+
+
+def load_settings(env_file: str | os.PathLike[str] | None = None) -> LoadedSettings:
+    """Read, validate and attribute every setting; raise ConfigError naming file, line, key."""
+    path = env_file_path(env_file)
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        values, lines = parse_env_file(path)
+
+    def where(key: str) -> str:
+        if key in os.environ:
+            return f"environment variable {key}"
+        if key in lines:
+            return f"{path}:{lines[key]}"
+        return "default"
+
+    try:
+        settings = Settings(**values)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            key = str(err["loc"][0]).upper() if err["loc"] else "?"
+            got = err.get("input")
+            msgs.append(f"{where(key)}: {key}: {err['msg']} (got {got!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(msgs)) from None
+    missing = _provider_requirements(settings)
+    if missing:
+        raise ConfigError(
+            "invalid settings:\n  "
+            + "\n  ".join(f"{where(k)}: {k}: {why}" for k, why in missing)
+        )
+    sources: dict[str, Source] = {}
+    for name in Settings.model_fields:
+        key = name.upper()
+        if key in os.environ or name in os.environ:
+            sources[key] = Source("env")
+        elif key in lines:
+            sources[key] = Source("file", path, lines[key])
+        else:
+            sources[key] = Source("default")
+    return LoadedSettings(settings, path, sources)

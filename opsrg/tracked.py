@@ -1,0 +1,309 @@
+"""Tracked tasks: long commands run detached, with files that say what happened.
+
+Each task owns ``<outputs>/_tasks/<id>/``: ``command.sh`` (the exact command),
+``stdout.log`` (stdout and stderr, streamed), ``status.json`` (``pending -> running ->
+success|failed|timed_out``), ``heartbeat`` and ``supervise.py`` (the stdlib supervisor that
+runs it). Observers never change a record except on evidence of death, which is recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import supervisor
+from .errors import InputError, TaskError
+from .hosts import Host, LocalHost
+from .tmux import TmuxRunner
+
+ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SUPERVISOR_SOURCE = Path(supervisor.__file__)
+
+
+class TaskState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskState.SUCCESS, TaskState.FAILED, TaskState.TIMED_OUT)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# task-wait's exit codes, one per terminal state (124 as in timeout(1)).
+EXIT_CODES = {TaskState.SUCCESS: 0, TaskState.FAILED: 1, TaskState.TIMED_OUT: 124}
+WAIT_TIMEOUT_EXIT = 124
+
+
+def validate_id(task_id: str) -> str:
+    if not ID_RE.match(task_id or "") or ".." in task_id or task_id.startswith("."):
+        raise InputError(
+            f"invalid task id {task_id!r}: use 1-128 of [A-Za-z0-9._-], no '..', not starting with '.'"
+        )
+    return task_id
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    """Every file a task writes, named once."""
+
+    root: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/{supervisor.STATUS}"
+
+    @property
+    def log(self) -> str:
+        return f"{self.root}/{supervisor.LOG}"
+
+    @property
+    def command(self) -> str:
+        return f"{self.root}/{supervisor.COMMAND}"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.root}/{supervisor.HEARTBEAT}"
+
+    @property
+    def supervisor(self) -> str:
+        return f"{self.root}/supervise.py"
+
+
+@dataclass
+class TaskRecord:
+    id: str
+    state: TaskState
+    command: str = ""
+    exit_code: int | None = None
+    reason: str = ""
+    evidence: str = ""
+    host: str = ""
+    runner: str = "tmux"
+    pid: int | None = None
+    created_at: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+    timeout_secs: float | None = None
+    tmux: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TaskRecord":
+        return cls(
+            id=data["id"], state=TaskState(data["state"]), command=data.get("command", ""),
+            exit_code=data.get("exit_code"), reason=data.get("reason", ""), evidence=data.get("evidence", ""),
+            host=data.get("host", ""), runner=data.get("runner", "tmux"), pid=data.get("pid"),
+            created_at=data.get("created_at", ""), started_at=data.get("started_at", ""),
+            ended_at=data.get("ended_at", ""), timeout_secs=data.get("timeout_secs"),
+            tmux=data.get("tmux") or {}, raw=data,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.raw, "state": self.state.value}
+
+    @property
+    def elapsed(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = supervisor.parse_iso(self.ended_at) if self.ended_at else time.time()
+        return max(0.0, end - supervisor.parse_iso(self.started_at))
+
+
+class TaskManager:
+    """Create, observe and stop the tracked tasks under one outputs folder of one host."""
+
+    def __init__(self, host: Host, outputs_dir: str, *, tmux_socket: str, tmux_session: str,
+                 kill_grace: float = 5.0, stale_secs: float = 30.0) -> None:
+        self.host = host
+        self.root = f"{outputs_dir.rstrip('/')}/_tasks"
+        self.runner = TmuxRunner(host, tmux_socket, tmux_session)
+        self.kill_grace, self.stale_secs = kill_grace, stale_secs
+
+    def paths(self, task_id: str) -> TaskPaths:
+        return TaskPaths(f"{self.root}/{validate_id(task_id)}")
+
+    # ------------------------------------------------------------ start
+    def run(self, task_id: str, command: str, *, timeout_secs: float | None = None, replace: bool = False,
+            cwd: str | None = None, env: dict[str, str] | None = None) -> TaskRecord:
+        """Create the task's files and start it in tmux; returns at once with the pending record."""
+        p = self.paths(task_id)
+        if not command.strip():
+            raise InputError("empty command: pass --cmd 'COMMAND'")
+        if timeout_secs is not None and timeout_secs <= 0:
+            raise InputError(f"--timeout-secs must be positive, got {timeout_secs}")
+        if self.host.exists(p.status):
+            old = self.status(task_id)
+            if not replace:
+                raise TaskError(f"task {task_id!r} already exists ({old.state}); pass --replace to start it again",
+                                hint=f"inv task-status --id {task_id}")
+            if not old.state.is_terminal:
+                raise TaskError(f"task {task_id!r} is {old.state}: stop it first",
+                                hint=f"inv task-kill --id {task_id}")
+            keep = f"{self.root}/.replaced/{task_id}-{int(time.time() * 1000)}"
+            self.host.run(["mkdir", "-p", f"{self.root}/.replaced"])
+            self.host.run(["mv", p.root, keep])
+        self.host.run(["mkdir", "-p", p.root])
+        self.host.write_text(p.command, f"#!/usr/bin/env bash\n{command}\n", mode=0o755)
+        self.host.write_text(p.supervisor, SUPERVISOR_SOURCE.read_text(encoding="utf-8"))
+        rec = {
+            "id": task_id, "state": "pending", "command": command, "cwd": cwd or "",
+            "timeout_secs": timeout_secs, "kill_grace_secs": self.kill_grace, "runner": "tmux",
+            "created_at": supervisor.now_iso(), "host": self.host.name, "exit_code": None,
+            "tmux": {"socket": self.runner.socket, "session": self.runner.session, "window": task_id},
+            "paths": {"status": p.status, "log": p.log, "command": p.command},
+        }
+        self.host.write_text(p.status, json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        self.host.write_text(p.log, "")
+        try:
+            target = self.runner.start(task_id, [self.host.python, p.supervisor, "run", p.root], env)
+        except TaskError as e:
+            self._call("finalize_failed", p, f"could not start: {e}")
+            raise
+        self._update(p, tmux=target.as_dict())
+        return self.status(task_id, check=False)
+
+    # ------------------------------------------------------------ observe
+    def read(self, task_id: str) -> TaskRecord:
+        p = self.paths(task_id)
+        text = self.host.read_text(p.status)
+        if text is None:
+            known = ", ".join(r.id for r in self.list(check=False)[:20]) or "none"
+            raise TaskError(f"no task {task_id!r} under {self.root} (known: {known})")
+        try:
+            return TaskRecord.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as e:
+            raise TaskError(f"{p.status}: unreadable task status ({e.__class__.__name__}: {e})",
+                            hint="inspect it; `inv task-run --replace` starts the task afresh") from None
+
+    def status(self, task_id: str, *, check: bool = True) -> TaskRecord:
+        """The record; a live-looking task is probed and marked lost only on evidence."""
+        rec = self.read(task_id)
+        if check and not rec.state.is_terminal:
+            out = self._call("check", self.paths(task_id))
+            rec = TaskRecord.from_json(out["record"])
+        return rec
+
+    def list(self, *, check: bool = True) -> list[TaskRecord]:
+        r = self.host.run(["ls", "-1", self.root], check=False)
+        ids = sorted(x for x in r.stdout.split() if ID_RE.match(x) and not x.startswith("."))
+        out = []
+        for task_id in ids:
+            try:
+                out.append(self.status(task_id, check=check))
+            except TaskError:
+                continue
+        return sorted(out, key=lambda t: t.created_at)
+
+    def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.1,
+             on_tick: Callable[[TaskRecord], None] | None = None) -> tuple[TaskRecord, bool]:
+        """Block until the task ends; returns (record, timed_out_waiting)."""
+        t0 = time.monotonic()
+        last_check = 0.0
+        rec = self.status(task_id)
+        while not rec.state.is_terminal:
+            now = time.monotonic()
+            if timeout is not None and now - t0 >= timeout:
+                return rec, True
+            time.sleep(poll)
+            # Cheap file read each tick; the liveness probe every 2 s.
+            if now - last_check >= 2.0:
+                rec, last_check = self.status(task_id), now
+            else:
+                rec = self.read(task_id)
+            if on_tick:
+                on_tick(rec)
+        return rec, False
+
+    def logs(self, task_id: str, *, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
+        """The log's content; with ``follow``, new text until the task ends. Read-only."""
+        p = self.paths(task_id)
+        self.read(task_id)
+        if not isinstance(self.host, LocalHost):
+            yield self.host.read_text(p.log) or ""
+            while follow and not self.read(task_id).state.is_terminal:
+                time.sleep(poll)
+            return
+        with open(p.log, "rb") as fh:
+            while True:
+                chunk = fh.read()
+                if chunk:
+                    yield chunk.decode("utf-8", "replace")
+                if not follow:
+                    return
+                if self.read(task_id).state.is_terminal:
+                    rest = fh.read()
+                    if rest:
+                        yield rest.decode("utf-8", "replace")
+                    return
+                time.sleep(poll)
+
+    # ------------------------------------------------------------ control
+    def kill(self, task_id: str) -> TaskRecord:
+        p = self.paths(task_id)
+        rec = self.read(task_id)
+        if rec.state.is_terminal:
+            return rec
+        return TaskRecord.from_json(self._call("kill", p))
+
+    def attach_argv(self, task_id: str) -> list[str]:
+        rec = self.read(task_id)
+        from .tmux import TmuxTarget
+
+        t = TmuxTarget(**{k: rec.tmux.get(k, "") for k in ("socket", "session", "window", "window_id")})
+        if rec.state.is_terminal or not self.runner.window_exists(task_id):
+            raise TaskError(f"task {task_id!r} is {rec.state}; its tmux window is gone",
+                            hint=f"inv task-logs --id {task_id}")
+        return self.runner.attach_argv(t)
+
+    # ------------------------------------------------------------ the single writer
+    def _update(self, p: TaskPaths, **changes: Any) -> None:
+        if isinstance(self.host, LocalHost):
+            supervisor.update_status(p.root, **changes)
+        else:
+            code = ("import json,sys; sys.path.insert(0, sys.argv[1]); import supervise; "
+                    "supervise.update_status(sys.argv[1], **json.loads(sys.argv[2]))")
+            self.host.run([self.host.python, "-c", code, p.root, json.dumps(changes)])
+
+    def _call(self, what: str, p: TaskPaths, arg: str = "") -> dict[str, Any]:
+        """Run a supervisor operation where the task lives: in-process here, remotely over SSH."""
+        if what == "finalize_failed":
+            self._update(p, state="failed", reason=arg, ended_at=supervisor.now_iso())
+            return {}
+        if isinstance(self.host, LocalHost):
+            if what == "check":
+                return supervisor.check(p.root, self.stale_secs)
+            return supervisor.request_kill(p.root, self.kill_grace)
+        extra = str(self.stale_secs if what == "check" else self.kill_grace)
+        r = self.host.run([self.host.python, p.supervisor, what, p.root, extra])
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def describe(rec: TaskRecord) -> str:
+    """One human line for a task."""
+    bits = [f"{rec.id}: {rec.state}"]
+    if rec.exit_code is not None:
+        bits.append(f"exit {rec.exit_code}")
+    if rec.reason:
+        bits.append(rec.reason)
+    if rec.elapsed is not None:
+        bits.append(f"{rec.elapsed:.1f}s")
+    line = ", ".join(bits)
+    if rec.evidence:
+        line += f" [evidence: {rec.evidence}]"
+    return line
+
+
+def quote_cmd(argv: list[str]) -> str:
+    return shlex.join(argv)

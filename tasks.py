@@ -1,0 +1,250 @@
+"""opsrg's command line: `inv --list` shows every task, `inv TASK --help` its options.
+
+Each task is a thin wrapper over the `opsrg` package. Heavy imports live inside the tasks so
+that quick commands (`inv fsm-status`) start fast. Errors from the package carry their exit
+code; they are turned into a message and an exit status here, in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+from invoke import Exit, task
+
+
+def _ctx():
+    from opsrg.context import Context
+
+    return Context.load()
+
+
+def ops(fn):
+    """Map opsrg errors to a one-paragraph message on stderr and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from opsrg.errors import OpsError
+
+        try:
+            return fn(*args, **kwargs)
+        except OpsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise Exit(code=e.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise Exit(code=130) from None
+
+    return wrapper
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# ------------------------------------------------------------------ settings
+@task(help={"json": "print machine-readable JSON"})
+@ops
+def config_show(c, json=False):
+    """Print the resolved settings (secrets masked) and where each value came from."""
+    ctx = _ctx()
+    values, sources = ctx.loaded.masked(), ctx.loaded.sources
+    if json:
+        _print_json({"env_file": str(ctx.loaded.env_file), "settings": {
+            k: {"value": v, "source": str(sources[k])} for k, v in values.items()}})
+        return
+    from opsrg.ui import table
+
+    print(f"settings file: {ctx.loaded.env_file or '(none: defaults and environment)'}")
+    table(["key", "value", "source"], [[k, "" if v is None else str(v), str(sources[k])] for k, v in values.items()])
+
+
+# ------------------------------------------------------------------ FSM
+@task(help={"json": "print machine-readable JSON"})
+@ops
+def fsm_status(c, json=False):
+    """Show the workflow state and the commands allowed in it."""
+    from opsrg import fsm
+
+    ctx = _ctx()
+    ws = ctx.store.read()
+    allowed = sorted(cmd for cmd, r in fsm.TABLE.items() if ws.state in r.allowed and r.target not in (None,))
+    if json:
+        _print_json({"state": ws.state.value, "updated_at": ws.updated_at, "command": ws.command,
+                     "state_file": str(ctx.state_file), "transitions_allowed": allowed})
+        return
+    print(f"state: {ws.state.value}" + (f" (since {ws.updated_at}, by '{ws.command}')" if ws.updated_at else ""))
+    print(f"state file: {ctx.state_file}")
+    print(f"next: {', '.join(allowed) or '(none)'}")
+
+
+@task(help={"json": "print machine-readable JSON"})
+@ops
+def fsm_history(c, json=False):
+    """Show every recorded state transition, oldest first."""
+    ws = _ctx().store.read()
+    if json:
+        _print_json(ws.history)
+        return
+    from opsrg.ui import table
+
+    table(["at", "from", "to", "command", "user@host"],
+          [[h.get("at", ""), h.get("from", ""), h.get("to", ""), h.get("command", ""),
+            f"{h.get('user', '')}@{h.get('host', '')}"] for h in ws.history])
+
+
+@task(positional=["state"], help={"state": "the state to set, e.g. CHECKED_OUT"})
+@ops
+def fsm_reset(c, state):
+    """Force the workflow state (recorded in the history as 'fsm-reset')."""
+    from opsrg import fsm
+
+    ctx = _ctx()
+    target = fsm.parse_state(state)
+    ws = ctx.store.set(target, "fsm-reset")
+    print(f"state: {ws.state.value}")
+
+
+@task(positional=["command"], help={"command": "a command name, e.g. sweep-start"})
+@ops
+def fsm_check(c, command):
+    """Exit 0 when COMMAND may run now; else exit 2 with the message the command would give."""
+    from opsrg import fsm
+
+    ctx = _ctx()
+    fsm.check(command, ctx.store.read().state)
+    print(f"'{command}' may run in state {ctx.store.read().state.value}")
+
+
+# ------------------------------------------------------------------ pod (local provider)
+@task
+@ops
+def pod_up(c):
+    """Make the pod ready (local provider: create its folders). INIT -> POD_READY."""
+    from opsrg import pod
+
+    ctx = _ctx()
+    with ctx.transition("pod-up"):
+        print(pod.up(ctx))
+
+
+@task(help={"json": "print machine-readable JSON"})
+@ops
+def pod_status(c, json=False):
+    """Reachability, uptime, disk, GPUs, tmux sessions and workflow state of the pod."""
+    from opsrg import pod
+
+    info = pod.status(_ctx())
+    if json:
+        _print_json(info)
+        return
+    for k, v in info.items():
+        print(f"{k}: {v}")
+
+
+@task
+@ops
+def bootstrap(c):
+    """Check the pod's prerequisites (tmux, rsync, git, python3 >= 3.10). POD_READY -> BOOTSTRAPPED."""
+    from opsrg import pod
+
+    ctx = _ctx()
+    with ctx.transition("bootstrap"):
+        print(pod.bootstrap(ctx))
+
+
+# ------------------------------------------------------------------ tracked tasks
+@task(help={
+    "id": "task id: [A-Za-z0-9._-], no '..'",
+    "cmd": "the command, run by bash",
+    "timeout_secs": "kill the task (TERM, then KILL) after this many seconds",
+    "replace": "start again over a finished task of the same id (the old folder is kept aside)",
+    "cwd": "working directory of the command (default: the task folder)",
+    "json": "print the record as JSON",
+})
+@ops
+def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False):
+    """Start CMD as a tracked task in tmux and return at once."""
+    ctx = _ctx()
+    with ctx.transition("task-run"):
+        rec = ctx.tasks.run(id, cmd, timeout_secs=float(timeout_secs) if timeout_secs else None,
+                            replace=replace, cwd=cwd)
+    if json:
+        _print_json(rec.to_json())
+    else:
+        print(f"started task {id} ({rec.state}); logs: {ctx.tasks.paths(id).log}")
+        print(f"  inv task-wait --id {id}    inv task-logs --id {id} --follow")
+
+
+@task(help={"id": "task id", "json": "print machine-readable JSON"})
+@ops
+def task_status(c, id, json=False):
+    """Show one task's record (a dead supervisor is detected and recorded as lost)."""
+    from opsrg.tracked import describe
+
+    rec = _ctx().tasks.status(id)
+    if json:
+        _print_json(rec.to_json())
+    else:
+        print(describe(rec))
+
+
+@task(help={"id": "task id", "timeout_secs": "stop waiting after this many seconds (exit 124)",
+            "quiet": "print nothing while waiting"})
+@ops
+def task_wait(c, id, timeout_secs=None, quiet=False):
+    """Wait for a task to end: exit 0 success, 1 failed, 124 timed out (or the wait timed out)."""
+    from opsrg.tracked import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
+
+    rec, waited_out = _ctx().tasks.wait(id, float(timeout_secs) if timeout_secs else None)
+    if waited_out:
+        print(f"still {rec.state} after waiting {timeout_secs}s: {describe(rec)}", file=sys.stderr)
+        raise Exit(code=WAIT_TIMEOUT_EXIT)
+    if not quiet:
+        print(describe(rec))
+    if EXIT_CODES[rec.state]:
+        raise Exit(code=EXIT_CODES[rec.state])
+
+
+@task(help={"json": "print machine-readable JSON"})
+@ops
+def task_list(c, json=False):
+    """List tracked tasks with state, exit code, duration and reason."""
+    recs = _ctx().tasks.list()
+    if json:
+        _print_json([r.to_json() for r in recs])
+        return
+    from opsrg.ui import table
+
+    table(["id", "state", "exit", "elapsed", "started", "reason"],
+          [[r.id, r.state.value, "" if r.exit_code is None else str(r.exit_code),
+            "" if r.elapsed is None else f"{r.elapsed:.1f}s", r.started_at[:19], r.reason] for r in recs])
+
+
+@task(help={"id": "task id", "follow": "keep printing until the task ends (Ctrl-C stops looking only)"})
+@ops
+def task_logs(c, id, follow=False):
+    """Print a task's stdout.log (stdout and stderr together)."""
+    for chunk in _ctx().tasks.logs(id, follow=follow):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+@task(help={"id": "task id"})
+@ops
+def task_attach(c, id):
+    """Attach your terminal to the task's tmux window (detach with C-b d)."""
+    import os
+
+    argv = _ctx().tasks.attach_argv(id)
+    os.execvp(argv[0], argv)
+
+
+@task(help={"id": "task id"})
+@ops
+def task_kill(c, id):
+    """Stop a task's whole process tree; it is recorded as failed (killed by task-kill)."""
+    from opsrg.tracked import describe
+
+    print(describe(_ctx().tasks.kill(id)))
