@@ -27,6 +27,20 @@ def ops(fn):
     def wrapper(*args, **kwargs):
         from opsrg.errors import OpsError
 
+        if any(v in ("--help", "-h") for v in [*args[1:], *kwargs.values()]):
+            # Invoke hands `--help` to a positional argument as its value: show the help instead.
+            import os
+
+            os.execvp(sys.argv[0], [sys.argv[0], "--help", fn.__name__.replace("_", "-")])
+        import inspect
+
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+        for name, param in list(inspect.signature(fn).parameters.items())[1:]:
+            if param.default is inspect.Parameter.empty and bound.arguments.get(name) is None:
+                flag = name.replace("_", "-")
+                print(f"error: missing required option --{flag} (see: inv {fn.__name__.replace('_', '-')} --help)",
+                      file=sys.stderr)
+                raise Exit(code=2)
         try:
             return fn(*args, **kwargs)
         except OpsError as e:
@@ -155,7 +169,7 @@ def bootstrap(c):
 
 
 # ------------------------------------------------------------------ tracked tasks
-@task(help={
+@task(positional=[], help={
     "id": "task id: [A-Za-z0-9._-], no '..'",
     "cmd": "the command, run by bash",
     "timeout_secs": "kill the task (TERM, then KILL) after this many seconds",
@@ -177,7 +191,7 @@ def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False)
         print(f"  inv task-wait --id {id}    inv task-logs --id {id} --follow")
 
 
-@task(help={"id": "task id", "json": "print machine-readable JSON"})
+@task(positional=[], help={"id": "task id", "json": "print machine-readable JSON"})
 @ops
 def task_status(c, id, json=False):
     """Show one task's record (a dead supervisor is detected and recorded as lost)."""
@@ -190,7 +204,7 @@ def task_status(c, id, json=False):
         print(describe(rec))
 
 
-@task(help={"id": "task id", "timeout_secs": "stop waiting after this many seconds (exit 124)",
+@task(positional=[], help={"id": "task id", "timeout_secs": "stop waiting after this many seconds (exit 124)",
             "quiet": "print nothing while waiting"})
 @ops
 def task_wait(c, id, timeout_secs=None, quiet=False):
@@ -222,7 +236,7 @@ def task_list(c, json=False):
             "" if r.elapsed is None else f"{r.elapsed:.1f}s", r.started_at[:19], r.reason] for r in recs])
 
 
-@task(help={"id": "task id", "follow": "keep printing until the task ends (Ctrl-C stops looking only)"})
+@task(positional=[], help={"id": "task id", "follow": "keep printing until the task ends (Ctrl-C stops looking only)"})
 @ops
 def task_logs(c, id, follow=False):
     """Print a task's stdout.log (stdout and stderr together)."""
@@ -231,7 +245,7 @@ def task_logs(c, id, follow=False):
         sys.stdout.flush()
 
 
-@task(help={"id": "task id"})
+@task(positional=[], help={"id": "task id"})
 @ops
 def task_attach(c, id):
     """Attach your terminal to the task's tmux window (detach with C-b d)."""
@@ -241,7 +255,7 @@ def task_attach(c, id):
     os.execvp(argv[0], argv)
 
 
-@task(help={"id": "task id"})
+@task(positional=[], help={"id": "task id"})
 @ops
 def task_kill(c, id):
     """Stop a task's whole process tree; it is recorded as failed (killed by task-kill)."""

@@ -168,7 +168,9 @@ def parse_env_file(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     lines: dict[str, int] = {}
     problems: list[str] = []
     for b in parse_stream(io.StringIO(text)):
-        line = b.original.line
+        raw = b.original.string
+        # The parser folds blank lines into the next binding; count them to get the key's line.
+        line = b.original.line + raw[: len(raw) - len(raw.lstrip())].count("\n")
         if b.error:
             problems.append(f"{path}:{line}: cannot parse {b.original.string.strip()!r} (expected KEY=VALUE)")
             continue

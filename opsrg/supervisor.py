@@ -293,6 +293,8 @@ def probe(task_dir: str, stale_secs: float = 30.0, pending_grace: float = 30.0) 
     if st == "Z":
         return {"alive": False, "evidence": f"supervisor pid {pid} is a zombie (exited)"}
     cmd = proc_cmdline(int(pid))
+    if not cmd:  # kernel threads and exiting processes have no command line
+        return {"alive": False, "evidence": f"supervisor pid {pid} is gone (exiting, no command line)"}
     if "supervise" not in cmd or os.path.basename(task_dir) not in cmd:
         return {"alive": False, "evidence": f"pid {pid} now belongs to another process: {cmd[:120]!r}"}
     try:

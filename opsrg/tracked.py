@@ -143,13 +143,16 @@ class TaskManager:
             raise InputError("empty command: pass --cmd 'COMMAND'")
         if timeout_secs is not None and timeout_secs <= 0:
             raise InputError(f"--timeout-secs must be positive, got {timeout_secs}")
-        if self.host.exists(p.status):
-            old = self.status(task_id)
+        if self.host.exists(p.root):
+            try:
+                old_state: str = self.status(task_id).state.value
+            except TaskError:  # unreadable or missing status: nothing live to protect
+                old_state = "unreadable"
             if not replace:
-                raise TaskError(f"task {task_id!r} already exists ({old.state}); pass --replace to start it again",
+                raise TaskError(f"task {task_id!r} already exists ({old_state}); pass --replace to start it again",
                                 hint=f"inv task-status --id {task_id}")
-            if not old.state.is_terminal:
-                raise TaskError(f"task {task_id!r} is {old.state}: stop it first",
+            if old_state in ("pending", "running"):
+                raise TaskError(f"task {task_id!r} is {old_state}: stop it first",
                                 hint=f"inv task-kill --id {task_id}")
             keep = f"{self.root}/.replaced/{task_id}-{int(time.time() * 1000)}"
             self.host.run(["mkdir", "-p", f"{self.root}/.replaced"])

@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated project (workflow.env, outputs) and a private tmux server.
+
+In CI (CI=true) a test that needs tmux, sshd or Slurm must run: a skip of such a test is
+turned into a failure, so a missing component can never pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SERVICE_MARKS = ("tmux", "ssh", "slurm")
+
+
+def require(tool: str, why: str) -> None:
+    """Skip locally, fail in CI, when ``tool`` is not on PATH."""
+    if shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}"):
+        return
+    if IN_CI:
+        pytest.fail(f"{tool} is required in CI ({why}) but was not found")
+    pytest.skip(f"{tool} not installed ({why})")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if IN_CI and rep.skipped and any(item.get_closest_marker(m) for m in SERVICE_MARKS):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped in CI, which must run it: {rep.longrepr}"
+
+
+@pytest.fixture
+def tmux_socket():
+    require("tmux", "tracked tasks run in tmux")
+    name = f"opsrg-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True)
+    sock = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / name
+    sock.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tmux_socket):
+    """A throw-away project: its own workflow.env, outputs and tmux socket."""
+    env = tmp_path / "workflow.env"
+    env.write_text(
+        "POD_PROVIDER=local\n"
+        f"OPS_REMOTE_OUTPUTS_DIR={tmp_path}/outputs\n"
+        f"OPS_TMUX_SOCKET={tmux_socket}\n"
+        "WF_TMUX_SESSION=t\n"
+        "TASK_KILL_GRACE_SECS=2\n"
+    )
+    monkeypatch.setenv("OPSRG_ENV_FILE", str(env))
+    for k in list(os.environ):
+        if k.upper() in _known_keys():
+            monkeypatch.delenv(k, raising=False)
+    return tmp_path
+
+
+def _known_keys() -> set[str]:
+    from opsrg.settings import KNOWN_KEYS
+
+    return KNOWN_KEYS
+
+
+def inv(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `inv ARGS` from the repository, as a user would."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "inv"), *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )

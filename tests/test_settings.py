@@ -1,0 +1,96 @@
+import pytest
+
+from opsrg.errors import ConfigError
+from opsrg.settings import REPO_ROOT, load_settings
+
+
+def write(tmp_path, text):
+    p = tmp_path / "w.env"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    from opsrg.settings import KNOWN_KEYS
+
+    for k in KNOWN_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("OPSRG_ENV_FILE", raising=False)
+
+
+def test_shipped_workflow_env_loads_with_local_defaults():
+    ls = load_settings(REPO_ROOT / "workflow.env")
+    assert ls.settings.pod_provider == "local"
+    assert ls.settings.wf_fsm_enforce is True
+    assert ls.sources["POD_PROVIDER"].kind == "file"
+
+
+def test_env_overrides_file_and_sources_say_so(tmp_path, monkeypatch):
+    p = write(tmp_path, "RUN_TIMEOUT_SECS=10\nSWEEP_BACKEND=tmux\n")
+    monkeypatch.setenv("RUN_TIMEOUT_SECS", "20")
+    ls = load_settings(p)
+    assert ls.settings.run_timeout_secs == 20
+    assert ls.sources["RUN_TIMEOUT_SECS"].kind == "env"
+    assert str(ls.sources["SWEEP_BACKEND"]) == f"{p}:2"
+    assert ls.sources["SLURM_MEM"].kind == "default"
+
+
+def test_unknown_key_suggests_closest_and_names_line(tmp_path):
+    p = write(tmp_path, "POD_PROVIDER=local\n# comment\nSWEEP_BACKNED=tmux\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    assert f"{p}:3: SWEEP_BACKNED: unknown key (did you mean SWEEP_BACKEND?)" in str(e.value)
+
+
+def test_wrong_type_names_file_line_and_key(tmp_path):
+    p = write(tmp_path, "\n\nRUN_TIMEOUT_SECS=soon\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    assert f"{p}:3: RUN_TIMEOUT_SECS" in str(e.value) and "'soon'" in str(e.value)
+
+
+def test_bad_choice_and_bad_env_var(tmp_path, monkeypatch):
+    p = write(tmp_path, "SWEEP_BACKEND=kubernetes\n")
+    with pytest.raises(ConfigError, match=r":1: SWEEP_BACKEND"):
+        load_settings(p)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "0")
+    with pytest.raises(ConfigError, match="environment variable SLURM_CPUS_PER_TASK"):
+        load_settings(write(tmp_path, ""))
+
+
+def test_missing_key_for_provider(tmp_path):
+    p = write(tmp_path, "POD_PROVIDER=ssh\n")
+    with pytest.raises(ConfigError, match=r"OPS_DEFAULT_HOST: required when POD_PROVIDER=ssh"):
+        load_settings(p)
+
+
+def test_unparseable_line_duplicate_and_missing_value(tmp_path):
+    p = write(tmp_path, "this is not a setting\nPOD_PROVIDER=local\nPOD_PROVIDER=ssh\nDATA_DIR\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    msg = str(e.value)
+    assert f"{p}:1: cannot parse" in msg
+    assert f"{p}:3: POD_PROVIDER: set twice (first on line 2)" in msg
+    assert f"{p}:4: DATA_DIR: missing '='" in msg
+
+
+def test_missing_and_non_utf8_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.env")
+    p = tmp_path / "latin.env"
+    p.write_bytes(b"DATA_DIR=caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(p)
+
+
+def test_secret_is_masked(tmp_path):
+    ls = load_settings(write(tmp_path, "WANDB_API_KEY=abc123\n"))
+    assert ls.settings.wandb_api_key.get_secret_value() == "abc123"
+    assert ls.masked()["WANDB_API_KEY"] == "********"
+    assert "abc123" not in repr(ls.settings)
+
+
+def test_relative_paths_are_under_the_env_files_folder(tmp_path):
+    ls = load_settings(write(tmp_path, "OPS_REMOTE_OUTPUTS_DIR=out\n"))
+    assert ls.local_path(ls.settings.ops_remote_outputs_dir) == tmp_path / "out"

@@ -1,0 +1,175 @@
+"""Tracked tasks on a real tmux server (private socket per test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from opsrg.context import Context
+from opsrg.errors import InputError, TaskError
+from opsrg.supervisor import proc_state
+from opsrg.tracked import TaskState, validate_id
+
+pytestmark = pytest.mark.tmux
+
+
+def retry_until(fn, timeout=10.0, interval=0.05, what="condition"):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def tasks(project):
+    return Context.load().tasks
+
+
+def test_success_writes_all_files(tasks):
+    rec = tasks.run("ok", "echo out; echo err >&2")
+    assert rec.state in (TaskState.PENDING, TaskState.RUNNING, TaskState.SUCCESS)
+    rec, waited_out = tasks.wait("ok", timeout=20)
+    assert not waited_out and rec.state == TaskState.SUCCESS and rec.exit_code == 0
+    p = tasks.paths("ok")
+    log = open(p.log).read()
+    assert "out" in log and "err" in log
+    assert open(p.command).read().endswith("echo out; echo err >&2\n")
+    st = json.load(open(p.status))
+    assert st["started_at"] and st["ended_at"] and st["pid"] and st["host"]
+    assert st["tmux"]["session"] == "t"
+
+
+def test_nonzero_exit_is_failed_with_code(tasks):
+    tasks.run("bad", "exit 7")
+    rec, _ = tasks.wait("bad", timeout=20)
+    assert rec.state == TaskState.FAILED and rec.exit_code == 7 and "exit code 7" in rec.reason
+
+
+def test_timeout_kills_group_and_records_timed_out(tasks, tmp_path):
+    marker = tmp_path / "child.pid"
+    tasks.run("slow", f"sleep 60 & echo $! > {marker}; wait", timeout_secs=1)
+    rec, _ = tasks.wait("slow", timeout=20)
+    assert rec.state == TaskState.TIMED_OUT and "timeout" in rec.reason
+    child = int(marker.read_text())
+    retry_until(lambda: proc_state(child) in (None, "Z"), what="background child killed")
+
+
+def test_wait_returns_soon_after_the_end(tasks):
+    tasks.run("quick", "sleep 0.5")
+    rec, _ = tasks.wait("quick", timeout=20)
+    from opsrg.supervisor import parse_iso
+
+    assert time.time() - parse_iso(rec.raw["ended_at"]) < 0.5
+
+
+def test_kill9_of_supervisor_is_detected_as_lost(tasks, tmp_path):
+    marker = tmp_path / "grandchild.pid"
+    tasks.run("victim", f"sleep 60 & echo $! > {marker}; wait")
+    rec = retry_until(lambda: (r := tasks.read("victim")).state == TaskState.RUNNING and r, what="running")
+    retry_until(marker.exists, what="grandchild started")
+    os.kill(rec.pid, signal.SIGKILL)
+    rec, _ = tasks.wait("victim", timeout=20)
+    assert rec.state == TaskState.FAILED and rec.reason == "lost"
+    assert f"supervisor pid {rec.pid}" in rec.evidence
+    grandchild = int(marker.read_text())
+    retry_until(lambda: proc_state(grandchild) in (None, "Z"), what="orphan killed")
+
+
+def test_killing_tmux_server_never_leaves_running(tasks, project):
+    tasks.run("srv", "sleep 60")
+    retry_until(lambda: tasks.read("srv").state == TaskState.RUNNING, what="running")
+    sock = json.load(open(tasks.paths("srv").status))["tmux"]["socket"]
+    subprocess.run(["tmux", "-L", sock, "kill-server"], check=True)
+    rec, _ = tasks.wait("srv", timeout=40)
+    assert rec.state == TaskState.FAILED
+    assert rec.reason in ("lost",) or "SIGHUP" in rec.reason
+
+
+def test_task_kill_stops_whole_tree(tasks, tmp_path):
+    marker = tmp_path / "pids"
+    tasks.run("tree", f"(sleep 60 & echo $! >> {marker}; wait) & sleep 60 & echo $! >> {marker}; wait")
+    retry_until(lambda: marker.exists() and len(marker.read_text().split()) == 2, what="tree started")
+    rec = tasks.kill("tree")
+    assert rec.state == TaskState.FAILED and rec.reason == "killed by task-kill"
+    for pid in map(int, marker.read_text().split()):
+        retry_until(lambda: proc_state(pid) in (None, "Z"), what=f"pid {pid} killed")
+
+
+def test_observers_do_not_change_a_live_record(tasks):
+    tasks.run("live", "echo started; sleep 3")
+    retry_until(lambda: "started" in open(tasks.paths("live").log).read(), what="running and logging")
+    before = open(tasks.paths("live").status).read()
+    tasks.status("live")
+    tasks.list()
+    chunks = tasks.logs("live", follow=True)
+    next(chunks, None)
+    chunks.close()  # like Ctrl-C on --follow
+    assert open(tasks.paths("live").status).read() == before
+    rec, _ = tasks.wait("live", timeout=20)
+    assert rec.state == TaskState.SUCCESS
+
+
+def test_existing_id_refused_then_replaced(tasks):
+    tasks.run("dup", "true")
+    tasks.wait("dup", timeout=20)
+    with pytest.raises(TaskError, match="already exists"):
+        tasks.run("dup", "true")
+    tasks.run("dup", "echo second", replace=True)
+    rec, _ = tasks.wait("dup", timeout=20)
+    assert rec.state == TaskState.SUCCESS and "second" in open(tasks.paths("dup").log).read()
+    assert os.listdir(f"{tasks.root}/.replaced")
+
+
+def test_replace_refuses_a_running_task(tasks):
+    tasks.run("busy", "sleep 30")
+    with pytest.raises(TaskError, match="stop it first"):
+        tasks.run("busy", "true", replace=True)
+    tasks.kill("busy")
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "", "a..b", ".hidden", "x y", "x;rm", "é"])
+def test_bad_ids_are_refused(bad):
+    with pytest.raises(InputError):
+        validate_id(bad)
+
+
+def test_command_is_not_interpolated(tasks, tmp_path):
+    cmd = "printf '%s\\n' \"$(echo 'quoted $HOME; `x`')\""
+    tasks.run("quote", cmd)
+    rec, _ = tasks.wait("quote", timeout=20)
+    assert rec.state == TaskState.SUCCESS
+    assert open(tasks.paths("quote").command).read().splitlines()[1] == cmd
+
+
+def test_lost_pending_task_whose_window_never_came(tasks, monkeypatch):
+    tasks.run("never", "true")
+    tasks.wait("never", timeout=20)
+    # Forge a pending record whose supervisor never started, created long ago.
+    p = tasks.paths("never")
+    st = json.load(open(p.status))
+    st.update(state="pending", pid=None, created_at="2020-01-01T00:00:00+00:00", tmux={
+        "socket": "opsrg-none", "session": "none", "window": "never"})
+    open(p.status, "w").write(json.dumps(st))
+    rec = tasks.status("never")
+    assert rec.state == TaskState.FAILED and rec.reason == "lost" and "never started" in rec.evidence
+
+
+def test_garbage_status_is_a_clear_error_and_can_be_replaced(tasks):
+    tasks.run("torn", "true")
+    tasks.wait("torn", timeout=20)
+    open(tasks.paths("torn").status, "w").write('{"id": "torn", "sta')
+    with pytest.raises(TaskError, match=r"status.json: unreadable task status"):
+        tasks.status("torn")
+    assert "torn" not in [r.id for r in tasks.list()]
+    with pytest.raises(TaskError, match="already exists"):
+        tasks.run("torn", "true")
+    tasks.run("torn", "true", replace=True)
+    assert tasks.wait("torn", timeout=20)[0].state == TaskState.SUCCESS
