@@ -147,27 +147,51 @@ def draw_bins(table: AliasTable, u1: np.ndarray, u2: np.ndarray | None = None) -
     return np.where(keep, col, table.alias[col])
 
 
+GUIDE_CELLS_PER_BIN = 4
+
+
 @dataclass
 class InverseCDF:
-    """Exact inverse of the piecewise-uniform CDF of a histogram (monotone in u)."""
+    """Exact inverse of the piecewise-uniform CDF of a histogram: z is monotone in u.
 
-    cum: np.ndarray  # float64, nbins: cumulative counts C[i] = sum_{j<=i} c_j
-    counts: np.ndarray  # float64, nbins
+    ``cum[i]`` (float64, nbins + 1, cum[0] = 0) holds the counts below bin i. A uniform u maps
+    to x = u * cum[-1], to the bin i with cum[i] <= x < cum[i+1], and to the position
+    i + (x - cum[i]) / (cum[i+1] - cum[i]) inside it. Empty bins are never chosen. ``guide``
+    (GUIDE_CELLS_PER_BIN * nbins cells of equal probability, plus one) gives the bin at each
+    cell start, so most draws need one comparison instead of a binary search.
+    """
+
+    cum: np.ndarray
+    guide: np.ndarray
+
+    @property
+    def nbins(self) -> int:
+        return int(self.cum.size - 1)
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> InverseCDF:
         c = _checked_counts(counts)
-        return cls(cum=np.cumsum(c), counts=c)
+        cum = np.concatenate([[0.0], np.cumsum(c)])
+        m = GUIDE_CELLS_PER_BIN * c.size
+        starts = np.arange(m + 1) * (cum[-1] / m)
+        guide = np.searchsorted(cum, starts, side="right") - 1
+        np.clip(guide, 0, c.size - 1, out=guide)
+        return cls(cum=cum, guide=guide.astype(np.int64))
 
-    def positions(self, u: np.ndarray) -> np.ndarray:
-        """Continuous bin coordinate (bin + fraction) for uniforms u in [0, 1)."""
-        total = self.cum[-1]
-        x = np.asarray(u, dtype=np.float64) * total
-        i = np.searchsorted(self.cum, x, side="right")
-        np.minimum(i, self.cum.size - 1, out=i)
-        lo = np.where(i > 0, self.cum[np.maximum(i - 1, 0)], 0.0)
-        frac = np.clip((x - lo) / self.counts[i], 0.0, np.nextafter(1.0, 0.0))
-        return i + frac
+    def positions(self, u: np.ndarray, sweeps: int = 1) -> np.ndarray:
+        """Continuous bin coordinate (bin + fraction) for float64 uniforms u in [0, 1)."""
+        cum, m = self.cum, self.guide.size - 1
+        total = cum[-1]
+        x = np.minimum(np.asarray(u, dtype=np.float64) * total, np.nextafter(total, 0.0))
+        i = self.guide[(x * (m / total)).astype(np.int64)]
+        for _ in range(sweeps):
+            i += cum[i + 1] <= x
+        bad = cum[i + 1] <= x
+        if bad.any():  # long runs of (nearly) empty bins: binary search for those few
+            i[bad] = np.searchsorted(cum, x[bad], side="right") - 1
+        lo = cum[i]
+        frac = (x - lo) / (cum[i + 1] - lo)
+        return i + np.minimum(frac, np.nextafter(1.0, 0.0))
 
 
 def load_histogram(path: str) -> tuple[np.ndarray, Grid]:

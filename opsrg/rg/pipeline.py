@@ -21,7 +21,9 @@ import numpy as np
 from opsrg.atomic import atomic_save_npz, atomic_write_json, locked
 from opsrg.errors import IllegalStateError, InputError
 from opsrg.rg.backends import Backend, StepResult, get_backend
-from opsrg.rg.histogram import AliasTable, Grid, load_histogram, save_histogram, symmetrise
+from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, load_histogram, save_histogram, symmetrise
+
+Sampler = AliasTable | InverseCDF | None
 from opsrg.rg.streams import stream_key
 
 SCALARS = ("n", "underflow", "overflow", "nonfinite", "sum_z", "sum_z2", "sum_g", "sum_g2")
@@ -167,8 +169,8 @@ def fp_fingerprint(fp_file: str) -> tuple[str, Grid]:
     return hashlib.sha256(counts.tobytes()).hexdigest()[:16], grid
 
 
-def _input_tables(cfg: RunConfig, paths: RunPaths, k: int) -> list[AliasTable | None]:
-    """One sampler per shift for step k (uniform G for the first FP step)."""
+def _input_tables(cfg: RunConfig, paths: RunPaths, k: int) -> list[Sampler]:
+    """One sampler per shift for step k: alias for FP (uniform G at step 1), inverse CDF for EXP."""
     if cfg.mode == "fp":
         if k == 1:
             return [None]
@@ -176,9 +178,9 @@ def _input_tables(cfg: RunConfig, paths: RunPaths, k: int) -> list[AliasTable | 
         return [AliasTable.from_counts(counts)]
     if k == 1:
         counts, _ = load_histogram(str(paths.fp_input))
-        table = AliasTable.from_counts(counts)
+        table = InverseCDF.from_counts(counts)
         return [table for _ in cfg.shifts]
-    return [AliasTable.from_counts(load_histogram(str(_require(paths.unsym(k - 1, s), paths, k, cfg)))[0])
+    return [InverseCDF.from_counts(load_histogram(str(_require(paths.unsym(k - 1, s), paths, k, cfg)))[0])
             for s in cfg.shifts]
 
 
@@ -190,7 +192,7 @@ def _require(path: Path, paths: RunPaths, k: int, cfg: RunConfig) -> Path:
 
 
 def gen_shard(cfg: RunConfig, paths: RunPaths, k: int, i: int, backend: Backend,
-              batch_size: int | None = None, tables: list[AliasTable | None] | None = None) -> Path:
+              batch_size: int | None = None, tables: list[Sampler] | None = None) -> Path:
     """Compute shard i of step k for every shift and write its part file and READY marker."""
     if not 0 <= i < cfg.shards:
         raise InputError(f"task {i} out of range for {cfg.shards} tasks")
@@ -394,7 +396,7 @@ def _make_backend(name: str, cfg: RunConfig) -> Backend:
         from opsrg.rg.backends.numpy_backend import NumpyBackend
 
         return NumpyBackend(method="numerical")
-    return get_backend(name)
+    return get_backend(name, sampler="icdf" if cfg.mode == "exp" else "alias")
 
 
 def _progress_line(cfg: RunConfig, done: dict[str, Any]) -> str:

@@ -5,6 +5,11 @@ A backend draws 5 input z per sample from an alias table (or uniform G when ``ta
 (always), ``cpu`` (numba) and ``cupy`` (GPU), the last two imported lazily so a missing module or
 device just makes them unavailable.
 
+Samplers: FP steps pass an :class:`AliasTable`; EXP steps pass an :class:`InverseCDF`, because
+common random numbers need the same uniform to give nearby z in the +z0 and -z0 histograms, which
+alias tables do not (docs/rg.md, "Sampling"). A backend lists what it accepts in an optional
+``samplers`` attribute (default ``("alias",)``); the EXP loop only runs on backends with "icdf".
+
 Counting convention (all backends): z' < -zmax (including -inf) is ``underflow``, z' >= zmax
 (including +inf) is ``overflow``, NaN is ``nonfinite``; the sums cover in-range samples only.
 """
@@ -20,7 +25,7 @@ from opsrg.errors import BackendUnavailableError, InputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from opsrg.rg.histogram import AliasTable, Grid
+    from opsrg.rg.histogram import AliasTable, Grid, InverseCDF
 
 BACKEND_NAMES = ("numpy", "cpu", "cupy", "auto")
 _MODULES = {
@@ -105,7 +110,7 @@ class Backend(Protocol):
 
     def available(self) -> bool: ...
 
-    def sample_step(self, table: AliasTable | None, grid: Grid, n: int, key: int, *,
+    def sample_step(self, table: AliasTable | InverseCDF | None, grid: Grid, n: int, key: int, *,
                     shift: float = 0.0, dtype: str = "float32",
                     batch_size: int = 1_000_000) -> StepResult: ...
 
@@ -121,15 +126,19 @@ def _load(name: str) -> Backend:
     return backend
 
 
-def get_backend(name: str = "auto") -> Backend:
-    """Backend by name; ``auto`` tries cupy, then cpu, then numpy."""
+def supports(backend: Backend, sampler: str) -> bool:
+    return sampler in getattr(backend, "samplers", ("alias",))
+
+
+def get_backend(name: str = "auto", sampler: str = "alias") -> Backend:
+    """Backend by name; ``auto`` tries cupy, then cpu, then numpy (the first that has ``sampler``)."""
     if name not in BACKEND_NAMES:
         raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "auto":
         for cand in ("cupy", "cpu"):
             try:
                 b = _load(cand)
-                if b.available():
+                if b.available() and supports(b, sampler):
                     return b
             except (BackendUnavailableError, ImportError, AttributeError):
                 continue
@@ -142,4 +151,9 @@ def get_backend(name: str = "auto") -> Backend:
         why = reason() if callable(reason) else "not available on this machine"
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}",
                                       hint="use --backend numpy or --backend auto")
+    if not supports(b, sampler):
+        raise BackendUnavailableError(
+            f"backend {name!r} has no {sampler!r} sampler, which this run needs"
+            + (" (EXP draws by inverse CDF to keep common random numbers effective)" if sampler == "icdf" else ""),
+            hint="use --backend numpy or --backend auto")
     return b

@@ -1,7 +1,7 @@
 """Plain vectorised NumPy backend: always available, the reference for the others.
 
 Per batch: 5 z per sample from the alias table (one float64 uniform for column and keep/alias,
-one uniform for the position inside the bin), 4 uniform phases, the real-arithmetic map of
+one uniform for the position inside the bin) or, for EXP, from the inverse CDF (one uniform), 4 uniform phases, the real-arithmetic map of
 ``kernel.map_z_fast`` in float32 or float64, then a float64-binned int64 histogram. Memory is
 O(batch_size), not O(n).
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from opsrg.errors import InputError
 from opsrg.rg.backends import StepResult, accumulate
-from opsrg.rg.histogram import AliasTable, Grid, draw_bins
+from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, draw_bins
 from opsrg.rg.kernel import map_z_fast
 from opsrg.rg.streams import numpy_generator
 
@@ -22,9 +22,9 @@ TWO_PI = 2.0 * np.pi
 DEFAULT_BATCH = 1 << 16
 
 
-def draw_z(rng: np.random.Generator, table: AliasTable | None, grid: Grid, shape: tuple[int, ...],
-           shift: float, ft: np.dtype) -> np.ndarray:
-    """Input z of the given shape: from the table, or from uniform G when ``table is None``."""
+def draw_z(rng: np.random.Generator, table: AliasTable | InverseCDF | None, grid: Grid,
+           shape: tuple[int, ...], shift: float, ft: np.dtype) -> np.ndarray:
+    """Input z of the given shape: from the sampler, or from uniform G when ``table is None``."""
     if table is None:
         # G = t^2 uniform on (0, 1): z = ln(1/G - 1) = ln(1 - G) - ln(G); 1 - U is in (0, 1]
         g = 1.0 - rng.random(shape)
@@ -32,7 +32,10 @@ def draw_z(rng: np.random.Generator, table: AliasTable | None, grid: Grid, shape
             z = np.log1p(-g) - np.log(g)
         return (z + shift).astype(ft)
     if table.nbins != grid.nbins:
-        raise InputError(f"alias table has {table.nbins} bins, grid has {grid.nbins}")
+        raise InputError(f"sampler has {table.nbins} bins, grid has {grid.nbins}")
+    if isinstance(table, InverseCDF):  # one uniform per z, monotone: keeps CRN pairs close
+        pos = table.positions(rng.random(shape))
+        return (-grid.zmax + shift + pos * grid.width).astype(ft)
     bins = draw_bins(table, rng.random(shape))
     u = rng.random(shape, dtype=ft)
     lo = ft.type(-grid.zmax + shift)
@@ -45,6 +48,7 @@ class NumpyBackend:
 
     method: str = "analytic"
     name: str = "numpy"
+    samplers: tuple[str, ...] = ("alias", "icdf")
 
     def available(self) -> bool:
         return True
@@ -55,7 +59,7 @@ class NumpyBackend:
         ph = np.asarray(phases, dtype=ft)
         return map_z_fast(np.asarray(z, dtype=ft), np.cos(ph), np.sin(ph), dtype=dtype)
 
-    def sample_step(self, table: AliasTable | None, grid: Grid, n: int, key: int, *,
+    def sample_step(self, table: AliasTable | InverseCDF | None, grid: Grid, n: int, key: int, *,
                     shift: float = 0.0, dtype: str = "float32",
                     batch_size: int = DEFAULT_BATCH) -> StepResult:
         if dtype not in ("float32", "float64"):
