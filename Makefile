@@ -1,0 +1,22 @@
+# The two commands of the README:
+#   make demo   set everything up and run the end-to-end demo on this machine
+#   make test   set everything up and run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(PY) -m opsrg.demo
+
+test: setup
+	@$(PY) -m pytest -q -ra
+
+lint: setup
+	@$(VENV)/bin/ruff check opsrg tests tasks.py bench
+
+clean:
+	rm -rf .opsrg artifacts
