@@ -190,8 +190,8 @@ class InverseCDF:
         if bad.any():  # long runs of (nearly) empty bins: binary search for those few
             i[bad] = np.searchsorted(cum, x[bad], side="right") - 1
         lo = cum[i]
-        frac = (x - lo) / (cum[i + 1] - lo)
-        return i + np.minimum(frac, np.nextafter(1.0, 0.0))
+        pos = i + (x - lo) / (cum[i + 1] - lo)
+        return np.minimum(pos, np.nextafter(i + 1.0, 0.0))  # stay inside bin i after rounding
 
 
 def load_histogram(path: str) -> tuple[np.ndarray, Grid]:

@@ -37,9 +37,8 @@ def draw_z(rng: np.random.Generator, table: AliasTable | InverseCDF | None, grid
         pos = table.positions(rng.random(shape))
         return (-grid.zmax + shift + pos * grid.width).astype(ft)
     bins = draw_bins(table, rng.random(shape))
-    u = rng.random(shape, dtype=ft)
-    lo = ft.type(-grid.zmax + shift)
-    return lo + (bins.astype(ft) + u) * ft.type(grid.width)
+    # position in float64 (float32 would keep only 8 bits of the in-bin fraction at bin 50 000)
+    return ((-grid.zmax + shift) + (bins + rng.random(shape)) * grid.width).astype(ft)
 
 
 @dataclass

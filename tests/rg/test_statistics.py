@@ -1,0 +1,75 @@
+"""RG_SPEC 3.2/3.3 at small N: first-step moments, the FP width table, an EXP smoke run.
+
+Tolerances follow the statistical errors SE(std z) ~ 1.8/sqrt(N), SE(mean z) ~ 2.17/sqrt(N).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from opsrg.rg.histogram import Grid
+from opsrg.rg.streams import stream_key
+
+FP_STD = [2.0335, 2.1172, 2.1499, 2.1627, 2.1679, 2.1700, 2.1708, 2.1711, 2.1712, 2.1712]
+EXP_SLOPES = [1.3802, 1.864, 2.510]
+LAMBDA = 1.3461
+
+
+def test_first_step_from_uniform_g(backend):
+    n = 4_000_000
+    r = backend.sample_step(None, Grid(), n, stream_key(11, 1, 0, "sample"), dtype="float32")
+    assert r.n == n and r.in_range + r.underflow + r.overflow + r.nonfinite == n
+    assert r.nonfinite == 0
+    mean = r.sum_z / r.in_range
+    std = np.sqrt(r.sum_z2 / r.in_range - mean ** 2)
+    g = r.sum_g / r.in_range
+    var_g = r.sum_g2 / r.in_range - g * g
+    assert std == pytest.approx(2.0336, abs=0.003)
+    assert var_g == pytest.approx(0.0949, abs=0.003)
+    assert g == pytest.approx(0.5, abs=0.003)
+    assert abs(mean) < 5 * 2.17 / np.sqrt(n)
+    assert r.counts.sum() == r.in_range and r.counts.dtype == np.int64
+
+
+def test_fp_widths_follow_the_table(fp_run):
+    n = 1_000_000
+    for k in range(1, 7):
+        st = json.loads((fp_run / f"DONE_RG{k}.json").read_text())["stats"][0]
+        assert abs(st["std_z"] - FP_STD[k - 1]) < 4 * 1.8 / np.sqrt(n) + 1e-3, (k, st["std_z"])
+        assert abs(st["mean_z"]) < 5 * 2.17 / np.sqrt(n), (k, st["mean_z"])
+        assert st["underflow"] == st["overflow"] == st["nonfinite"] == 0
+    last = json.loads((fp_run / "DONE_RG6.json").read_text())["stats"][0]
+    assert last["var_g"] == pytest.approx(0.1008, abs=0.002)
+    assert last["kurtosis_z"] == pytest.approx(3.775, abs=0.08)
+
+
+def test_exp_smoke(fp_run, tmp_path):
+    from opsrg.rg.pipeline import RunConfig, RunPaths, fp_fingerprint, run_loop, signed_shifts
+
+    fp_file = str(fp_run / "sym_z_hist_RG6.npz")
+    n = 300_000
+    cfg = RunConfig(mode="exp", samples=n, seed=9, shards=4, shifts=signed_shifts([0.01]),
+                    fp_sha256=fp_fingerprint(fp_file)[0])
+    run_loop(cfg, RunPaths(tmp_path), 3, "numpy", fp_file=fp_file, log=lambda m: None)
+    nu = json.loads((tmp_path / "nu.json").read_text())
+    entry = nu["by_shift"]["0.01"]
+    slopes = entry["mean"]["slope_n"]
+    for got, want in zip(slopes, EXP_SLOPES):
+        assert got == pytest.approx(want, rel=0.03)
+    for obs in ("mean", "median", "peak"):
+        assert entry[obs]["observable"] == obs
+        assert len(entry[obs]["slope_n"]) == 3 and len(entry[obs]["cumulative_nu_n"]) == 3
+        assert len(entry[obs]["ratio_lambda_n"]) == 2
+    assert entry["mean"]["fit_nu"] == pytest.approx(2.33, abs=0.35)
+    assert entry["nu_err"] is not None and entry["nu_err"] > 0
+    assert "bootstrap" in entry["error"]["method"]
+    # the z0 = 0 control does not drift: fluctuations grow like lambda^n, no bias
+    control = nu["control_z0_0"]["mean"]
+    for k, m in enumerate(control, start=1):
+        bound = 5 * 2.17 / np.sqrt(n) * np.sqrt(sum(LAMBDA ** (2 * j) for j in range(k)))
+        assert abs(m) < bound, (k, m)
+    assert (tmp_path / "shift_+0.010000" / "z_hist_unsym_RG3.npz").exists()
+    assert (tmp_path / "shift_-0.010000" / "z_hist_unsym_RG3.npz").exists()
