@@ -39,21 +39,26 @@ def hist_median(counts: np.ndarray, grid: Grid) -> float:
     return float(-grid.zmax + (j + (half - below) / c[j]) * grid.width)
 
 
-def hist_peak(counts: np.ndarray, grid: Grid, coarse: float = 0.05, half_window: float = 0.6) -> float:
-    """Position of the maximum: quadratic fit to log Q on a coarse rebinning near its maximum."""
+def hist_peak(counts: np.ndarray, grid: Grid, coarse: float = 0.05, half_window: float = 1.0) -> float:
+    """Position of the maximum of Q: vertex of a quadratic fit to log Q.
+
+    The fit window (+-half_window on bins ``coarse`` wide) is centred on the median, not on the
+    argmax, so the estimate moves continuously with the histogram and the +z0/-z0 difference
+    keeps the benefit of common random numbers.
+    """
     c = np.asarray(counts, dtype=np.float64)
     f = max(1, int(round(coarse / grid.width)))
     m = c.size // f
     reb = c[: m * f].reshape(m, f).sum(axis=1)
     x = -grid.zmax + (np.arange(m) + 0.5) * f * grid.width
-    j = int(np.argmax(reb))
-    sel = (np.abs(x - x[j]) <= half_window) & (reb > 0)
+    x0 = hist_median(counts, grid)
+    sel = (np.abs(x - x0) <= half_window) & (reb > 0)
     if sel.sum() < 3:
-        return float(x[j])
-    a, b, _ = np.polyfit(x[sel] - x[j], np.log(reb[sel]), 2, w=np.sqrt(reb[sel]))
+        return float(x[int(np.argmax(reb))])
+    a, b, _ = np.polyfit(x[sel] - x0, np.log(reb[sel]), 2, w=np.sqrt(reb[sel]))
     if a >= 0:
-        return float(x[j])
-    return float(x[j] - b / (2 * a))
+        return float(x[int(np.argmax(reb))])
+    return float(x0 - b / (2 * a))
 
 
 def fit_lambda(slopes: np.ndarray, nmin: int = FIT_NMIN) -> tuple[float, list[int]]:
