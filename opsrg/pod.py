@@ -1,50 +1,92 @@
-"""The pod lifecycle: bring it up, check it, bootstrap it."""
+"""The pod lifecycle: bring it up, check it, bootstrap it, check the code out, take it down.
+
+Every step talks to ``ctx.host`` only, so the local provider, a pod over SSH and a rented lium
+pod go through the same code. Long steps (clone, venv, pip, setup scripts) run as tracked
+tasks on the pod and are waited on by polling their files, never streamed over SSH.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from .context import Context
-from .errors import HostError
+from .errors import ConfigError, HostError, UnreachableError
+from .settings import REPO_ROOT
 
 PREREQS = ("tmux", "rsync", "git")
+APT_PACKAGES = {"tmux": "tmux", "rsync": "rsync", "git": "git", "python": "python3 python3-venv"}
+TASK_TIMEOUT = 1800.0
 
 
+# ------------------------------------------------------------------ up / down
 def up(ctx: Context) -> str:
-    """Local provider: the pod is a folder of this machine; create its layout."""
-    for d in (ctx.outputs_dir, ctx.control_dir, f"{ctx.outputs_dir}/_tasks"):
-        ctx.host.run(["mkdir", "-p", d])
-    return f"pod ready: {ctx.s.pod_provider} host {ctx.host.name}, outputs in {ctx.outputs_dir}"
+    """Make the pod answer and create its folders (lium: rent it first)."""
+    extra = ""
+    if ctx.s.pod_provider == "lium":
+        from . import lium
+
+        rec = lium.up(ctx)
+        extra = f" (lium pod {rec['name']}, {rec.get('gpu') or 'gpu unknown'})"
+    host = ctx.host
+    try:
+        host.run(["mkdir", "-p", ctx.outputs_dir, ctx.control_dir, f"{ctx.outputs_dir}/_tasks"])
+    except UnreachableError as e:
+        raise UnreachableError(str(e.message), hint="check OPS_DEFAULT_HOST/OPS_SSH_KEY, then `inv pod-up`") from None
+    return f"pod ready: {ctx.s.pod_provider} host {host.name}{extra}, outputs in {ctx.outputs_dir}"
 
 
+def down(ctx: Context) -> str:
+    """Forget the pod (lium: give it back). Files on an ssh/local pod are left as they are."""
+    if ctx.s.pod_provider == "lium":
+        from . import lium
+
+        return lium.down(ctx)
+    return f"pod forgotten ({ctx.s.pod_provider}); its files and tasks are left untouched"
+
+
+# ------------------------------------------------------------------ status
 def status(ctx: Context) -> dict[str, Any]:
-    info: dict[str, Any] = {"provider": ctx.s.pod_provider, "host": None, "reachable": False}
+    """What the pod looks like now. Unreachable is a state, not a failure; read-only."""
+    info: dict[str, Any] = {"provider": ctx.s.pod_provider, "host": None, "reachable": False,
+                            "state": "unknown"}
+    info["fsm_state"] = ctx.store.read().state.value
     try:
         host = ctx.host
+        info["host"] = host.name
         r = host.run("uptime -p 2>/dev/null || uptime", timeout=15)
-        info.update(host=host.name, reachable=True, uptime=r.stdout.strip())
-    except HostError as e:
-        info["error"] = str(e)
-        info["fsm_state"] = ctx.store.read().state.value
+        info.update(reachable=True, state="reachable", uptime=r.stdout.strip())
+    except UnreachableError as e:
+        info.update(state="unreachable", error=e.message)
         return info
-    r = host.run(["df", "-Pk", ctx.outputs_dir if host.exists(ctx.outputs_dir) else "/"], check=False)
-    if r.ok and len(r.stdout.splitlines()) > 1:
-        info["disk_free_gib"] = round(int(r.stdout.splitlines()[1].split()[3]) / 2**20, 1)
-    r = host.run("command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total "
-                 "--format=csv,noheader || true", check=False)
-    info["gpus"] = [g.strip() for g in r.stdout.splitlines() if g.strip()]
-    r = host.run(["tmux", "-L", ctx.s.ops_tmux_socket, "list-sessions", "-F", "#{session_name}"], check=False)
-    info["tmux_sessions"] = r.stdout.split() if r.ok else []
-    info["fsm_state"] = ctx.store.read().state.value
+    except (HostError, ConfigError) as e:
+        info.update(state="error", error=getattr(e, "message", str(e)))
+        return info
+    out = ctx.outputs_dir
+    script = (f"df -Pk {shlex.quote(out)} 2>/dev/null || df -Pk /; echo '--gpus'; "
+              "command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total "
+              "--format=csv,noheader 2>/dev/null; echo '--tmux'; "
+              f"tmux -L {shlex.quote(ctx.s.ops_tmux_socket)} list-sessions -F '#{{session_name}}' 2>/dev/null; true")
+    r = host.run(script, check=False, timeout=30)
+    df, _, rest = r.stdout.partition("--gpus\n")
+    gpus, _, tmux = rest.partition("--tmux\n")
+    lines = df.splitlines()
+    if len(lines) > 1 and len(lines[1].split()) > 3:
+        info["disk_free_gib"] = round(int(lines[1].split()[3]) / 2**20, 1)
+        info["disk_of"] = out
+    info["gpus"] = [g.strip() for g in gpus.splitlines() if g.strip()]
+    info["tmux_sessions"] = tmux.split()
     return info
 
 
+# ------------------------------------------------------------------ bootstrap
 def check_prereqs(ctx: Context) -> dict[str, str | None]:
-    """Each prerequisite's version on the pod, or None when it is missing."""
-    script = "; ".join(f"printf '%s=' {p}; (command -v {p} >/dev/null && echo yes) || echo no" for p in PREREQS)
+    """Each prerequisite's path on the pod, and the python version; None when missing."""
+    script = "; ".join(f"printf '%s=' {p}; command -v {p} || echo no" for p in PREREQS)
     script += f"; printf 'python='; {shlex.quote(ctx.s.remote_python_bin)} -c " \
               "'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || echo no"
     r = ctx.host.run(script)
@@ -55,15 +97,179 @@ def check_prereqs(ctx: Context) -> dict[str, str | None]:
     return found
 
 
-def bootstrap(ctx: Context) -> str:
-    found = check_prereqs(ctx)
+def _missing(found: dict[str, str | None]) -> list[str]:
     missing = [k for k in PREREQS if not found.get(k)]
     py = found.get("python")
     if not py or tuple(int(x) for x in re.findall(r"\d+", py)[:2]) < (3, 10):
-        missing.append(f"python3>=3.10 (found {py or 'none'})")
+        missing.append("python")
+    return missing
+
+
+def run_and_wait(ctx: Context, task_id: str, command: str, *, resume: str, timeout: float = TASK_TIMEOUT,
+                 env: dict[str, str] | None = None, cwd: str | None = None) -> str:
+    """Run ``command`` as a tracked task on the pod and wait for it; its log on success.
+
+    A task of that id still running (an earlier, interrupted call) is waited on, not restarted.
+    """
+    from .errors import TaskError
+    from .tracked import TaskState
+
+    tm = ctx.tasks
+    try:
+        rec = tm.read(task_id)
+        running = not rec.state.is_terminal
+    except TaskError:
+        running = False
+    if not running:
+        tm.run(task_id, command, timeout_secs=timeout, replace=True, env=env, cwd=cwd)
+    rec, waited_out = tm.wait(task_id, timeout=timeout + 60, poll=0.2)
+    log = ctx.host.read_text(tm.paths(task_id).log) or ""
+    if waited_out or rec.state != TaskState.SUCCESS:
+        tail = "\n    ".join(log.strip().splitlines()[-15:])
+        raise HostError(f"{task_id} on {ctx.host.name}: {rec.state}"
+                        f"{f' (exit {rec.exit_code})' if rec.exit_code is not None else ''}; "
+                        f"log {tm.paths(task_id).log}:\n    {tail}", hint=resume)
+    return log
+
+
+def bootstrap(ctx: Context) -> str:
+    host = ctx.host
+    found = check_prereqs(ctx)
+    missing = _missing(found)
+    notes: list[str] = []
+    if missing and ctx.s.auto_install_prereqs:
+        uid = host.run(["id", "-u"]).stdout.strip()
+        if uid != "0":
+            raise HostError(f"{host.name}: missing {', '.join(missing)} and not root (uid {uid}): cannot apt-get",
+                            hint="install them on the pod, then `inv bootstrap`")
+        pkgs = " ".join(APT_PACKAGES[m] for m in missing)
+        host.run(f"export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
+                 f"apt-get install -y -q --no-install-recommends {pkgs}", timeout=900)
+        notes.append(f"installed {pkgs}")
+        found = check_prereqs(ctx)
+        missing = _missing(found)
     if missing:
-        raise HostError(f"{ctx.host.name}: missing prerequisites: {', '.join(missing)}",
-                        hint="install them (apt-get install tmux rsync git python3), then `inv bootstrap`")
+        what = ", ".join(m if m != "python" else f"python3>=3.10 (found {found.get('python') or 'none'})"
+                         for m in missing)
+        raise HostError(f"{host.name}: missing prerequisites: {what}",
+                        hint="install them (or set AUTO_INSTALL_PREREQS=1 as root), then `inv bootstrap`")
+    host.run(["mkdir", "-p", ctx.control_dir, f"{ctx.outputs_dir}/_tasks"])
     if ctx.loaded.env_file:
-        ctx.host.write_text(ctx.pod_path(ctx.s.remote_env_path), ctx.loaded.env_file.read_text())
-    return "bootstrapped: " + json.dumps(found)
+        # Holds secrets such as WANDB_API_KEY: readable by the pod user only.
+        host.write_text(ctx.pod_path(ctx.s.remote_env_path), ctx.loaded.env_file.read_text(), mode=0o600)
+        notes.append(f"settings -> {ctx.pod_path(ctx.s.remote_env_path)}")
+    scripts = [("bootstrap-script", ctx.s.bootstrap_script)]
+    if ctx.s.sweep_wandb:
+        scripts.append(("wandb-setup", ctx.s.wandb_setup_script))
+    for task_id, script in scripts:
+        if not script:
+            continue
+        local = ctx.loaded.local_path(script)
+        if not local.is_file():
+            raise ConfigError(f"{script}: setup script not found (looked at {local})")
+        remote = f"{ctx.control_dir}/{task_id}.sh"
+        host.write_text(remote, local.read_text(), mode=0o700)
+        env = {}
+        if ctx.s.wandb_api_key is not None and task_id == "wandb-setup":
+            env["WANDB_API_KEY"] = ctx.s.wandb_api_key.get_secret_value()  # env only: never in files
+        run_and_wait(ctx, task_id, f"bash {shlex.quote(remote)}", env=env, resume="inv bootstrap")
+        notes.append(f"ran {script}")
+    return "bootstrapped: " + json.dumps(found) + ("; " + "; ".join(notes) if notes else "")
+
+
+# ------------------------------------------------------------------ checkout
+def default_repo_url(ctx: Context) -> str:
+    """REPO_URL, or this project's own git repository (so the local demo works)."""
+    if ctx.s.repo_url:
+        return ctx.s.repo_url
+    for base in (ctx.loaded.root, REPO_ROOT):
+        p = subprocess.run(["git", "-C", str(base), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        if p.returncode == 0:
+            return p.stdout.strip()
+    raise ConfigError("REPO_URL is empty and the project is not in a git repository: set REPO_URL")
+
+
+def project_dependencies() -> list[str]:
+    """Distribution names of this project's runtime dependencies (from pyproject.toml)."""
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    m = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.S | re.M)
+    reqs = re.findall(r"[\"']([^\"']+)[\"']", m.group(1)) if m else []
+    return [re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0] for d in reqs]
+
+
+CLONE_SH = r"""set -euo pipefail
+repo={repo}; url={url}; ref={ref}
+if [ -d "$repo/.git" ]; then
+  git -C "$repo" remote set-url origin "$url"
+else
+  mkdir -p "$(dirname "$repo")"
+  git init -q "$repo"
+  git -C "$repo" remote add origin "$url"
+fi
+git -C "$repo" fetch -q --force origin "$ref"
+git -C "$repo" -c advice.detachedHead=false checkout -q --force FETCH_HEAD
+git -C "$repo" log -1 --format='checked out %H %s'
+"""
+
+# The venv sees everything REMOTE_PYTHON_BIN sees: --system-site-packages, plus a .pth for the
+# site-packages of REMOTE_PYTHON_BIN when that interpreter is itself in a venv.
+VENV_SH = r"""set -euo pipefail
+cd {repo}
+py={python}; recreate={recreate}
+if [ "$recreate" = 1 ] || [ ! -x .venv/bin/python ]; then
+  rm -rf .venv
+  "$py" -m venv --system-site-packages --without-pip .venv
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  "$py" -c 'import site, sys; print("\n".join(p for p in sys.path if p.endswith("-packages")))' \
+    > "$site/_opsrg_inherited.pth"
+  .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip -q
+  echo "venv created with $py"
+fi
+if .venv/bin/python - {deps} <<'EOF'
+import importlib.metadata as md, sys
+missing = []
+for name in sys.argv[1:]:
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        missing.append(name)
+print("dependencies missing: " + " ".join(missing) if missing else "dependencies present")
+sys.exit(1 if missing else 0)
+EOF
+then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "installed with --no-deps"
+else
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+  echo "installed with dependencies"
+fi
+.venv/bin/python -c 'import opsrg; print("import ok")'
+"""
+
+CUPY_PY = ("import cupy\nn = cupy.cuda.runtime.getDeviceCount()\nprint('cupy', cupy.__version__, 'devices', n)")
+
+
+def checkout(ctx: Context) -> str:
+    host = ctx.host
+    s = ctx.s
+    repo = ctx.pod_path(s.ops_remote_repo)
+    url = default_repo_url(ctx)
+    ref = f"refs/pull/{s.checkout_pr}/head" if s.checkout_pr else s.checkout_branch
+    if s.data_dir and not host.exists(ctx.pod_path(s.data_dir)):
+        raise ConfigError(f"DATA_DIR={s.data_dir}: no such folder on {host.name}",
+                          hint="fix DATA_DIR in workflow.env (or copy the data there), then `inv checkout`")
+    q = shlex.quote
+    log = run_and_wait(ctx, "checkout-clone", CLONE_SH.format(repo=q(repo), url=q(url), ref=q(ref)),
+                       resume="inv checkout")
+    commit = next((ln for ln in log.splitlines() if ln.startswith("checked out")), "checked out")
+    deps = " ".join(q(d) for d in project_dependencies())
+    log = run_and_wait(ctx, "checkout-venv", VENV_SH.format(
+        repo=q(repo), python=q(s.remote_python_bin), recreate=int(s.venv_recreate), deps=deps),
+        resume="inv checkout  (VENV_RECREATE=1 inv checkout rebuilds the venv)")
+    install = next((ln for ln in log.splitlines() if ln.startswith("installed")), "installed")
+    venv_python = f"{repo}/.venv/bin/python"
+    r = host.run([venv_python, "-c", CUPY_PY], check=False, timeout=120)
+    cupy = r.stdout.strip() if r.ok else "not usable (" + (r.stderr.strip().splitlines() or ["?"])[-1][:160] + ")"
+    if hasattr(host, "venv_python"):
+        host.python = None  # look again: the venv exists now
+    return f"{commit} ({ref}) into {repo}; venv {install}; CuPy {cupy}"
