@@ -131,11 +131,11 @@ def fsm_check(c, command):
     print(f"'{command}' may run in state {ctx.store.read().state.value}")
 
 
-# ------------------------------------------------------------------ pod (local provider)
+# ------------------------------------------------------------------ pod lifecycle
 @task
 @ops
 def pod_up(c):
-    """Make the pod ready (local provider: create its folders). INIT -> POD_READY."""
+    """Make the pod ready (local: folders; ssh: it answers; lium: rent it). INIT -> POD_READY."""
     from opsrg import pod
 
     ctx = _ctx()
@@ -146,7 +146,7 @@ def pod_up(c):
 @task(help={"json": "print machine-readable JSON"})
 @ops
 def pod_status(c, json=False):
-    """Reachability, uptime, disk, GPUs, tmux sessions and workflow state of the pod."""
+    """Reachability, uptime, disk, GPUs, tmux sessions and workflow state (unreachable is not failure)."""
     from opsrg import pod
 
     info = pod.status(_ctx())
@@ -159,13 +159,69 @@ def pod_status(c, json=False):
 
 @task
 @ops
+def pod_down(c):
+    """Forget the pod (lium: give it back with `lium rm`); files on ssh/local pods stay. -> INIT."""
+    from opsrg import pod
+
+    ctx = _ctx()
+    with ctx.transition("pod-down"):
+        print(pod.down(ctx))
+
+
+@task
+@ops
 def bootstrap(c):
-    """Check the pod's prerequisites (tmux, rsync, git, python3 >= 3.10). POD_READY -> BOOTSTRAPPED."""
+    """Check/install prerequisites, run BOOTSTRAP_SCRIPT, copy workflow.env. POD_READY -> BOOTSTRAPPED."""
     from opsrg import pod
 
     ctx = _ctx()
     with ctx.transition("bootstrap"):
         print(pod.bootstrap(ctx))
+
+
+@task
+@ops
+def checkout(c):
+    """Clone/update REPO_URL at CHECKOUT_BRANCH or CHECKOUT_PR on the pod, build its venv. -> CHECKED_OUT."""
+    from opsrg import pod
+
+    ctx = _ctx()
+    with ctx.transition("checkout"):
+        print(pod.checkout(ctx))
+
+
+@task(help={"dry_run": "list what would be sent, send nothing", "src": "folder to send (default: project root)",
+            "delete": "also delete files on the pod that are gone locally"})
+@ops
+def push(c, dry_run=False, src=None, delete=False):
+    """rsync the local working tree to OPS_REMOTE_REPO on the pod (resumable)."""
+    from opsrg import transfer
+
+    ctx = _ctx()
+    with ctx.transition("push"):
+        print(transfer.push(ctx, src=src, dry_run=dry_run, delete=delete))
+
+
+@task(help={"dry_run": "list what would be fetched, fetch nothing"})
+@ops
+def pull(c, dry_run=False):
+    """rsync the pod's outputs folder to LOCAL_ARTIFACTS_DIR (resumable)."""
+    from opsrg import transfer
+
+    ctx = _ctx()
+    with ctx.transition("pull"):
+        print(transfer.pull(ctx, dry_run=dry_run))
+
+
+@task(positional=["run_id"], help={"run_id": "the run folder under OPS_REMOTE_OUTPUTS_DIR"})
+@ops
+def fetch_run(c, run_id):
+    """Fetch one run to LOCAL_ARTIFACTS_DIR/RUN_ID, verified by sha256; FETCHED.json marks it complete."""
+    from opsrg import transfer
+
+    ctx = _ctx()
+    with ctx.transition("fetch-run"):
+        print(transfer.fetch_run(ctx, run_id).describe())
 
 
 # ------------------------------------------------------------------ tracked tasks

@@ -30,7 +30,11 @@ class Context:
         """A pod-side path: for the local provider, relative paths are under the project root."""
         if self.s.pod_provider == "local":
             return str(self.loaded.local_path(value))
-        return value
+        if value.startswith("/"):
+            return value
+        # Relative pod paths are under the login user's home, as ssh and rsync take them.
+        rel = value[2:] if value.startswith("~/") else value
+        return f"{self.host.home}/{rel}" if rel not in ("~", "") else self.host.home
 
     @property
     def outputs_dir(self) -> str:
@@ -60,9 +64,9 @@ class Context:
 
         if self.s.pod_provider == "local":
             return LocalHost()
-        from .errors import ConfigError
+        from .ssh import host_from_context
 
-        raise ConfigError(f"POD_PROVIDER={self.s.pod_provider}: remote pods are not available in this build")
+        return host_from_context(self)
 
     @cached_property
     def store(self):

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     ops_ssh_key: str = ""
     ops_ssh_connect_timeout: float = Field(10.0, gt=0)
     ops_ssh_retry_secs: float = Field(30.0, ge=0)
+    ops_ssh_command_timeout: float = Field(600.0, gt=0)
+    ops_known_hosts: str = ".opsrg/known_hosts"
+    ops_rsync_bwlimit_kbps: int = Field(0, ge=0)
+    lium_pod_name: str = "opsrg"
+    lium_up_timeout_secs: float = Field(900.0, gt=0)
     ops_local_pod_root: str = ".opsrg/pod"
     # Code on the pod
     repo_url: str = ""

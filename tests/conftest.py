@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVICE_MARKS = ("tmux", "ssh", "slurm")
+pytest_plugins = ["sshd"]  # tests/sshd.py: the real-sshd fixtures
 
 
 def require(tool: str, why: str) -> None:
