@@ -173,3 +173,30 @@ def test_garbage_status_is_a_clear_error_and_can_be_replaced(tasks):
         tasks.run("torn", "true")
     tasks.run("torn", "true", replace=True)
     assert tasks.wait("torn", timeout=20)[0].state == TaskState.SUCCESS
+
+
+def test_stale_heartbeat_is_evidence_of_loss(tmp_path):
+    """A live supervisor that stopped heartbeating (hung, or frozen host) is recorded as lost.
+
+    (tmux sends SIGCONT to stopped pane processes, so the hang is staged outside tmux.)
+    """
+    import sys
+
+    from opsrg import supervisor as sv
+
+    d = tmp_path / "hung"
+    d.mkdir()
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "supervise.py", "run", str(d)])
+    try:
+        (d / "status.json").write_text(json.dumps({"id": "hung", "state": "running", "pid": fake.pid,
+                                                  "runner": "tmux", "created_at": sv.now_iso()}))
+        (d / "heartbeat").write_text("")
+        old = time.time() - 100
+        os.utime(d / "heartbeat", (old, old))
+        out = sv.check(str(d), stale_secs=30)
+        assert out["record"]["state"] == "failed" and out["record"]["reason"] == "lost"
+        assert "heartbeat is 100s old" in out["record"]["evidence"]
+        os.utime(d / "heartbeat")
+        assert sv.check(str(d), stale_secs=30)["record"]["state"] == "failed"  # terminal stays final
+    finally:
+        fake.kill()
