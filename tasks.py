@@ -318,3 +318,170 @@ def task_kill(c, id):
     from opsrg.tracked import describe
 
     print(describe(_ctx().tasks.kill(id)))
+
+
+# ------------------------------------------------------------------ sweeps
+@task(help={"force": "overwrite an existing file"})
+@ops
+def sweep_csv_template(c, force=False):
+    """Write a starter sweep CSV at SWEEP_CSV (refuses to overwrite without --force)."""
+    from opsrg.errors import InputError
+    from opsrg.sweep_csv import TEMPLATE
+
+    ctx = _ctx()
+    path = ctx.loaded.local_path(ctx.s.sweep_csv)
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; not overwriting it", hint="pass --force, or set SWEEP_CSV to a new path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TEMPLATE, encoding="utf-8")
+    print(f"wrote {path}")
+
+
+@task(help={"csv": "sweep CSV (default SWEEP_CSV)", "backend": "tmux or slurm (default SWEEP_BACKEND)",
+            "resume": "rerun the failed, lost and missing runs of the last campaign",
+            "dry_run": "print the plan (jobs, dependencies, scripts); write and submit nothing",
+            "json": "print machine-readable JSON"})
+@ops
+def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, json=False):
+    """Validate the CSV and start the sweep. CHECKED_OUT -> SWEEP_RUNNING (--resume: from SWEEP_FAILED)."""
+    from opsrg import sweep_runner
+
+    out = sweep_runner.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run)
+    if json:
+        _print_json(out)
+    elif dry_run:
+        print(f"dry run ({out['backend']}): {len(out['jobs'])} jobs for runs {', '.join(out['runs'])}")
+        for j in out["jobs"]:
+            print(f"--- {j.get('key', j.get('run_id'))} after {j.get('deps', j.get('after')) or '-'}")
+            print(j.get("script") or j.get("command"))
+    elif resume:
+        print(f"campaign {out['campaign']} resumed: {', '.join(out['resumed']) or 'nothing to redo'}")
+    else:
+        print(f"campaign {out['campaign']} started on {out['backend']}: {len(out['runs'])} runs")
+        print("  inv sweep-status    inv sweep-monitor --wait")
+
+
+def _sweep_table(rows):
+    from opsrg.ui import table
+
+    table(["run", "state", "step", "elapsed", "jobs", "exit", "reason", "ok"],
+          [[r["run_id"], r["state"], r["step"], "" if r["elapsed_secs"] is None else f"{r['elapsed_secs']:.0f}s",
+            " ".join(r["job_ids"][:4]) + (" ..." if len(r["job_ids"]) > 4 else ""),
+            "" if r["exit_code"] is None else str(r["exit_code"]), r["reason"][:60],
+            {True: "yes", False: "no", None: ""}[r["summary_ok"]]] for r in rows])
+
+
+def _sweep_exit(verdict):
+    if verdict["done"] and verdict["failed"]:
+        raise Exit(code=1)
+
+
+@task(help={"json": "print machine-readable JSON", "watch": "refresh the table until every run is final",
+            "campaign": "campaign id (default: the last one)"})
+@ops
+def sweep_status(c, json=False, watch=False, campaign=None):
+    """One row per run (state, step, elapsed, jobs, exit/reason, summary ok); runs the monitor once."""
+    import time
+
+    from opsrg import sweep_runner
+
+    ctx = _ctx()
+    while True:
+        m, rows, verdict = sweep_runner.monitor(ctx, campaign)
+        if json:
+            _print_json({"campaign": m["campaign"], "backend": m["backend"], "runs": rows, **verdict})
+        else:
+            if watch:
+                print("\033[2J\033[H", end="")
+            print(f"campaign {m['campaign']} ({m['backend']}), workflow state {verdict['fsm']}")
+            _sweep_table(rows)
+        if not watch or verdict["done"]:
+            break
+        time.sleep(2)
+    _sweep_exit(verdict)
+
+
+@task(help={"wait": "keep polling (backed off) until every run is final; exit 1 if any failed",
+            "timeout_secs": "with --wait: give up after this many seconds (exit 124)",
+            "campaign": "campaign id (default: the last one)"})
+@ops
+def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
+    """Advance run manifests from tasks, the scheduler and marker files; move the FSM at the end."""
+    import time
+
+    from opsrg import sweep_runner
+    from opsrg.watcher import backoff
+
+    ctx = _ctx()
+    t0, delays = time.monotonic(), backoff(slow=10.0, cap=30.0)
+    while True:
+        m, rows, verdict = sweep_runner.monitor(ctx, campaign)
+        if not wait or verdict["done"]:
+            break
+        if timeout_secs and time.monotonic() - t0 > float(timeout_secs):
+            print(f"still running after {timeout_secs}s: {', '.join(verdict['running'])}", file=sys.stderr)
+            raise Exit(code=124)
+        time.sleep(next(delays))
+    print(f"campaign {m['campaign']}: {len(rows) - len(verdict['failed']) - len(verdict['running'])} completed, "
+          f"{len(verdict['failed'])} failed/cancelled, {len(verdict['running'])} unfinished; "
+          f"workflow state {verdict['fsm']}")
+    if verdict["failed"]:
+        print(f"failed: {', '.join(verdict['failed'])}")
+    _sweep_exit(verdict)
+
+
+@task(help={"run": "cancel only this run (default: the whole sweep)"})
+@ops
+def sweep_cancel(c, run=None):
+    """Cancel the sweep or one run (scancel / stop the tmux task); runs marked cancelled, outputs kept."""
+    from opsrg import sweep_runner
+
+    done = sweep_runner.cancel(_ctx(), run)
+    print(f"cancelled: {', '.join(done) or 'nothing was running'}")
+
+
+@task(help={"verify": "check every row against the run manifests and the scheduler"})
+@ops
+def slurm_ledger(c, verify=False):
+    """Print the Slurm job ledger (docs/slurm_job_list.md under the outputs folder)."""
+    from opsrg import ledger
+    from opsrg.runs import SweepPaths
+
+    ctx = _ctx()
+    paths = SweepPaths(ctx.outputs_dir)
+    if not verify:
+        print(paths.ledger.read_text(encoding="utf-8") if paths.ledger.exists() else f"{paths.ledger}: no ledger yet")
+        return
+    from opsrg.slurm import Slurm, base_of
+
+    def known(ids):
+        infos = Slurm(ctx.host).query([base_of(i) for i in ids])
+        return {i for i in ids if i in infos or any(base_of(j) == i for j in infos)}
+
+    problems = ledger.verify(paths, known)
+    for p in problems:
+        print(p)
+    print(f"{len(ledger.read_entries(paths))} ledger rows, {len(problems)} problems")
+    if problems:
+        raise Exit(code=1)
+
+
+# ------------------------------------------------------------------ doctor
+@task(help={"fix": "repair what is found (mark lost, remove stale markers and temp files)",
+            "json": "print machine-readable JSON"})
+@ops
+def doctor(c, fix=False, json=False):
+    """Reconcile records with reality: dead tasks, torn writes, markers without files. Exit 1 if unresolved."""
+    from opsrg import doctor as dr
+
+    findings = dr.run(_ctx(), fix=fix)
+    if json:
+        _print_json(dr.as_json(findings))
+    else:
+        for f in findings:
+            print(f.line())
+        left = [f for f in findings if not f.fixed and f.repair]
+        print(f"{len(findings)} finding(s), {sum(f.fixed for f in findings)} fixed, {len(left)} left"
+              + ("; run `inv doctor --fix` to repair them" if left and not fix else ""))
+    if any(not f.fixed and f.repair for f in findings):
+        raise Exit(code=1)

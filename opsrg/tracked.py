@@ -198,6 +198,10 @@ class TaskManager:
             rec = TaskRecord.from_json(out["record"])
         return rec
 
+    def probe(self, task_id: str) -> dict[str, Any]:
+        """Liveness of the task's supervisor, read-only: {'alive': bool|None, 'evidence': str}."""
+        return self._call("probe", self.paths(task_id))
+
     def list(self, *, check: bool = True) -> list[TaskRecord]:
         r = self.host.run(["ls", "-1", self.root], check=False)
         ids = sorted(x for x in r.stdout.split() if ID_RE.match(x) and not x.startswith("."))
@@ -287,8 +291,10 @@ class TaskManager:
         if isinstance(self.host, LocalHost):
             if what == "check":
                 return supervisor.check(p.root, self.stale_secs)
+            if what == "probe":
+                return supervisor.probe(p.root, self.stale_secs)
             return supervisor.request_kill(p.root, self.kill_grace)
-        extra = str(self.stale_secs if what == "check" else self.kill_grace)
+        extra = str(self.kill_grace if what == "kill" else self.stale_secs)
         r = self.host.run([self.host.python, p.supervisor, what, p.root, extra])
         return json.loads(r.stdout.strip().splitlines()[-1])
 
