@@ -1,0 +1,326 @@
+"""Slurm: render sbatch scripts, submit, query, cancel; parse sacct -P / squeue / scontrol / jobcomp.
+
+Queries are batched (one call for every job of a sweep) and fall back in order: ``sacct -P``
+(never ``--json``: 22.05 reports exit code 0 for failed jobs there), then ``scontrol show job -o``
+for jobs sacct does not know (no accounting, or not recorded yet), then the ``jobcomp/filetxt``
+file for jobs scontrol has forgotten (after MinJobAge). Each answer records its source.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import OpsError
+from .hosts import Host
+from .tracked import TaskState
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "templates"
+DEFAULT_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name=${job_name}
+#SBATCH --output=${log}
+#SBATCH --error=${log}
+${directives}
+# opsrg campaign ${campaign}, job ${key}
+set -uo pipefail
+export TMPDIR="$${TMPDIR:-/tmp}/opsrg-$${SLURM_JOB_ID:-0}"
+mkdir -p "$$TMPDIR"
+trap 'rm -rf "$$TMPDIR"' EXIT
+${body}"""
+
+# Scheduler state -> task state. Final states are cached by the watcher.
+PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+                  "SUSPENDED", "STOPPED", "SIGNALING", "RESV_DEL_HOLD"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT"}
+STATE_MAP = {
+    "COMPLETED": (TaskState.SUCCESS, ""),
+    "FAILED": (TaskState.FAILED, "non-zero exit"),
+    "TIMEOUT": (TaskState.TIMED_OUT, "time limit reached"),
+    "CANCELLED": (TaskState.FAILED, "cancelled"),
+    "OUT_OF_MEMORY": (TaskState.FAILED, "out of memory"),
+    "NODE_FAIL": (TaskState.FAILED, "node failure"),
+    "PREEMPTED": (TaskState.FAILED, "preempted"),
+    "BOOT_FAIL": (TaskState.FAILED, "node boot failure"),
+    "DEADLINE": (TaskState.FAILED, "deadline reached"),
+    "SPECIAL_EXIT": (TaskState.FAILED, "special exit"),
+}
+REQUEUEABLE = {"PREEMPTED", "NODE_FAIL"}
+
+
+class SlurmError(OpsError):
+    """A Slurm command failed; carries the command and the scheduler's message."""
+
+    exit_code = 1
+
+
+@dataclass
+class JobInfo:
+    """One job or array element as the scheduler reports it."""
+
+    id: str                  # "12" or "12_3"
+    state: str               # normalised: FAILED, CANCELLED, ...
+    exit_code: int | None = None
+    signal: int | None = None
+    start: str = ""
+    end: str = ""
+    reason: str = ""
+    raw_state: str = ""
+    source: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.state in STATE_MAP
+
+    def task_state(self) -> tuple[TaskState, str]:
+        return map_state(self.state, self.reason, self.exit_code, self.raw_state)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "exit_code": self.exit_code, "signal": self.signal,
+                "start": self.start, "end": self.end, "reason": self.reason, "raw_state": self.raw_state,
+                "source": self.source}
+
+
+def map_state(state: str, reason: str = "", exit_code: int | None = None, raw: str = "") -> tuple[TaskState, str]:
+    """The task state for a scheduler state, with a human reason."""
+    st = normalise_state(state)
+    if st in PENDING_STATES:
+        return TaskState.PENDING, f"{st}" + (f" ({reason})" if reason and reason != "None" else "")
+    if st in RUNNING_STATES:
+        return TaskState.RUNNING, st
+    if st in STATE_MAP:
+        ts, why = STATE_MAP[st]
+        bits = [st]
+        if why and why != "cancelled":
+            bits.append(why)
+        if st == "CANCELLED" and raw and raw != st:
+            bits = [raw]
+        if exit_code not in (None, 0) and st != "COMPLETED":
+            bits.append(f"exit code {exit_code}")
+        if reason and reason not in ("None", "NonZeroExitCode"):
+            bits.append(reason)
+        return ts, ": ".join(bits[:1]) + (", ".join([""] + bits[1:]) if len(bits) > 1 else "")
+    return TaskState.RUNNING, f"unknown scheduler state {state!r}"
+
+
+def normalise_state(state: str) -> str:
+    """``CANCELLED by 0`` / ``CANCELLED+`` -> ``CANCELLED``."""
+    s = (state or "").strip().split(" ")[0].rstrip("+").upper()
+    return s
+
+
+def parse_exit(text: str) -> tuple[int | None, int | None]:
+    """``3:0`` -> (3, 0)."""
+    m = re.fullmatch(r"\s*(\d+):(\d+)\s*", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+def expand_ids(job_id: str) -> list[str]:
+    """``12_[0-3%2]`` / ``12_[1,4-5]`` -> element ids; anything else as is."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id.strip())
+    if not m:
+        return [job_id.strip()]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out = []
+    for part in spec.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += [f"{base}_{i}" for i in range(int(a), int(b) + 1)]
+        elif part:
+            out.append(f"{base}_{int(part)}")
+    return out
+
+
+def _clean(v: str) -> str:
+    return "" if v in ("Unknown", "None", "N/A", "(null)") else v
+
+
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """Lines of ``sacct -X -P -n -o JobID,State,ExitCode,Start,End,Reason``."""
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        f = line.split("|")
+        if len(f) < 3 or not f[0] or "." in f[0]:
+            continue
+        code, sig = parse_exit(f[2])
+        for jid in expand_ids(f[0]):
+            out[jid] = JobInfo(jid, normalise_state(f[1]), code, sig, _clean(f[3]) if len(f) > 3 else "",
+                               _clean(f[4]) if len(f) > 4 else "", _clean(f[5]) if len(f) > 5 else "",
+                               f[1], "sacct")
+    return out
+
+
+def parse_squeue(text: str) -> dict[str, JobInfo]:
+    """Lines of ``squeue -h -r -t all -o '%i|%T|%r|%S|%e'`` (no exit codes: squeue has none)."""
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        f = line.strip().split("|")
+        if len(f) < 2 or not f[0]:
+            continue
+        for jid in expand_ids(f[0]):
+            out[jid] = JobInfo(jid, normalise_state(f[1]), None, None, _clean(f[3]) if len(f) > 3 else "",
+                               _clean(f[4]) if len(f) > 4 else "", _clean(f[2]) if len(f) > 2 else "", f[1],
+                               "squeue")
+    return out
+
+
+_KV = re.compile(r"(\w[\w/:]*)=(\S*)")
+
+
+def _records(text: str, source: str) -> dict[str, JobInfo]:
+    out: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        kv = dict(_KV.findall(line))
+        if "JobId" not in kv or "JobState" not in kv:
+            continue
+        code, sig = parse_exit(kv.get("ExitCode", ""))
+        if kv.get("ArrayJobId") and _clean(kv.get("ArrayTaskId", "")):
+            ids = expand_ids(f"{kv['ArrayJobId']}_[{kv['ArrayTaskId']}]")
+        else:
+            ids = [kv["JobId"]]
+        for jid in ids:
+            out[jid] = JobInfo(jid, normalise_state(kv["JobState"]), code, sig, _clean(kv.get("StartTime", "")),
+                               _clean(kv.get("EndTime", "")), _clean(kv.get("Reason", "")), kv["JobState"], source)
+    return out
+
+
+def parse_scontrol(text: str) -> dict[str, JobInfo]:
+    """``scontrol show job -o`` output (one job per line)."""
+    return _records(text, "scontrol")
+
+
+def parse_jobcomp(text: str) -> dict[str, JobInfo]:
+    """The ``jobcomp/filetxt`` file: one ``Key=Value`` line per finished job (last line wins)."""
+    return _records(text, "jobcomp")
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """``scontrol show config``: ``Key = Value`` lines."""
+    out = {}
+    for line in text.splitlines():
+        if " = " in line:
+            k, v = line.split(" = ", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def base_of(job_id: str) -> str:
+    return job_id.split("_", 1)[0]
+
+
+def time_directive(timeout_secs: int | None, default: str) -> str:
+    """Slurm's ``--time`` for a timeout in seconds (whole minutes, at least 1), else the default."""
+    if not timeout_secs:
+        return default
+    minutes = max(1, -(-int(timeout_secs) // 60))
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+@dataclass
+class SlurmOptions:
+    partition: str = ""
+    account: str = ""
+    time: str = "01:00:00"
+    cpus_per_task: int = 1
+    mem: str = ""
+    gres: str = ""
+    array_parallelism: int = 4
+
+    def directives(self, time: str, array: str = "") -> list[str]:
+        d = []
+        for flag, v in (("partition", self.partition), ("account", self.account), ("time", time),
+                        ("cpus-per-task", str(self.cpus_per_task)), ("mem", self.mem), ("gres", self.gres),
+                        ("array", array)):
+            if v:
+                d.append(f"#SBATCH --{flag}={v}")
+        return d
+
+
+def render(template: str, *, key: str, campaign: str, log: str, directives: list[str], body: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:64]
+    return string.Template(template).substitute(job_name=name, log=log, directives="\n".join(directives),
+                                                campaign=campaign, key=key, body=body)
+
+
+def load_template(name: str = "job.sbatch") -> str:
+    p = TEMPLATE_DIR / name
+    return p.read_text(encoding="utf-8") if p.is_file() else DEFAULT_TEMPLATE
+
+
+@dataclass
+class Slurm:
+    """The scheduler of one host: every call goes through ``host.run``."""
+
+    host: Host
+    env: dict[str, str] = field(default_factory=dict)
+    _config: dict[str, str] | None = None
+
+    def _run(self, argv: list[str], check: bool = True, timeout: float = 60):
+        r = self.host.run(argv, check=False, timeout=timeout, env=self.env or None)
+        if check and not r.ok:
+            raise SlurmError(f"{shlex.join(argv)} failed with exit {r.exited}: {r.stderr.strip()[-800:]}")
+        return r
+
+    def config(self) -> dict[str, str]:
+        if self._config is None:
+            self._config = parse_config(self._run(["scontrol", "show", "config"]).stdout)
+        return self._config
+
+    def max_array_size(self) -> int:
+        return int(self.config().get("MaxArraySize", "1001"))
+
+    def accounting(self) -> bool:
+        return "none" not in self.config().get("AccountingStorageType", "none")
+
+    def jobcomp_file(self) -> str:
+        c = self.config()
+        return c.get("JobCompLoc", "") if "filetxt" in c.get("JobCompType", "") else ""
+
+    def submit(self, script: str, deps: Iterable[str] = ()) -> str:
+        argv = ["sbatch", "--parsable"]
+        deps = [d for d in deps if d]
+        if deps:
+            argv += [f"--dependency=afterok:{':'.join(deps)}", "--kill-on-invalid-dep=yes"]
+        out = self._run(argv + [script]).stdout.strip()
+        job_id = out.split(";")[0].strip()
+        if not job_id.isdigit():
+            raise SlurmError(f"sbatch printed {out!r}, expected a job id")
+        return job_id
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        ids = sorted(set(job_ids))
+        if ids:
+            self._run(["scancel", *ids], check=False)
+
+    def requeue(self, job_id: str) -> bool:
+        return self._run(["scontrol", "requeue", job_id], check=False).ok
+
+    def query(self, base_ids: Iterable[str]) -> dict[str, JobInfo]:
+        """Every job/element of these jobs, from the first source that knows it."""
+        bases = sorted(set(base_ids))
+        if not bases:
+            return {}
+        found: dict[str, JobInfo] = {}
+        r = self._run(["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Start,End,Reason",
+                       "-j", ",".join(bases)], check=False)
+        if r.ok:
+            found.update(parse_sacct(r.stdout))
+        # Active jobs are best seen by slurmctld itself (sacct can lag or be absent).
+        r = self._run(["scontrol", "show", "job", "-o"], check=False)
+        if r.ok:
+            for jid, info in parse_scontrol(r.stdout).items():
+                if base_of(jid) in bases:
+                    prev = found.get(jid)
+                    if prev is None or not prev.final:
+                        found[jid] = info
+        missing = [b for b in bases if not any(base_of(j) == b for j in found)]
+        path = self.jobcomp_file()
+        if missing and path:
+            text = self.host.read_text(path) or ""
+            for jid, info in parse_jobcomp(text).items():
+                if base_of(jid) in missing:
+                    found[jid] = info
+        return {j: i for j, i in found.items() if base_of(j) in bases}

@@ -1,0 +1,242 @@
+"""Sweep plan: validated CSV rows -> runs -> jobs. Pure: builds commands, runs nothing.
+
+A run is one CSV row. On tmux it is one tracked task running the whole row (the RG ``fp``/``exp``
+loop, or the row's shell command). On Slurm an RG run becomes, per step, an array of ``gen``
+shards plus a ``merge`` job depending on it (``afterok``); the next step depends on the merge,
+and an EXP run's first step on its FP run's last merge. Independent shell rows are packed into
+arrays (split at the cluster's MaxArraySize). Every argument is shell-quoted here: no CSV text
+ever reaches a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .sweep_csv import SweepRow, order
+
+
+def new_campaign_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+@dataclass
+class Sweep:
+    campaign: str
+    rows: list[SweepRow]
+    outputs: str
+    python: str = "python3"
+
+    def row(self, run_id: str) -> SweepRow:
+        for r in self.rows:
+            if r.run_id == run_id:
+                return r
+        raise KeyError(run_id)
+
+    def run_dir(self, run_id: str) -> str:
+        return f"{self.outputs.rstrip('/')}/{run_id}"
+
+    def ordered(self) -> list[SweepRow]:
+        return order(self.rows)
+
+
+# ------------------------------------------------------------------ commands
+def _rg_common(row: SweepRow, out: str) -> list[str]:
+    s = row.spec
+    argv = ["--samples", str(s["samples"]), "--seed", str(row.seed), "--out", out, "--bins", str(s["bins"]),
+            "--zmax", repr(float(s["zmax"])), "--backend", s["backend"], "--method", s["method"],
+            "--dtype", s["dtype"]]
+    if s.get("batch_size"):
+        argv += ["--batch-size", str(s["batch_size"])]
+    return argv
+
+
+def fp_histogram(sweep: Sweep, fp_run: str) -> str:
+    """The final symmetrised histogram an EXP row reads from its FP run."""
+    return f"{sweep.run_dir(fp_run)}/sym_z_hist_RG{sweep.row(fp_run).spec['steps']}.npz"
+
+
+def _exp_args(sweep: Sweep, row: SweepRow) -> list[str]:
+    return ["--fp", fp_histogram(sweep, row.spec["fp_run"]),
+            "--shifts", ",".join(repr(float(x)) for x in row.spec["shifts"])]
+
+
+def loop_argv(sweep: Sweep, row: SweepRow) -> list[str]:
+    """The whole RG run in one process (also finalises a Slurm run: writes summary.json)."""
+    mode = row.mode
+    argv = [sweep.python, "-m", "opsrg.rg", mode, "--steps", str(row.spec["steps"])]
+    if mode == "exp":
+        argv += _exp_args(sweep, row)
+    return argv + _rg_common(row, sweep.run_dir(row.run_id)) + ["--shards", str(row.spec["shards"])]
+
+
+def gen_argv(sweep: Sweep, row: SweepRow, step: int) -> list[str]:
+    """One shard of one step; the shard index comes from ``$OPSRG_TASK`` (added by the caller)."""
+    argv = [sweep.python, "-m", "opsrg.rg", "gen", "--mode", row.mode, "--step", str(step),
+            "--ntasks", str(row.spec["shards"])]
+    if row.mode == "exp":
+        argv += _exp_args(sweep, row)
+    return argv + _rg_common(row, sweep.run_dir(row.run_id))
+
+
+def merge_argv(sweep: Sweep, row: SweepRow, step: int) -> list[str]:
+    return [sweep.python, "-m", "opsrg.rg", "merge", "--step", str(step), "--ntasks", str(row.spec["shards"]),
+            "--out", sweep.run_dir(row.run_id)]
+
+
+def run_env(sweep: Sweep, row: SweepRow) -> dict[str, str]:
+    return {"OPSRG_RUN_ID": row.run_id, "OPSRG_RUN_DIR": sweep.run_dir(row.run_id), "OPSRG_SEED": str(row.seed),
+            "OPSRG_CAMPAIGN": sweep.campaign}
+
+
+def _exports(env: dict[str, str]) -> str:
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def shell_body(sweep: Sweep, row: SweepRow) -> str:
+    """Bash for a shell row: run its command in the run folder, then write summary.json."""
+    rd = sweep.run_dir(row.run_id)
+    return (_exports(run_env(sweep, row)) + f"mkdir -p {shlex.quote(rd)} && cd {shlex.quote(rd)} || exit 1\n"
+            f"bash -c {shlex.quote(row.spec['command'])}\nrc=$?\n"
+            f"{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {shlex.quote(rd)} \"$rc\"\nexit $rc\n")
+
+
+def row_command(sweep: Sweep, row: SweepRow) -> str:
+    """What a tmux row runs (bash)."""
+    if row.mode == "shell":
+        return shell_body(sweep, row)
+    return _exports(run_env(sweep, row)) + shlex.join(loop_argv(sweep, row)) + "\n"
+
+
+# ------------------------------------------------------------------ Slurm jobs
+@dataclass
+class Job:
+    """One scheduler submission: a single job or an array (``tasks`` = its element indices)."""
+
+    key: str                       # unique in the campaign; also the task id of its record
+    kind: str                      # gen | merge | shell
+    body: str                      # bash; $SLURM_ARRAY_TASK_ID selects the element of an array
+    runs: list[str]                # run ids it belongs to (one per element for packed shell rows)
+    deps: list[str] = field(default_factory=list)   # keys of jobs it waits for (afterok)
+    tasks: list[int] | None = None                  # array element indices; None: not an array
+    timeout_secs: int | None = None
+    final_for: str = ""            # run id whose summary this job writes
+
+    def run_of(self, element: int | None) -> str:
+        if len(self.runs) == 1 or element is None:
+            return self.runs[0]
+        return self.runs[element]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "runs": self.runs, "deps": self.deps, "tasks": self.tasks,
+                "timeout_secs": self.timeout_secs, "final_for": self.final_for}
+
+
+def split_array(indices: list[int], max_array_size: int) -> list[list[int]]:
+    """Chunks of element indices that each fit under MaxArraySize (indices must be < it)."""
+    if max_array_size < 1:
+        raise ValueError("MaxArraySize must be >= 1")
+    chunks: dict[int, list[int]] = {}
+    for i in indices:
+        chunks.setdefault(i // max_array_size, []).append(i)
+    return [chunks[k] for k in sorted(chunks)]
+
+
+def array_spec(tasks: list[int], parallelism: int) -> str:
+    """``--array`` value: compressed ranges of element indices, throttled."""
+    parts, s = [], sorted(tasks)
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        parts.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
+        i = j + 1
+    return ",".join(parts) + (f"%{parallelism}" if parallelism else "")
+
+
+@dataclass
+class RunProgress:
+    """What already exists on disk for a run (for --resume): summary ok, DONE steps, READY shards."""
+
+    ok: bool = False
+    done_steps: set[int] = field(default_factory=set)
+    ready: dict[int, set[int]] = field(default_factory=dict)
+
+
+def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProgress] | None = None,
+               only: set[str] | None = None) -> list[Job]:
+    """Jobs for every run not yet ok (``only``: just these runs), in submission order."""
+    progress = progress or {}
+    jobs: list[Job] = []
+    last: dict[str, str] = {}      # run id -> key of the job that ends it
+    shell_pack: list[SweepRow] = []
+    for row in sweep.ordered():
+        prog = progress.get(row.run_id, RunProgress())
+        if prog.ok or (only is not None and row.run_id not in only):
+            continue
+        dep_keys = [last[d] for d in row.deps if d in last]
+        timeout = row.spec.get("timeout_secs")
+        if row.mode == "shell":
+            if not dep_keys:
+                shell_pack.append(row)
+                continue
+            jobs.append(Job(f"{row.run_id}.run", "shell", shell_body(sweep, row), [row.run_id], dep_keys,
+                            None, timeout, final_for=row.run_id))
+            last[row.run_id] = jobs[-1].key
+            continue
+        steps, shards = row.spec["steps"], row.spec["shards"]
+        prev = dep_keys
+        for k in range(1, steps + 1):
+            if k in prog.done_steps:
+                continue
+            missing = [i for i in range(shards) if i not in prog.ready.get(k, set())]
+            gen_keys = []
+            body = (_exports(run_env(sweep, row)) + "OPSRG_TASK=$((OPSRG_TASK_OFFSET + SLURM_ARRAY_TASK_ID))\n"
+                    + shlex.join(gen_argv(sweep, row, k)) + ' --task "$OPSRG_TASK"\n')
+            for c, chunk in enumerate(split_array(missing, max_array_size)):
+                off = (chunk[0] // max_array_size) * max_array_size
+                key = f"{row.run_id}.RG{k}.gen" + (f"{c}" if c else "")
+                jobs.append(Job(key, "gen", f"OPSRG_TASK_OFFSET={off}\n" + body, [row.run_id], list(prev),
+                                [i - off for i in chunk], timeout))
+                gen_keys.append(key)
+            mbody = _exports(run_env(sweep, row)) + shlex.join(merge_argv(sweep, row, k)) + "\n"
+            final = k == steps
+            if final:
+                mbody += shlex.join(loop_argv(sweep, row)) + "\n"
+            jobs.append(Job(f"{row.run_id}.RG{k}.merge", "merge", mbody, [row.run_id], gen_keys or list(prev),
+                            None, timeout, final_for=row.run_id if final else ""))
+            prev = [jobs[-1].key]
+        if not prev or prev == dep_keys:  # every step done but no ok summary: finalise only
+            jobs.append(Job(f"{row.run_id}.final", "merge", _exports(run_env(sweep, row))
+                            + shlex.join(loop_argv(sweep, row)) + "\n", [row.run_id], dep_keys, None, timeout,
+                            final_for=row.run_id))
+            prev = [jobs[-1].key]
+        last[row.run_id] = prev[0]
+    if shell_pack:
+        jobs[:0] = _pack_shell(sweep, shell_pack, max_array_size)
+    return jobs
+
+
+def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list[Job]:
+    """Independent shell rows as arrays: element i runs row i of its chunk (a ``case`` on the index)."""
+    out = []
+    by_timeout: dict[Any, list[SweepRow]] = {}
+    for r in rows:
+        by_timeout.setdefault(r.spec.get("timeout_secs"), []).append(r)
+    for timeout, group in by_timeout.items():
+        for c, chunk in enumerate(split_array(list(range(len(group))), max_array_size)):
+            members = [group[i] for i in chunk]
+            lines = ['case "$SLURM_ARRAY_TASK_ID" in']
+            for i, r in enumerate(members):
+                lines.append(f"{i})")
+                lines.append("  " + shell_body(sweep, r).rstrip("\n").replace("\n", "\n  "))
+                lines.append("  ;;")
+            lines += ['*) echo "no row for array index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+            key = f"shell.{members[0].run_id}" + (f".x{len(members)}" if len(members) > 1 else "")
+            out.append(Job(key, "shell", "\n".join(lines) + "\n", [r.run_id for r in members], [],
+                           list(range(len(members))), timeout))
+    return out

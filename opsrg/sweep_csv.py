@@ -1,0 +1,476 @@
+"""Sweep CSV: parse and validate every row before anything starts. Pure: reads files, runs nothing.
+
+Columns ``run_id,config,seed,overrides,notes``. ``config`` names a TOML run config (see
+``sweeps/configs/``); ``overrides`` is space-separated ``key=value`` on top of it (shell-style
+quoting allowed). Every problem is reported as ``file:line:column: field: message`` and all of
+them are reported together; a sweep with any bad row is refused as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InputError
+
+COLUMNS = ("run_id", "config", "seed", "overrides", "notes")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_FIELD_CHARS = 4096
+MAX_ROWS = 100_000
+MODES = ("fp", "exp", "shell")
+
+TEMPLATE = """\
+run_id,config,seed,overrides,notes
+fp-s1,sweeps/configs/fp_small.toml,1,,fixed point seed 1
+fp-s2,sweeps/configs/fp_small.toml,2,"samples=100000 steps=3",fewer samples
+exp-s1,sweeps/configs/exp_small.toml,11,fp_run=fp-s1,exponent on fp-s1
+hello,sweeps/configs/shell.toml,0,"command='echo hello from $OPSRG_RUN_ID'",a plain command
+"""
+
+
+class SweepCSVError(InputError):
+    """A CSV with problems; ``problems`` holds every ``file:line:column: field: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        n = len(problems)
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the sweep CSV; nothing was started:\n  "
+                         + "\n  ".join(problems))
+        self.problems = problems
+
+
+# ------------------------------------------------------------------ value types
+def _int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if v.is_integer():
+            return int(v)
+        raise ValueError(f"expected an integer, got {v!r}")
+    s = str(v).strip()
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", s) and float(s).is_integer():
+        return int(float(s))
+    raise ValueError(f"expected an integer, got {s!r}")
+
+
+def _pos_int(v: Any) -> int:
+    n = _int(v)
+    if n < 1:
+        raise ValueError(f"must be >= 1, got {n}")
+    return n
+
+
+def _pos_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {v!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise ValueError(f"must be a positive number, got {v!r}")
+    return x
+
+
+def _floats(v: Any) -> list[float]:
+    items = v if isinstance(v, list) else [x for x in str(v).split(",") if x.strip()]
+    if not items:
+        raise ValueError("expected one or more numbers, e.g. 0.005,0.01")
+    return [_pos_float(x) for x in items]
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if not isinstance(v, str) or v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}; got {v!r}")
+        return v
+    return conv
+
+
+def _run_ref(v: Any) -> str:
+    if not isinstance(v, str) or not valid_run_id(v):
+        raise ValueError(f"not a valid run id: {v!r}")
+    return v
+
+
+def _run_refs(v: Any) -> list[str]:
+    items = v if isinstance(v, list) else [x for x in str(v).split(",") if x]
+    return [_run_ref(x) for x in items]
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("expected a non-empty string")
+    if any(ord(c) < 32 and c != "\t" for c in v):
+        raise ValueError("control characters are not allowed")
+    return v
+
+
+# Every key a run config or an override may set, with its type.
+KEYS: dict[str, Callable[[Any], Any]] = {
+    "mode": _choice(*MODES),
+    "steps": _pos_int,
+    "samples": _pos_int,
+    "bins": _pos_int,
+    "zmax": _pos_float,
+    "backend": _choice("auto", "cpu", "numpy", "cupy"),
+    "method": _choice("analytic", "numerical"),
+    "dtype": _choice("float32", "float64"),
+    "shards": _pos_int,
+    "batch_size": _pos_int,
+    "shifts": _floats,
+    "fp_run": _run_ref,
+    "after": _run_refs,
+    "command": _text,
+    "timeout_secs": _pos_int,
+}
+DEFAULTS: dict[str, Any] = {"bins": 50000, "zmax": 25.0, "backend": "auto", "method": "analytic",
+                            "dtype": "float32", "shards": 1, "after": []}
+REQUIRED = {"fp": ("steps", "samples"), "exp": ("steps", "samples", "shifts", "fp_run"), "shell": ("command",)}
+RG_ONLY = ("steps", "samples", "bins", "zmax", "backend", "method", "dtype", "shards", "batch_size")
+
+
+def valid_run_id(s: str) -> bool:
+    return bool(RUN_ID_RE.match(s)) and ".." not in s and not s.startswith(("-", "."))
+
+
+@dataclass
+class SweepRow:
+    """One validated row: the run id, its seed and the fully resolved run spec."""
+
+    run_id: str
+    config: str
+    seed: int
+    overrides: dict[str, Any]
+    notes: str
+    line: int
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return self.spec["mode"]
+
+    @property
+    def deps(self) -> list[str]:
+        d = list(self.spec.get("after", []))
+        if self.spec.get("fp_run"):
+            d.insert(0, self.spec["fp_run"])
+        return d
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "config": self.config, "seed": self.seed, "overrides": self.overrides,
+                "notes": self.notes, "line": self.line, "spec": self.spec}
+
+
+# ------------------------------------------------------------------ tokenizer
+def split_line(line: str) -> list[tuple[str, int]]:
+    """RFC 4180 fields of one physical line with their 1-based start columns."""
+    out: list[tuple[str, int]] = []
+    i, n = 0, len(line)
+    while True:
+        start = i
+        if i < n and line[i] == '"':
+            i += 1
+            buf = []
+            while True:
+                if i >= n:
+                    raise ValueError(f"{start + 1}: unterminated quoted field (newlines inside fields are not allowed)")
+                if line[i] == '"':
+                    if i + 1 < n and line[i + 1] == '"':
+                        buf.append('"')
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                buf.append(line[i])
+                i += 1
+            if i < n and line[i] != ",":
+                raise ValueError(f"{i + 1}: text after a closing quote")
+            out.append(("".join(buf), start + 1))
+        else:
+            j = line.find(",", i)
+            j = n if j < 0 else j
+            text = line[i:j]
+            if '"' in text:
+                raise ValueError(f"{i + text.index(chr(34)) + 1}: stray quote in an unquoted field")
+            out.append((text, start + 1))
+            i = j
+        if i >= n:
+            return out
+        i += 1  # the comma
+        if i == n:
+            out.append(("", i + 1))
+            return out
+
+
+# ------------------------------------------------------------------ config files
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a run config TOML and type-check its keys (raises ValueError with the reason)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 ({e.reason})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML ({e})") from None
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in KEYS:
+            raise ValueError(f"{path}: unknown key {k!r} (known: {', '.join(sorted(KEYS))})")
+        try:
+            out[k] = KEYS[k](v)
+        except ValueError as e:
+            raise ValueError(f"{path}: {k}: {e}") from None
+    if "mode" not in out:
+        raise ValueError(f"{path}: missing 'mode' ({'|'.join(MODES)})")
+    return out
+
+
+def resolve_config(name: str, bases: list[Path]) -> Path | None:
+    p = Path(name)
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for b in bases:
+        if (b / p).is_file():
+            return (b / p).resolve()
+    return None
+
+
+# ------------------------------------------------------------------ parse
+def parse_text(text: str, source: str, bases: list[Path]) -> list[SweepRow]:
+    """Validate CSV text; returns rows in CSV order or raises SweepCSVError with every problem."""
+    problems: list[str] = []
+
+    def bad(line: int, col: int, fld: str, msg: str) -> None:
+        problems.append(f"{source}:{line}:{col}: {fld}: {msg}")
+
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    header: dict[str, tuple[int, int]] | None = None
+    rows: list[SweepRow] = []
+    seen: dict[str, int] = {}
+    configs: dict[str, dict[str, Any] | str] = {}
+    for lineno, line in enumerate(lines, 1):
+        line = line[:-1] if line.endswith("\r") else line
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        for pos, ch in enumerate(line):
+            if ord(ch) < 32 and ch != "\t":
+                bad(lineno, pos + 1, "line", f"control character {ch!r} is not allowed")
+                break
+        else:
+            pass
+        try:
+            fields = split_line(line)
+        except ValueError as e:
+            col, msg = str(e).split(": ", 1)
+            bad(lineno, int(col), "line", msg)
+            continue
+        if header is None:
+            names = [f.strip().lower() for f, _ in fields]
+            header = {}
+            for idx, ((_, col), nm) in enumerate(zip(fields, names)):
+                if nm not in COLUMNS:
+                    bad(lineno, col, nm or "(empty)", f"unknown column; expected {','.join(COLUMNS)}")
+                elif nm in header:
+                    bad(lineno, col, nm, "column given twice")
+                else:
+                    header[nm] = (idx, col)
+            for nm in COLUMNS:
+                if nm not in header:
+                    bad(lineno, len(line) + 1, nm, "missing column")
+            if problems:
+                break
+            continue
+        if len(fields) != len(header):
+            bad(lineno, fields[-1][1], "row", f"{len(fields)} fields, the header has {len(header)}")
+            continue
+        if len(rows) >= MAX_ROWS:
+            bad(lineno, 1, "row", f"more than {MAX_ROWS} rows")
+            break
+        get = {nm: fields[idx] for nm, (idx, _) in header.items()}
+        too_big = False
+        for nm, (val, col) in get.items():
+            if len(val) > MAX_FIELD_CHARS:
+                bad(lineno, col, nm, f"field of {len(val)} characters (limit {MAX_FIELD_CHARS})")
+                too_big = True
+        if too_big:
+            continue
+        n_before = len(problems)
+        run_id, rcol = get["run_id"][0].strip(), get["run_id"][1]
+        if not valid_run_id(run_id):
+            bad(lineno, rcol, "run_id", f"{run_id!r} is not a safe run id (1-100 of [A-Za-z0-9._-], "
+                "no '..', not starting with '-' or '.')")
+        elif run_id in seen:
+            bad(lineno, rcol, "run_id", f"duplicate run id {run_id!r} (first on line {seen[run_id]})")
+        else:
+            seen[run_id] = lineno
+        seed_text, scol = get["seed"][0].strip(), get["seed"][1]
+        seed = -1
+        if not re.fullmatch(r"\d{1,19}", seed_text) or int(seed_text) >= 2**63:
+            bad(lineno, scol, "seed", f"not a non-negative integer: {seed_text!r}")
+        else:
+            seed = int(seed_text)
+        cname, ccol = get["config"][0].strip(), get["config"][1]
+        spec: dict[str, Any] = {}
+        if not cname:
+            bad(lineno, ccol, "config", "empty; name a run config TOML, e.g. sweeps/configs/fp_small.toml")
+        else:
+            if cname not in configs:
+                path = resolve_config(cname, bases)
+                if path is None:
+                    configs[cname] = f"config file not found: {cname} (looked in {', '.join(map(str, bases))})"
+                else:
+                    try:
+                        configs[cname] = {"__path__": str(path), **load_config(path)}
+                    except ValueError as e:
+                        configs[cname] = str(e)
+            c = configs[cname]
+            if isinstance(c, str):
+                bad(lineno, ccol, "config", c)
+            else:
+                spec = dict(c)
+        otext, ocol = get["overrides"]
+        overrides: dict[str, Any] = {}
+        try:
+            tokens = shlex.split(otext, comments=False, posix=True)
+        except ValueError as e:
+            bad(lineno, ocol, "overrides", f"cannot split ({e}); quote values with spaces")
+            tokens = []
+        for tok in tokens:
+            tcol = ocol + max(0, line.find(tok.split("=", 1)[0], ocol - 1) - (ocol - 1))
+            if "=" not in tok:
+                bad(lineno, tcol, "overrides", f"{tok!r} is not key=value")
+                continue
+            k, v = tok.split("=", 1)
+            if k not in KEYS:
+                bad(lineno, tcol, "overrides", f"unknown key {k!r} (known: {', '.join(sorted(KEYS))})")
+                continue
+            if k in overrides:
+                bad(lineno, tcol, "overrides", f"{k} given twice")
+                continue
+            try:
+                overrides[k] = KEYS[k](v)
+            except ValueError as e:
+                bad(lineno, tcol, "overrides", f"{k}: {e}")
+        notes = get["notes"][0]
+        if len(problems) > n_before or not spec:
+            continue
+        spec.update(overrides)
+        for k, v in DEFAULTS.items():
+            spec.setdefault(k, v)
+        mode = spec["mode"]
+        missing = [k for k in REQUIRED[mode] if k not in spec]
+        if missing:
+            bad(lineno, ccol, "config", f"mode {mode} needs {', '.join(missing)} (in the config or overrides)")
+            continue
+        if mode == "shell":
+            extra = [k for k in RG_ONLY + ("shifts", "fp_run") if k in overrides]
+            if extra:
+                bad(lineno, ocol, "overrides", f"{', '.join(extra)} do not apply to a shell row")
+                continue
+        elif "command" in spec:
+            bad(lineno, ocol, "overrides", f"command applies to shell rows only (mode is {mode})")
+            continue
+        if mode == "fp" and "shifts" in overrides:
+            bad(lineno, ocol, "overrides", "shifts apply to exp rows only")
+            continue
+        if mode in ("fp", "exp") and spec["shards"] > spec["samples"]:
+            bad(lineno, ocol, "overrides", f"shards ({spec['shards']}) > samples ({spec['samples']})")
+            continue
+        rows.append(SweepRow(run_id, cname, seed, overrides, notes, lineno, spec))
+    if header is None and not problems:
+        problems.append(f"{source}:1:1: header: empty file; expected {','.join(COLUMNS)}")
+    if not problems and not rows:
+        problems.append(f"{source}:1:1: rows: no runs in the sweep")
+    if not problems:
+        _check_dependencies(rows, source, problems)
+    if problems:
+        raise SweepCSVError(problems)
+    return rows
+
+
+def _check_dependencies(rows: list[SweepRow], source: str, problems: list[str]) -> None:
+    by_id = {r.run_id: r for r in rows}
+    for r in rows:
+        for d in r.deps:
+            if d not in by_id:
+                problems.append(f"{source}:{r.line}:1: dependency: {r.run_id} depends on {d!r}, which is not in "
+                                "this sweep")
+            elif d == r.run_id:
+                problems.append(f"{source}:{r.line}:1: dependency: {r.run_id} depends on itself")
+        if r.mode == "exp" and r.spec["fp_run"] in by_id:
+            fp = by_id[r.spec["fp_run"]]
+            if fp.mode != "fp":
+                problems.append(f"{source}:{r.line}:1: fp_run: {fp.run_id} is a {fp.mode} run, not fp")
+            elif "bins" in r.overrides and r.spec["bins"] != fp.spec["bins"]:
+                problems.append(f"{source}:{r.line}:1: bins: {r.spec['bins']} differs from {fp.run_id}'s grid "
+                                f"({fp.spec['bins']} bins)")
+            else:
+                r.spec["bins"], r.spec["zmax"] = fp.spec["bins"], fp.spec["zmax"]
+    if problems:
+        return
+    try:
+        order(rows)
+    except ValueError as e:
+        problems.append(f"{source}:{rows[0].line}:1: dependency: {e}")
+
+
+def order(rows: list[SweepRow]) -> list[SweepRow]:
+    """Rows in CSV order, each moved after its dependencies (stable topological order)."""
+    by_id = {r.run_id: r for r in rows}
+    done: set[str] = set()
+    out: list[SweepRow] = []
+    visiting: list[str] = []
+
+    def visit(r: SweepRow) -> None:
+        if r.run_id in done:
+            return
+        if r.run_id in visiting:
+            raise ValueError("dependency cycle: " + " -> ".join(visiting[visiting.index(r.run_id):] + [r.run_id]))
+        visiting.append(r.run_id)
+        for d in r.deps:
+            if d in by_id:
+                visit(by_id[d])
+        visiting.pop()
+        done.add(r.run_id)
+        out.append(r)
+
+    for r in rows:
+        visit(r)
+    return out
+
+
+def parse_file(path: str | Path, bases: list[Path] | None = None) -> list[SweepRow]:
+    """Validate a CSV file (encoding, size, rows); config paths resolve against ``bases``."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise SweepCSVError([f"{p}:1:1: file: not found"]) from None
+    if size > MAX_FILE_BYTES:
+        raise SweepCSVError([f"{p}:1:1: file: {size} bytes (limit {MAX_FILE_BYTES})"])
+    data = p.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start]
+        line = before.count(b"\n") + 1
+        col = e.start - (before.rfind(b"\n") + 1) + 1
+        raise SweepCSVError([f"{p}:{line}:{col}: encoding: not UTF-8 (byte 0x{data[e.start]:02x}); "
+                             "save the CSV as UTF-8"]) from None
+    bases = list(bases or []) + [p.resolve().parent]
+    return parse_text(text, str(p), bases)

@@ -1,0 +1,672 @@
+"""Run a sweep: launch manifest, then a tmux or a Slurm backend behind one small interface.
+
+Both backends produce the same things: a tracked-task record (``_tasks/<id>/status.json``) per
+job, a ``run_manifest.json`` per run, and each run's ``summary.json``. ``refresh`` advances the
+manifests from the evidence (task records, scheduler answers, marker files); it is what
+``inv sweep-monitor`` and ``inv sweep-status`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import ledger, runs, supervisor
+from .atomic import atomic_write_json, atomic_write_text, locked
+from .errors import InputError, TaskError
+from .hosts import Host, LocalHost
+from .runs import FINAL, SweepPaths
+from .slurm import REQUEUEABLE, JobInfo, Slurm, SlurmOptions, load_template, render, time_directive
+from .sweep import Job, RunProgress, Sweep, new_campaign_id, plan_slurm, row_command
+from .sweep_csv import SweepRow, parse_file
+from .tracked import TaskManager, TaskState
+from .watcher import Watcher, expected_elements
+
+DRIVER_PREFIX = "sweep-driver."
+
+
+@dataclass
+class SweepEnv:
+    """What a backend needs, snapshotted into the launch manifest so the driver needs no settings."""
+
+    outputs: str
+    python: str = sys.executable
+    tmux_socket: str = "opsrg"
+    tmux_session: str = "opsrg-sweep"
+    run_timeout: int = 3600
+    kill_grace: float = 5.0
+    stale_secs: float = 30.0
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    max_requeue: int = 2
+    host: Host = field(default_factory=LocalHost, repr=False)
+
+    @classmethod
+    def from_context(cls, ctx) -> "SweepEnv":
+        s = ctx.s
+        return cls(ctx.outputs_dir, ctx.host.python, s.ops_tmux_socket, s.sweep_tmux_session, s.run_timeout_secs,
+                    s.task_kill_grace_secs, s.task_heartbeat_stale_secs,
+                    SlurmOptions(s.slurm_partition, s.slurm_account, s.slurm_time, s.slurm_cpus_per_task,
+                                 s.slurm_mem, s.slurm_gres, s.slurm_array_parallelism), s.slurm_max_requeue,
+                    ctx.host)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SweepEnv":
+        d = dict(d)
+        d["slurm"] = SlurmOptions(**d["slurm"])
+        return cls(**d)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outputs": self.outputs, "python": self.python, "tmux_socket": self.tmux_socket,
+                "tmux_session": self.tmux_session, "run_timeout": self.run_timeout, "kill_grace": self.kill_grace,
+                "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue}
+
+    @property
+    def paths(self) -> SweepPaths:
+        return SweepPaths(self.outputs)
+
+    def tasks(self) -> TaskManager:
+        return TaskManager(self.host, self.outputs, tmux_socket=self.tmux_socket, tmux_session=self.tmux_session,
+                           kill_grace=self.kill_grace, stale_secs=self.stale_secs)
+
+
+# ------------------------------------------------------------------ launch manifest
+def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
+    return parse_file(csv_path, bases)
+
+
+def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str) -> dict[str, Any]:
+    """Copy the CSV (latest + campaign copy) and write the sweep manifest; returns it."""
+    p = env.paths
+    p.manifests.mkdir(parents=True, exist_ok=True)
+    data = Path(csv_path).read_bytes()
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(p.csv_copy(sweep.campaign), data)
+    atomic_write_bytes(p.latest_csv, data)
+    m = {"campaign": sweep.campaign, "backend": backend, "created_at": runs.now_iso(),
+         "source_csv": str(Path(csv_path).resolve()), "csv_copy": str(p.csv_copy(sweep.campaign)),
+         "env": env.to_json(), "rows": [r.to_json() for r in sweep.rows], "jobs": {}, "todo": [],
+         "resumes": []}
+    write_manifest(env, m)
+    atomic_write_text(p.latest, sweep.campaign + "\n")
+    return m
+
+
+def write_manifest(env: SweepEnv, m: dict[str, Any]) -> None:
+    atomic_write_json(env.paths.sweep_manifest(m["campaign"]), m)
+
+
+def load_manifest(paths: SweepPaths, campaign: str | None = None) -> dict[str, Any]:
+    if campaign is None:
+        try:
+            campaign = paths.latest.read_text().strip()
+        except FileNotFoundError:
+            raise InputError(f"no sweep has been started under {paths.outputs}",
+                             hint="inv sweep-start") from None
+    m = runs.read_json(paths.sweep_manifest(campaign))
+    if m is None:
+        raise InputError(f"{paths.sweep_manifest(campaign)}: sweep manifest missing or unreadable")
+    return m
+
+
+def sweep_of(m: dict[str, Any]) -> Sweep:
+    rows = [SweepRow(**r) for r in m["rows"]]
+    return Sweep(m["campaign"], rows, m["env"]["outputs"], m["env"]["python"])
+
+
+# ------------------------------------------------------------------ run progress
+def progress(paths: SweepPaths, row: SweepRow) -> RunProgress:
+    rd = paths.run_dir(row.run_id)
+    p = RunProgress(ok=runs.summary_ok(paths, row.run_id) is True)
+    if row.mode != "shell":
+        for k in range(1, row.spec["steps"] + 1):
+            if (rd / f"DONE_RG{k}.json").exists():
+                p.done_steps.add(k)
+            sd = rd / "shards" / f"RG{k}"
+            if sd.is_dir():
+                p.ready[k] = {int(x.stem.split("_")[1]) for x in sd.glob("part_*.READY")}
+    return p
+
+
+def step_reached(paths: SweepPaths, row: SweepRow) -> str:
+    if row.mode == "shell":
+        return ""
+    rd = paths.run_dir(row.run_id)
+    done = [k for k in range(1, row.spec["steps"] + 1) if (rd / f"DONE_RG{k}.json").exists()]
+    return f"{max(done) if done else 0}/{row.spec['steps']}"
+
+
+def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = "", **extra: Any) -> None:
+    """A run whose last job ended: synced when its summary is here, then completed or failed."""
+    ok = runs.summary_ok(paths, run_id)
+    if ok is not None:
+        runs.update(paths, run_id, "synced", summary_ok=ok)
+    if ok_so_far and ok:
+        runs.update(paths, run_id, "completed", **extra)
+    else:
+        why = reason or ("summary.json missing" if ok is None else "summary.json has ok=false")
+        runs.update(paths, run_id, "failed", why, **extra)
+
+
+def verdict(paths: SweepPaths, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
+    """(all runs final, failed run ids, unfinished run ids) from the run manifests."""
+    failed, live = [], []
+    for r in m["rows"]:
+        rm = runs.read(paths, r["run_id"])
+        st = rm.get("state") if rm else None
+        if st in ("failed", "cancelled"):
+            failed.append(r["run_id"])
+        elif st != "completed":
+            live.append(r["run_id"])
+    return not live, failed, live
+
+
+# ------------------------------------------------------------------ interface
+class Backend(Protocol):
+    name: str
+
+    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None: ...
+
+    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None: ...
+
+    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None: ...
+
+    def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool: ...
+
+
+# ------------------------------------------------------------------ tmux
+class TmuxBackend:
+    """A driver task runs the rows in order, each a tracked task in SWEEP_TMUX_SESSION."""
+
+    name = "tmux"
+
+    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
+        paths = env.paths
+        for rid in todo:
+            row = next(r for r in m["rows"] if r["run_id"] == rid)
+            runs.create(paths, rid, m["campaign"], "tmux", row, tasks=[rid])
+        m["todo"] = todo
+        driver = DRIVER_PREFIX + m["campaign"]
+        m["driver_task"] = driver
+        write_manifest(env, m)
+        cmd = f"{env.python} -m opsrg.sweep_runner drive {paths.sweep_manifest(m['campaign'])}"
+        env.tasks().run(driver, cmd, replace=True, cwd=env.outputs)
+
+    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        paths, tasks = env.paths, env.tasks()
+        driver = None
+        try:
+            driver = tasks.status(m.get("driver_task", ""))
+        except (TaskError, InputError):
+            pass
+        for rid in m.get("todo", []):
+            rm = runs.read(paths, rid)
+            if rm is None or rm["state"] in FINAL:
+                continue
+            try:
+                rec = tasks.status(rid)
+            except TaskError:
+                rec = None
+            if rec is not None and rec.state.is_terminal and (rm["state"] != "submitted" or
+                                                                (driver is not None and driver.state.is_terminal)):
+                finish_run(paths, rid, rec.state == TaskState.SUCCESS, _task_reason(rec), exit_code=rec.exit_code)
+            elif driver is not None and driver.state.is_terminal and rm["state"] == "submitted":
+                runs.update(paths, rid, "failed", f"sweep driver ended ({driver.state}"
+                            + (f": {driver.reason}" if driver.reason else "") + ") before this run finished")
+
+    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+        paths, tasks = env.paths, env.tasks()
+        everything = set(run_ids) >= {r for r in m.get("todo", [])}
+        for rid in run_ids:
+            runs.update(paths, rid, "cancelled", "cancelled by sweep-cancel")
+        if everything and m.get("driver_task"):
+            try:
+                tasks.kill(m["driver_task"])
+            except TaskError:
+                pass
+        for rid in run_ids:
+            try:
+                tasks.kill(rid)
+            except TaskError:
+                pass
+
+    def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
+        rm = runs.read(env.paths, run_id)
+        return rm is not None and rm["state"] not in FINAL
+
+
+def _task_reason(rec) -> str:
+    if rec.state == TaskState.SUCCESS:
+        return ""
+    return f"task {rec.id} {rec.state}" + (f" ({rec.reason})" if rec.reason else "") + \
+        (f" [evidence: {rec.evidence}]" if rec.evidence else "")
+
+
+def drive(manifest_path: str) -> int:
+    """The tmux driver: run the sweep's rows in order, continuing past failures."""
+    m = json.loads(Path(manifest_path).read_text())
+    env = SweepEnv.from_json(m["env"])
+    paths, tasks, sweep = env.paths, env.tasks(), sweep_of(m)
+    todo = set(m.get("todo", []))
+    failed = []
+    for row in sweep.ordered():
+        rid = row.run_id
+        if rid not in todo:
+            continue
+        rm = runs.read(paths, rid) or {}
+        if rm.get("state") in FINAL:
+            failed += [rid] if rm["state"] != "completed" else []
+            continue
+        bad = [d for d in row.deps if (runs.read(paths, d) or {}).get("state", "completed") != "completed"
+               and not runs.summary_ok(paths, d)]
+        if bad:
+            runs.update(paths, rid, "failed", f"dependency {', '.join(bad)} did not complete")
+            failed.append(rid)
+            print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
+            continue
+        Path(sweep.run_dir(rid)).mkdir(parents=True, exist_ok=True)
+        timeout = row.spec.get("timeout_secs") or env.run_timeout
+        try:
+            tasks.run(rid, row_command(sweep, row), timeout_secs=float(timeout), replace=True, cwd=sweep.run_dir(rid))
+        except TaskError as e:
+            runs.update(paths, rid, "failed", f"could not start: {e}")
+            failed.append(rid)
+            continue
+        runs.update(paths, rid, "running")
+        print(f"[sweep] {rid}: started", flush=True)
+        rec, _ = tasks.wait(rid, poll=0.2)
+        finish_run(paths, rid, rec.state == TaskState.SUCCESS, _task_reason(rec), exit_code=rec.exit_code)
+        final = (runs.read(paths, rid) or {}).get("state")
+        print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
+        if final != "completed":
+            failed.append(rid)
+    print(f"[sweep] {m['campaign']}: {len(todo) - len(failed)} ok, {len(failed)} failed"
+          + (f": {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ Slurm
+def _task_dir(env: SweepEnv, key: str) -> Path:
+    return Path(env.outputs) / "_tasks" / key
+
+
+def _step_of(key: str) -> int | None:
+    mt = re.search(r"\.RG(\d+)\.", key)
+    return int(mt.group(1)) if mt else None
+
+
+class SlurmBackend:
+    """sbatch scripts per job; arrays of RG shards with afterok merges; one batched query per refresh."""
+
+    name = "slurm"
+
+    def __init__(self, slurm: Slurm | None = None) -> None:
+        self.slurm = slurm
+        self.watcher: Watcher | None = None
+
+    def _slurm(self, env: SweepEnv) -> Slurm:
+        if self.slurm is None:
+            self.slurm = Slurm(env.host)
+        if self.watcher is None:
+            self.watcher = Watcher(self.slurm.query)
+        return self.slurm
+
+    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str], max_array: int) -> list[Job]:
+        sweep = sweep_of(m)
+        prog = {r.run_id: progress(env.paths, r) for r in sweep.rows}
+        for rid in todo:
+            prog[rid].ok = False
+        return plan_slurm(sweep, max_array_size=max_array, progress=prog, only=set(todo))
+
+    def script(self, env: SweepEnv, m: dict[str, Any], job: Job, template: str | None = None) -> str:
+        tdir = _task_dir(env, job.key)
+        log = f"{tdir}/stdout-%a.log" if job.tasks is not None else f"{tdir}/stdout.log"
+        from .sweep import array_spec
+
+        arr = array_spec(job.tasks, env.slurm.array_parallelism) if job.tasks is not None else ""
+        return render(template or load_template(), key=job.key, campaign=m["campaign"], log=log,
+                      directives=env.slurm.directives(time_directive(job.timeout_secs, env.slurm.time), arr),
+                      body=job.body)
+
+    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str], jobs: list[Job] | None = None) -> None:
+        sl = self._slurm(env)
+        paths = env.paths
+        if jobs is None:
+            jobs = self.plan(env, m, todo, sl.max_array_size())
+        sdir = paths.scripts(m["campaign"])
+        sdir.mkdir(parents=True, exist_ok=True)
+        attempt = len(m.get("resumes", [])) + 1
+        rows = {r["run_id"]: r for r in m["rows"]}
+        for rid in todo:
+            runs.create(paths, rid, m["campaign"], "slurm", rows[rid])
+        m["todo"] = sorted(set(m.get("todo", [])) | set(todo))
+        ids: dict[str, str] = {}
+        template = load_template()
+        for job in jobs:
+            tdir = _task_dir(env, job.key)
+            if tdir.exists():
+                keep = Path(env.outputs) / "_tasks" / ".replaced" / f"{job.key}-{int(time.time() * 1000)}"
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(tdir), str(keep))
+            tdir.mkdir(parents=True)
+            script = sdir / f"{job.key}.a{attempt}.sbatch"
+            atomic_write_text(script, self.script(env, m, job, template), mode=0o755)
+            jid = sl.submit(str(script), [ids[d] for d in job.deps if d in ids])
+            ids[job.key] = jid
+            rec = {"id": job.key, "state": "pending", "runner": "slurm", "command": str(script),
+                   "created_at": supervisor.now_iso(), "host": env.host.name, "exit_code": None,
+                   "timeout_secs": job.timeout_secs, "campaign": m["campaign"],
+                   "slurm": {"job_id": jid, "array": job.tasks, "elements": {}, "source": "", "attempts": []},
+                   "paths": {"status": str(tdir / "status.json"), "command": str(script),
+                             "log": str(tdir / ("stdout-%a.log" if job.tasks is not None else "stdout.log"))}}
+            supervisor.write_json_atomic(str(tdir / "status.json"), rec)
+            m["jobs"][job.key] = {**job.to_json(), "job_id": jid, "script": str(script), "attempt": attempt,
+                                  "submitted_at": runs.now_iso(), "requeues": []}
+            entries = []
+            for i, rid in enumerate(job.runs if job.kind == "shell" and job.tasks is not None else job.runs[:1]):
+                jref = f"{jid}_{i}" if len(job.runs) > 1 else jid
+                rm = runs.read(paths, rid) or {}
+                runs.update(paths, rid, job_ids=rm.get("job_ids", []) + [jref], tasks=rm.get("tasks", []) + [job.key])
+                entries.append(ledger.entry(m["campaign"], rid, job.key, jref, "submitted"))
+            ledger.append(paths, entries)
+        write_manifest(env, m)
+
+    # ---------------------------------------------------------- observe
+    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        sl = self._slurm(env)
+        paths = env.paths
+        live = {k: j for k, j in m["jobs"].items() if not self._record_final(env, k)}
+        expected = {j["job_id"]: expected_elements(j["job_id"], j["tasks"]) for j in live.values()}
+        infos = self.watcher.poll(expected) if expected else {}
+        changed = False
+        for key, j in live.items():
+            elems = expected_elements(j["job_id"], j["tasks"])
+            got: dict[str, JobInfo] = {}
+            for e in elems:
+                info = infos.get(e) or self._from_markers(env, m, j, e)
+                if info is not None:
+                    got[e] = info
+            requeued = self._requeue(env, m, key, j, got)
+            changed |= requeued
+            if not requeued:
+                self._update_record(env, key, j, elems, got)
+        if changed:
+            write_manifest(env, m)
+        self._advance_runs(env, m)
+
+    def _record_final(self, env: SweepEnv, key: str) -> bool:
+        rec = runs.read_json(_task_dir(env, key) / "status.json")
+        return rec is not None and rec.get("state") in supervisor.TERMINAL
+
+    def _from_markers(self, env: SweepEnv, m: dict[str, Any], j: dict[str, Any], elem: str) -> JobInfo | None:
+        """Evidence when no scheduler source knows the job: READY/DONE markers and summary.json."""
+        rid = j["runs"][int(elem.split("_")[1])] if j["kind"] == "shell" and "_" in elem and len(j["runs"]) > 1 \
+            else j["runs"][0]
+        rd = env.paths.run_dir(rid)
+        k = _step_of(j["key"])
+        ok = False
+        if j.get("final_for") or j["kind"] == "shell":
+            ok = runs.summary_ok(env.paths, rid) is True
+        elif j["kind"] == "merge" and k:
+            ok = (rd / f"DONE_RG{k}.json").exists()
+        elif j["kind"] == "gen" and k:
+            i = int(elem.split("_")[1]) if "_" in elem else 0
+            ok = (rd / f"DONE_RG{k}.json").exists() or (rd / "shards" / f"RG{k}" / f"part_{i:05d}.READY").exists()
+        if ok:
+            return JobInfo(elem, "COMPLETED", 0, 0, source="markers", raw_state="COMPLETED (marker files)")
+        return None
+
+    def _requeue(self, env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any], got: dict[str, JobInfo]) -> bool:
+        did = False
+        for e, info in got.items():
+            if info.state in REQUEUEABLE and len(j["requeues"]) < env.max_requeue:
+                ok = self._slurm(env).requeue(e)
+                j["requeues"].append({"element": e, "state": info.state, "at": runs.now_iso(), "ok": ok})
+                for rid in j["runs"]:
+                    ledger.append(env.paths, [ledger.entry(m["campaign"], rid, key, e, f"requeued after {info.state}")])
+                if self.watcher:
+                    self.watcher.final.pop(e, None)
+                did = did or ok
+        return did
+
+    def _update_record(self, env: SweepEnv, key: str, j: dict[str, Any], elems: list[str],
+                       got: dict[str, JobInfo]) -> None:
+        tdir = str(_task_dir(env, key))
+        states = [got[e].task_state() for e in elems if e in got]
+        known = len(states) == len(elems)
+        sources = sorted({i.source for i in got.values()})
+        elements = {e: {**got[e].to_json(), "task_state": got[e].task_state()[0].value} for e in got}
+        changes: dict[str, Any] = {"slurm": {**(supervisor.read_status(tdir).get("slurm") or {}),
+                                             "elements": elements, "source": ",".join(sources),
+                                             "requeues": j.get("requeues", [])},
+                                   "evidence": f"scheduler state from {','.join(sources) or 'nobody'}"}
+        starts = [i.start for i in got.values() if i.start]
+        if starts:
+            changes["started_at"] = min(starts)
+        if known and all(s.is_terminal for s, _ in states):
+            bad = [(e, got[e]) for e in elems if got[e].task_state()[0] != TaskState.SUCCESS]
+            if not bad:
+                changes.update(state="success", exit_code=0, reason="")
+            else:
+                e, info = bad[0]
+                ts, why = info.task_state()
+                changes.update(state=ts.value, exit_code=info.exit_code,
+                               reason=f"{e}: {why}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""))
+            ends = [i.end for i in got.values() if i.end]
+            changes["ended_at"] = max(ends) if ends else supervisor.now_iso()
+        elif any(s == TaskState.RUNNING or s.is_terminal for s, _ in states):
+            changes["state"] = "running"
+        supervisor.update_status(tdir, **changes)
+
+    def _advance_runs(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        paths = env.paths
+        for rid in m.get("todo", []):
+            rm = runs.read(paths, rid)
+            if rm is None or rm["state"] in FINAL:
+                continue
+            mine = [(k, j) for k, j in m["jobs"].items() if rid in j["runs"] and j["key"] in rm.get("tasks", [])]
+            started = False
+            for k, j in mine:
+                rec = runs.read_json(_task_dir(env, k) / "status.json") or {}
+                elems = rec.get("slurm", {}).get("elements", {})
+                if j["kind"] == "shell" and len(j["runs"]) > 1:
+                    e = f"{j['job_id']}_{j['runs'].index(rid)}"
+                    el = elems.get(e)
+                    st = el["task_state"] if el else "pending"
+                    if st in supervisor.TERMINAL:
+                        finish_run(paths, rid, st == "success", "" if st == "success" else
+                                   f"{k} [{e}]: {JobInfo(**{x: el[x] for x in JobInfo.__dataclass_fields__}).task_state()[1]}",
+                                   exit_code=el.get("exit_code"))
+                        break
+                    started |= st == "running"
+                    continue
+                st = rec.get("state", "pending")
+                if st in ("failed", "timed_out"):
+                    self._cancel_jobs(env, m, rid, except_key=k)
+                    runs.update(paths, rid, "failed", f"{k} [{j['job_id']}]: {rec.get('reason', st)}",
+                                exit_code=rec.get("exit_code"))
+                    break
+                if st == "success" and j.get("final_for") == rid:
+                    finish_run(paths, rid, True)
+                    break
+                started |= st in ("running", "success")
+            else:
+                if started:
+                    runs.update(paths, rid, "running")
+
+    def _cancel_jobs(self, env: SweepEnv, m: dict[str, Any], rid: str, except_key: str = "") -> list[str]:
+        rm = runs.read(env.paths, rid) or {}
+        ids = []
+        for k, j in m["jobs"].items():
+            if rid in j["runs"] and k in rm.get("tasks", []) and k != except_key and not self._record_final(env, k):
+                ids.append(f"{j['job_id']}_{j['runs'].index(rid)}" if j["kind"] == "shell" and len(j["runs"]) > 1
+                           else j["job_id"])
+        self._slurm(env).cancel(ids)
+        return ids
+
+    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+        for rid in run_ids:
+            rm = runs.read(env.paths, rid)
+            if rm is None or rm["state"] in FINAL:
+                continue
+            ids = self._cancel_jobs(env, m, rid)
+            runs.update(env.paths, rid, "cancelled", "cancelled by sweep-cancel")
+            ledger.append(env.paths, [ledger.entry(m["campaign"], rid, "-", i, "cancelled") for i in ids])
+
+    def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
+        rm = runs.read(env.paths, run_id)
+        return rm is not None and rm["state"] not in FINAL
+
+
+def backend_for(name: str) -> Backend:
+    if name == "tmux":
+        return TmuxBackend()
+    if name == "slurm":
+        return SlurmBackend()
+    raise InputError(f"unknown sweep backend {name!r} (tmux or slurm)")
+
+
+# ------------------------------------------------------------------ status rows
+def status_rows(env: SweepEnv, m: dict[str, Any]) -> list[dict[str, Any]]:
+    paths, out = env.paths, []
+    for r in sweep_of(m).rows:
+        rm = runs.read(paths, r.run_id) or {}
+        start, end = rm.get("started_at") or rm.get("submitted_at"), rm.get("completed_at")
+        elapsed = None
+        if start:
+            elapsed = (supervisor.parse_iso(end) if end else time.time()) - supervisor.parse_iso(start)
+        out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.get("state", "not started"),
+                    "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
+                    "job_ids": rm.get("job_ids", []), "exit_code": rm.get("exit_code"), "reason": rm.get("reason", ""),
+                    "summary_ok": runs.summary_ok(paths, r.run_id), "attempt": rm.get("attempt")})
+    return out
+
+
+# ------------------------------------------------------------------ commands
+def _bases(ctx) -> list[Path]:
+    return [ctx.loaded.root, Path.cwd()]
+
+
+def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bool = False,
+          dry_run: bool = False) -> dict[str, Any]:
+    """sweep-start: validate, copy the CSV, write manifests, launch. Returns what was done (or planned)."""
+    from . import fsm
+
+    env = SweepEnv.from_context(ctx)
+    paths = env.paths
+    if resume:
+        m = load_manifest(paths)
+        be = backend_for(m["backend"])
+        if backend and backend != m["backend"]:
+            raise InputError(f"campaign {m['campaign']} ran on {m['backend']}; resume it there (got --backend {backend})")
+        if dry_run:
+            fsm.check("sweep-resume", ctx.store.read().state)
+            return _dry_plan(env, m, be, [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True])
+        with ctx.transition("sweep-resume"):
+            be.refresh(env, m)
+            if m["backend"] == "tmux" and m.get("driver_task"):
+                try:
+                    drv = env.tasks().status(m["driver_task"])
+                    if not drv.state.is_terminal:
+                        raise InputError(f"campaign {m['campaign']}: its driver task {drv.id} is still {drv.state}",
+                                         hint="inv sweep-cancel, then inv sweep-start --resume")
+                except TaskError:
+                    pass
+            todo = [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True
+                    and not be.alive(env, m, r["run_id"])]
+            m["resumes"] = m.get("resumes", []) + [{"at": runs.now_iso(), "runs": todo}]
+            if todo:
+                be.start(env, m, todo)
+            else:
+                write_manifest(env, m)
+        return {"campaign": m["campaign"], "backend": m["backend"], "resumed": todo,
+                "skipped": [r["run_id"] for r in m["rows"] if r["run_id"] not in todo]}
+    backend = backend or ctx.s.sweep_backend
+    be = backend_for(backend)
+    csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
+    rows = load_rows(csv, _bases(ctx))
+    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python)
+    if dry_run:
+        fsm.check("sweep-start", ctx.store.read().state)
+        m = {"campaign": sweep.campaign + " (dry run)", "backend": backend, "env": env.to_json(),
+             "rows": [r.to_json() for r in rows], "jobs": {}}
+        return _dry_plan(env, m, be, [r.run_id for r in rows])
+    with ctx.transition("sweep-start"):
+        m = save_launch(env, sweep, csv, backend)
+        be.start(env, m, [r.run_id for r in sweep.ordered()])
+    return {"campaign": sweep.campaign, "backend": backend, "runs": [r.run_id for r in sweep.ordered()],
+            "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m["csv_copy"],
+            "jobs": {k: j["job_id"] for k, j in m.get("jobs", {}).items()}}
+
+
+def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str]) -> dict[str, Any]:
+    sweep = sweep_of(m)
+    out: dict[str, Any] = {"campaign": m["campaign"], "backend": be.name, "dry_run": True, "runs": todo}
+    if be.name == "tmux":
+        out["jobs"] = [{"run_id": r.run_id, "after": r.deps, "command": row_command(sweep, r),
+                        "timeout_secs": r.spec.get("timeout_secs") or env.run_timeout}
+                       for r in sweep.ordered() if r.run_id in todo]
+        return out
+    try:
+        max_array = Slurm(env.host).max_array_size()
+    except Exception:  # no scheduler reachable: plan with Slurm's default
+        max_array = 1001
+    jobs = be.plan(env, m, todo, max_array)
+    out["max_array_size"] = max_array
+    out["jobs"] = [{**j.to_json(), "script": be.script(env, m, j)} for j in jobs]
+    return out
+
+
+def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """One monitor pass: advance the manifests, then move the FSM when every run is final."""
+    from .fsm import State
+
+    env = SweepEnv.from_context(ctx)
+    m = load_manifest(env.paths, campaign)
+    backend_for(m["backend"]).refresh(env, m)
+    done, failed, live = verdict(env.paths, m)
+    fsm_state = ctx.store.read().state
+    if done and fsm_state == State.SWEEP_RUNNING:
+        if failed:
+            ctx.store.set(State.SWEEP_FAILED, "sweep-failed", expect=fsm_state,
+                          note=f"campaign {m['campaign']}: failed runs: {', '.join(failed)}")
+        else:
+            ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
+                          note=f"campaign {m['campaign']}: {len(m['rows'])} runs ok")
+    return m, status_rows(env, m), {"done": done, "failed": failed, "running": live,
+                                    "fsm": ctx.store.read().state.value}
+
+
+def cancel(ctx, run_id: str | None = None) -> list[str]:
+    env = SweepEnv.from_context(ctx)
+    m = load_manifest(env.paths)
+    be = backend_for(m["backend"])
+    ids = [r["run_id"] for r in m["rows"]]
+    if run_id is not None:
+        if run_id not in ids:
+            raise InputError(f"no run {run_id!r} in campaign {m['campaign']} (runs: {', '.join(ids)})")
+        be.cancel(env, m, [run_id])
+        return [run_id]
+    todo = m.get("todo", [])
+    alive = [r for r in todo if be.alive(env, m, r)]
+    with ctx.transition("sweep-cancel"):
+        be.cancel(env, m, todo)
+    return alive
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "drive":
+        return drive(argv[1])
+    print("usage: python -m opsrg.sweep_runner drive SWEEP_MANIFEST.json", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
