@@ -6,4 +6,4 @@ Nothing heavy is imported here, so ``import opsrg.rg`` stays cheap; import the s
 
 from __future__ import annotations
 
-__all__ = ["kernel", "histogram", "streams", "numerical", "pipeline", "analysis", "backends"]
+__all__ = ["analysis", "backends", "histogram", "kernel", "numerical", "pipeline", "streams"]

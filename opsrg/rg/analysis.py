@@ -47,7 +47,7 @@ def hist_peak(counts: np.ndarray, grid: Grid, coarse: float = 0.05, half_window:
     keeps the benefit of common random numbers.
     """
     c = np.asarray(counts, dtype=np.float64)
-    f = max(1, int(round(coarse / grid.width)))
+    f = max(1, round(coarse / grid.width))
     m = c.size // f
     reb = c[: m * f].reshape(m, f).sum(axis=1)
     x = -grid.zmax + (np.arange(m) + 0.5) * f * grid.width

@@ -3,18 +3,16 @@
 Counts are int64 throughout. Sampling is uniform within a bin, z = -zmax + (bin + u) * width, with
 no off-by-one (the defect of the old code, RG_SPEC section 1). Two samplers:
 
-* :class:`AliasTable` (Walker/Vose, O(n) build, O(1) draw), built by an *ordered sweep* that pairs
-  small and large columns in bin order. That makes the table a continuous function of the
-  histogram, so two nearby histograms (the +z0 and -z0 runs of EXP) map the same uniforms to
-  nearby z and common random numbers keep their correlation (docs/rg.md, "Sampling").
-* :class:`InverseCDF`, the exact inverse of the piecewise-uniform CDF: one uniform per z, monotone
-  in u. Slower (binary search) but the reference for correctness tests.
+* :class:`AliasTable` (Walker/Vose, O(n) build, O(1) draw) for FP steps: fastest, but a small
+  change of the histogram reshuffles which uniforms land in which bin.
+* :class:`InverseCDF`, the exact inverse of the piecewise-uniform CDF: one uniform per z,
+  monotone and continuous in the histogram, so the +z0 and -z0 runs of EXP map the same uniforms
+  to nearby z and common random numbers keep their correlation (docs/rg.md, "Sampling").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -98,7 +96,7 @@ class AliasTable:
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> AliasTable:
-        """Vose's O(n) construction with worklists swept in bin order (see module docstring)."""
+        """Vose's O(n) construction; the worklists are swept in bin order (deterministic)."""
         c = _checked_counts(counts)
         n = c.size
         p = c * (n / c.sum())

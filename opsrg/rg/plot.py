@@ -91,8 +91,9 @@ def plot_run(root: Path) -> list[Path]:
 
 
 def _save(fig, path: Path, plt) -> Path:
-    from opsrg.atomic import atomic_write_bytes
     import io
+
+    from opsrg.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

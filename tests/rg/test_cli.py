@@ -17,7 +17,7 @@ SUBCOMMANDS = ("fp", "exp", "gen", "merge", "plot")
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "opsrg.rg", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "opsrg.rg", *args], check=False, capture_output=True, text=True,
                           env=env, timeout=60, cwd=ROOT)
 
 
@@ -71,5 +71,18 @@ def test_errors_are_clear(tmp_path, capsys):
 def test_package_import_is_light():
     code = "import sys, opsrg.rg; print('numpy' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_plot_fp_and_exp(fp_run, tmp_path, capsys):
+    assert main(["plot", str(fp_run)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert any(p.endswith("fp_Q_z.png") for p in printed) and any(p.endswith("fp_P_G.png") for p in printed)
+    for p in printed:
+        assert Path(p).read_bytes()[:4] == b"\x89PNG"
+    fp = str(fp_run / "sym_z_hist_RG6.npz")
+    assert main(["exp", "--fp", fp, "--shifts", "0.02", "--steps", "2", "--samples", "20000", "--seed", "1",
+                 "--out", str(tmp_path), "--shards", "2", "--backend", "numpy"]) == 0
+    assert main(["plot", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip().endswith("exp_slopes_z0_0.02.png")

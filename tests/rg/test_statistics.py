@@ -73,3 +73,32 @@ def test_exp_smoke(fp_run, tmp_path):
         assert abs(m) < bound, (k, m)
     assert (tmp_path / "shift_+0.010000" / "z_hist_unsym_RG3.npz").exists()
     assert (tmp_path / "shift_-0.010000" / "z_hist_unsym_RG3.npz").exists()
+
+
+def _slope2(sampler_cls, counts, seed: int, n: int, z0: float = 0.01) -> float:
+    """slope_2 from +-z0 with the same stream keys at both steps (common random numbers)."""
+    from opsrg.rg.backends.numpy_backend import NumpyBackend
+
+    b, grid = NumpyBackend(), Grid()
+    means = {}
+    for s in (-z0, z0):
+        k1 = stream_key(seed, 1, 0, "sample")
+        r1 = b.sample_step(sampler_cls.from_counts(counts), grid, n, k1, shift=s, dtype="float64")
+        k2 = stream_key(seed, 2, 0, "sample")
+        r2 = b.sample_step(sampler_cls.from_counts(r1.counts), grid, n, k2, dtype="float64")
+        means[s] = r2.sum_z / r2.in_range
+    return (means[z0] - means[-z0]) / (2 * z0)
+
+
+def test_common_random_numbers_need_the_inverse_cdf(fp_run):
+    """Alias tables built separately for +z0 and -z0 pair the uniforms differently and lose the
+    CRN correlation at step 2; the inverse CDF keeps it (docs/rg.md, "Sampling")."""
+    from opsrg.rg.histogram import AliasTable, InverseCDF, load_histogram
+
+    counts, _ = load_histogram(str(fp_run / "sym_z_hist_RG6.npz"))
+    n = 100_000
+    icdf = [_slope2(InverseCDF, counts, s, n) for s in range(4)]
+    alias = [_slope2(AliasTable, counts, s, n) for s in range(4)]
+    assert np.std(icdf, ddof=1) < 0.03
+    assert np.mean(icdf) == pytest.approx(EXP_SLOPES[1], abs=0.05)
+    assert np.std(alias, ddof=1) > 3 * np.std(icdf, ddof=1)

@@ -135,16 +135,18 @@ def get_backend(name: str = "auto", sampler: str = "alias") -> Backend:
     if name not in BACKEND_NAMES:
         raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "auto":
+        skipped = []
         for cand in ("cupy", "cpu"):
             try:
                 b = _load(cand)
                 if b.available() and supports(b, sampler):
                     return b
-            except (BackendUnavailableError, ImportError, AttributeError):
-                continue
-            except Exception:  # noqa: BLE001 - a broken optional backend must not stop auto
-                continue
-        return _load("numpy")
+                skipped.append(f"{cand}: unavailable or no {sampler!r} sampler")
+            except Exception as exc:  # noqa: BLE001 - a broken optional backend must not stop auto
+                skipped.append(f"{cand}: {exc.__class__.__name__}: {exc}")
+        b = _load("numpy")
+        b.auto_skipped = skipped  # why auto fell back, for the run record
+        return b
     b = _load(name)
     if not b.available():
         reason = getattr(b, "unavailable_reason", None)
