@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVICE_MARKS = ("tmux", "ssh", "slurm")
-pytest_plugins = ["sshd"]  # tests/sshd.py: the real-sshd fixtures
+pytest_plugins = ["sshd", "slurm_cluster"]  # tests/sshd.py, tests/slurm_cluster.py: real-service fixtures
 
 
 def require(tool: str, why: str) -> None:
