@@ -485,3 +485,44 @@ def doctor(c, fix=False, json=False):
               + ("; run `inv doctor --fix` to repair them" if left and not fix else ""))
     if any(not f.fixed and f.repair for f in findings):
         raise Exit(code=1)
+
+
+# ------------------------------------------------------------------ artifacts
+@task(help={"json": "print machine-readable JSON"})
+@ops
+def artifacts_ls(c, json=False):
+    """List the runs in the outputs folder: state, size, identity, age, live writer."""
+    from opsrg import artifacts
+
+    runs = artifacts.list_runs(_ctx())
+    if json:
+        _print_json(artifacts.as_json(runs))
+        return
+    from opsrg.ui import table
+
+    table(["run", "state", "size", "identity", "age (days)", "live task"],
+          [[r.run_id, r.state, artifacts.human_size(r.size_bytes), r.identity or "", f"{r.age_days:.2f}",
+            r.live_task or ""] for r in runs])
+
+
+@task(positional=[], help={"ttl_days": "remove runs untouched for this many days",
+                           "dry_run": "list what would be removed, remove nothing"})
+@ops
+def artifacts_gc(c, ttl_days, dry_run=False):
+    """Remove expired runs; never an incomplete run that a live task still writes."""
+    from opsrg import artifacts
+    from opsrg.errors import InputError
+
+    try:
+        ttl = float(ttl_days)
+    except ValueError:
+        raise InputError(f"--ttl-days must be a number, got {ttl_days!r}") from None
+    if ttl < 0:
+        raise InputError(f"--ttl-days must be >= 0, got {ttl}")
+    removed, kept = artifacts.gc(_ctx(), ttl, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for r in removed:
+        print(f"{verb} {r.run_id} ({r.state}, {artifacts.human_size(r.size_bytes)}, {r.age_days:.1f} days)")
+    for r, why in kept:
+        print(f"kept {r.run_id}: {why}")
+    print(f"{len(removed)} run(s) {verb}, {len(kept)} kept")
