@@ -1,0 +1,217 @@
+"""push, pull, fetch-run (verified, resumable, idempotent, sshd dying mid-transfer) and
+local_sync, against a real sshd on loopback (and the local provider for local_sync)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import inv
+from sshd import write_ssh_env
+
+from opsrg import localsync, transfer
+from opsrg.context import Context
+from opsrg.errors import HostError, InputError, UnreachableError
+
+SIZES = {"empty.txt": 0, "one.bin": 1, "small.json": 700, "sub/mid.npz": 100_000, "sub/deep/big.bin": 3_000_000}
+
+
+def make_run(outputs: Path, run_id: str, sizes=SIZES) -> dict[str, str]:
+    digests = {}
+    for rel, n in sizes.items():
+        p = outputs / run_id / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = os.urandom(n)
+        p.write_bytes(data)
+        digests[rel] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def local_digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file() and p.name != transfer.FETCHED}
+
+
+@pytest.mark.ssh
+def test_fetch_run_verified_and_idempotent(ssh_project):
+    outputs = ssh_project / "pod" / "outputs"
+    digests = make_run(outputs, "run-a")
+    make_run(outputs, "run-b", {"x": 10})
+    ctx = Context.load()
+    res = transfer.fetch_run(ctx, "run-a")
+    local = ssh_project / "artifacts" / "run-a"
+    assert res.files == len(SIZES) and res.transferred == len(SIZES) and not res.already_complete
+    assert local_digests(local) == digests
+    marker = json.loads((local / transfer.FETCHED).read_text())
+    assert marker["complete"] and marker["n_files"] == len(SIZES)
+    assert {f["path"]: f["sha256"] for f in marker["files"]} == digests
+    # Idempotent: nothing is transferred again.
+    again = transfer.fetch_run(Context.load(), "run-a")
+    assert again.already_complete and again.transferred == 0
+    # A file changed on the pod: exactly that one travels.
+    (outputs / "run-a" / "small.json").write_bytes(b"{}")
+    third = transfer.fetch_run(Context.load(), "run-a")
+    assert third.transferred == 1 and (local / "small.json").read_bytes() == b"{}"
+    # A damaged local copy is noticed and repaired.
+    big = local / "sub" / "deep" / "big.bin"
+    data = bytearray(big.read_bytes())
+    data[10] ^= 0xFF
+    big.write_bytes(bytes(data))
+    fourth = transfer.fetch_run(Context.load(), "run-a")
+    assert not fourth.already_complete and local_digests(local)["sub/deep/big.bin"] == digests["sub/deep/big.bin"]
+
+
+@pytest.mark.ssh
+def test_fetch_run_unknown_id_lists_known(ssh_project):
+    make_run(ssh_project / "pod" / "outputs", "run-a", {"f": 1})
+    (ssh_project / "pod" / "outputs" / "_control").mkdir(exist_ok=True)
+    with pytest.raises(InputError, match=r"no run 'nope'.*known run ids: run-a$"):
+        transfer.fetch_run(Context.load(), "nope")
+    with pytest.raises(InputError, match="invalid run id"):
+        transfer.fetch_run(Context.load(), "../etc")
+    assert inv("pod-up").returncode == 0
+    r = inv("fetch-run", "nope")
+    assert r.returncode == 2 and "known run ids: run-a" in r.stderr
+
+
+@pytest.mark.ssh
+def test_fetch_survives_sshd_restart_mid_transfer(sshd_private, tmp_path, monkeypatch, tmux_socket):
+    """The link drops in the middle of rsync; sshd comes back; fetch-run resumes and verifies."""
+    env = write_ssh_env(tmp_path, sshd_private, tmux_socket, OPS_SSH_RETRY_SECS="20",
+                        OPS_RSYNC_BWLIMIT_KBPS="4000")
+    monkeypatch.setenv("OPSRG_ENV_FILE", str(env))
+    digests = make_run(tmp_path / "pod" / "outputs", "run-x", {"a.bin": 8_000_000, "b.bin": 1000})
+    partial_seen, restarted = [], []
+
+    def cut():
+        local = tmp_path / "artifacts" / "run-x"
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10 and not any(local.rglob("*a.bin*")):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        sizes = [p.stat().st_size for p in local.rglob("*a.bin*") if p.is_file()]
+        partial_seen.append((not (local / transfer.FETCHED).exists(), max(sizes) < 8_000_000))
+        sshd_private.stop()  # listener and the live session carrying rsync
+        time.sleep(1.0)
+        sshd_private.start()
+        restarted.append(time.monotonic())
+
+    t = threading.Thread(target=cut)
+    t.start()
+    res = transfer.fetch_run(Context.load(), "run-x")
+    done = time.monotonic()
+    t.join()
+    assert partial_seen == [(True, True)]  # cut mid-file, before anything was marked complete
+    assert restarted and done > restarted[0]
+    assert local_digests(tmp_path / "artifacts" / "run-x") == digests
+    assert (tmp_path / "artifacts" / "run-x" / transfer.FETCHED).is_file() and res.files == 2
+
+
+@pytest.mark.ssh
+def test_fetch_fails_clearly_when_pod_stays_down(sshd_private, tmp_path, monkeypatch, tmux_socket):
+    env = write_ssh_env(tmp_path, sshd_private, tmux_socket, OPS_SSH_RETRY_SECS="1",
+                        OPS_RSYNC_BWLIMIT_KBPS="3000")
+    monkeypatch.setenv("OPSRG_ENV_FILE", str(env))
+    make_run(tmp_path / "pod" / "outputs", "run-y", {"a.bin": 6_000_000})
+    local = tmp_path / "artifacts" / "run-y"
+
+    def cut():
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10 and not any(local.rglob("*a.bin*")):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        sshd_private.stop()
+
+    t = threading.Thread(target=cut)
+    t.start()
+    with pytest.raises(UnreachableError) as e:
+        transfer.fetch_run(Context.load(), "run-y")
+    t.join()
+    assert "inv fetch-run run-y" in str(e.value) and "not marked complete" in str(e.value)
+    assert not (local / transfer.FETCHED).exists()
+    r = inv("pod-status", "--json")
+    info = json.loads(r.stdout)
+    assert r.returncode == 0 and info["reachable"] is False and info["state"] == "unreachable"
+
+
+@pytest.mark.ssh
+def test_push_and_pull_with_dry_run(ssh_project):
+    src = ssh_project / "code"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "m.py").write_text("x = 1\n")
+    (src / ".venv").mkdir()
+    (src / ".venv" / "junk").write_text("no")
+    ctx = Context.load()
+    assert transfer.push(ctx, src=str(src), dry_run=True).startswith("would push 1 files")
+    repo = ssh_project / "pod" / "repo"
+    assert not (repo / "pkg" / "m.py").exists()
+    assert transfer.push(ctx, src=str(src)).startswith("pushed 1 files")
+    assert (repo / "pkg" / "m.py").read_text() == "x = 1\n" and not (repo / ".venv").exists()
+    assert transfer.push(ctx, src=str(src)).startswith("pushed 0 files")
+    make_run(ssh_project / "pod" / "outputs", "r1", {"o.txt": 5})
+    assert transfer.pull(ctx, dry_run=True).startswith("would pull 1 files")
+    assert not (ssh_project / "artifacts" / "r1").exists()
+    assert transfer.pull(ctx).startswith("pulled 1 files")
+    assert (ssh_project / "artifacts" / "r1" / "o.txt").stat().st_size == 5
+
+
+def test_fetch_run_local_provider(project):
+    make_run(project / "outputs", "loc", {"a": 10, "d/b": 2000})
+    ctx = Context.load()
+    res = transfer.fetch_run(ctx, "loc")
+    assert res.files == 2 and (ctx.artifacts_dir / "loc" / transfer.FETCHED).is_file()
+    assert transfer.fetch_run(Context.load(), "loc").already_complete
+
+
+# ------------------------------------------------------------------ local_sync
+@pytest.mark.tmux
+def test_local_sync_mirrors_and_final_sync(project):
+    ctx = Context.load()
+    tid = localsync.start_sync(ctx, "run-1", interval=1)
+    assert tid == "sync-run-1"
+    scratch = Path(localsync.scratch_dir(ctx, "run-1"))
+    durable = Path(localsync.durable_dir(ctx, "run-1"))
+    (scratch / "part1.txt").write_text("one")
+    t0 = time.monotonic()
+    while not (durable / "part1.txt").exists():
+        assert time.monotonic() - t0 < 15, "periodic sync did not happen"
+        time.sleep(0.1)
+    (scratch / "final.npz").write_bytes(b"x" * 1000)
+    msg = localsync.final_sync(ctx, "run-1", timeout=30)
+    assert "by task sync-run-1" in msg
+    assert (durable / "final.npz").read_bytes() == b"x" * 1000
+    assert ctx.tasks.status(tid).state.value == "success"
+
+
+@pytest.mark.tmux
+def test_local_sync_final_sync_without_loop(project):
+    ctx = Context.load()
+    localsync.start_sync(ctx, "run-2", interval=60)
+    ctx.tasks.kill("sync-run-2")
+    scratch = Path(localsync.scratch_dir(ctx, "run-2"))
+    (scratch / "late.txt").write_text("late")
+    msg = localsync.final_sync(ctx, "run-2", timeout=10)
+    assert "directly" in msg
+    assert (Path(localsync.durable_dir(ctx, "run-2")) / "late.txt").read_text() == "late"
+
+
+@pytest.mark.ssh
+@pytest.mark.tmux
+def test_local_sync_over_ssh(ssh_project):
+    ctx = Context.load()
+    localsync.start_sync(ctx, "r", interval=1)
+    scratch = Path(localsync.scratch_dir(ctx, "r"))
+    (scratch / "f.txt").write_text("hi")
+    assert "by task" in localsync.final_sync(ctx, "r", timeout=30)
+    assert (ssh_project / "pod" / "outputs" / "r" / "f.txt").read_text() == "hi"
+
+
+def test_hosterror_is_raised_for_bad_local_rsync(project):
+    ctx = Context.load()
+    with pytest.raises(HostError):
+        ctx.host.sync("/definitely/not/here", str(project / "x"), to_host=False)
