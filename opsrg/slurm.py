@@ -93,16 +93,13 @@ def map_state(state: str, reason: str = "", exit_code: int | None = None, raw: s
         return TaskState.RUNNING, st
     if st in STATE_MAP:
         ts, why = STATE_MAP[st]
-        bits = [st]
-        if why and why != "cancelled":
-            bits.append(why)
-        if st == "CANCELLED" and raw and raw != st:
-            bits = [raw]
+        head = raw if st == "CANCELLED" and raw and normalise_state(raw) == st else st
+        bits = [why] if why and why != "cancelled" else []
         if exit_code not in (None, 0) and st != "COMPLETED":
             bits.append(f"exit code {exit_code}")
         if reason and reason not in ("None", "NonZeroExitCode"):
             bits.append(reason)
-        return ts, ": ".join(bits[:1]) + (", ".join([""] + bits[1:]) if len(bits) > 1 else "")
+        return ts, head + (": " + ", ".join(bits) if bits else "")
     return TaskState.RUNNING, f"unknown scheduler state {state!r}"
 
 

@@ -171,19 +171,24 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
                only: set[str] | None = None) -> list[Job]:
     """Jobs for every run not yet ok (``only``: just these runs), in submission order."""
     progress = progress or {}
-    jobs: list[Job] = []
     last: dict[str, str] = {}      # run id -> key of the job that ends it
-    shell_pack: list[SweepRow] = []
+
+    def wanted(row: SweepRow) -> bool:
+        return not progress.get(row.run_id, RunProgress()).ok and (only is None or row.run_id in only)
+
+    # Shell rows without dependencies go first, packed into arrays; a dependent waits for its pack.
+    packable = [r for r in sweep.ordered() if r.mode == "shell" and not r.deps and wanted(r)]
+    jobs: list[Job] = _pack_shell(sweep, packable, max_array_size) if packable else []
+    for j in jobs:
+        for rid in j.runs:
+            last[rid] = j.key
     for row in sweep.ordered():
         prog = progress.get(row.run_id, RunProgress())
-        if prog.ok or (only is not None and row.run_id not in only):
+        if not wanted(row) or row.run_id in last:
             continue
-        dep_keys = [last[d] for d in row.deps if d in last]
+        dep_keys = list(dict.fromkeys(last[d] for d in row.deps if d in last))
         timeout = row.spec.get("timeout_secs")
         if row.mode == "shell":
-            if not dep_keys:
-                shell_pack.append(row)
-                continue
             jobs.append(Job(f"{row.run_id}.run", "shell", shell_body(sweep, row), [row.run_id], dep_keys,
                             None, timeout, final_for=row.run_id))
             last[row.run_id] = jobs[-1].key
@@ -216,8 +221,6 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
                             final_for=row.run_id))
             prev = [jobs[-1].key]
         last[row.run_id] = prev[0]
-    if shell_pack:
-        jobs[:0] = _pack_shell(sweep, shell_pack, max_array_size)
     return jobs
 
 

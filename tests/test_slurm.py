@@ -1,0 +1,105 @@
+"""Slurm text parsing, state mapping, the backed-off batched watcher. No cluster needed."""
+
+from __future__ import annotations
+
+import itertools
+
+from opsrg.slurm import (JobInfo, SlurmOptions, expand_ids, map_state, parse_config, parse_jobcomp, parse_sacct,
+                         parse_scontrol, parse_squeue, render, time_directive)
+from opsrg.tracked import TaskState
+from opsrg.watcher import Watcher, backoff, expected_elements
+
+SACCT = """1_0|COMPLETED|0:0|2026-11-29T03:14:46|2026-11-29T03:14:47|None
+1_2|FAILED|3:0|2026-11-29T03:14:47|2026-11-29T03:14:48|JobArrayTaskLimit
+1_[4-6%2]|PENDING|0:0|Unknown|Unknown|JobArrayTaskLimit
+5|CANCELLED by 0|0:0|2026-11-29T03:16:22|2026-11-29T03:16:22|None
+6|CANCELLED|0:0|None|2026-11-29T03:16:22|Dependency
+7|TIMEOUT|0:15|2026-11-29T03:16:22|2026-11-29T03:17:30|TimeLimit
+7.batch|FAILED|15:0|||
+8|OUT_OF_MEMORY|0:125|||
+9|NODE_FAIL|0:0|||
+"""
+SCONTROL = ("JobId=4 ArrayJobId=1 ArrayTaskId=2 ArrayTaskThrottle=2 JobName=wrap JobState=FAILED "
+            "Reason=NonZeroExitCode Dependency=(null) ExitCode=3:0 StartTime=2026-11-29T03:14:47 EndTime=2026-11-29T03:14:48\n"
+            "JobId=1 ArrayJobId=1 ArrayTaskId=4-6%2 JobState=PENDING Reason=JobArrayTaskLimit ExitCode=0:0 "
+            "StartTime=Unknown EndTime=Unknown\n"
+            "JobId=12 JobName=x JobState=RUNNING Reason=None ExitCode=0:0 StartTime=2026-11-29T03:20:00 EndTime=Unknown\n")
+JOBCOMP = ("JobId=2 UserId=root(0) GroupId=root(0) Name=wrap JobState=COMPLETED Partition=debug StartTime=2026-11-29T03:14:46 "
+           "EndTime=2026-11-29T03:14:47 ArrayJobId=1 ArrayTaskId=0 DerivedExitCode=0:0 ExitCode=0:0\n"
+           "JobId=20 UserId=root(0) Name=wrap JobState=FAILED ExitCode=3:0 ArrayJobId= ArrayTaskId=\n")
+
+
+def test_parse_sacct_expands_arrays_and_skips_steps():
+    got = parse_sacct(SACCT)
+    assert set(got) == {"1_0", "1_2", "1_4", "1_5", "1_6", "5", "6", "7", "8", "9"}
+    assert (got["1_2"].state, got["1_2"].exit_code, got["1_2"].source) == ("FAILED", 3, "sacct")
+    assert got["5"].state == "CANCELLED" and got["5"].raw_state == "CANCELLED by 0"
+    assert got["1_5"].state == "PENDING" and got["1_5"].start == ""
+    assert got["7"].state == "TIMEOUT" and got["7"].signal == 15
+
+
+def test_parse_scontrol_squeue_jobcomp():
+    sc = parse_scontrol(SCONTROL)
+    assert sc["1_2"].exit_code == 3 and sc["1_2"].reason == "NonZeroExitCode" and sc["1_2"].source == "scontrol"
+    assert {"1_4", "1_5", "1_6", "12"} <= set(sc) and sc["12"].end == ""
+    sq = parse_squeue("1_0|COMPLETED|None|2026-11-29T03:14:46|2026-11-29T03:14:47\n3|PENDING|Dependency|N/A|N/A\n")
+    assert sq["3"].reason == "Dependency" and sq["1_0"].exit_code is None and sq["3"].source == "squeue"
+    jc = parse_jobcomp(JOBCOMP)
+    assert jc["1_0"].state == "COMPLETED" and jc["20"].exit_code == 3 and jc["20"].source == "jobcomp"
+
+
+def test_expand_ids():
+    assert expand_ids("12_[1,4-5%2]") == ["12_1", "12_4", "12_5"]
+    assert expand_ids("12") == ["12"] and expand_ids("12_3") == ["12_3"]
+
+
+def test_state_mapping_with_reasons():
+    assert map_state("PENDING", "Dependency") == (TaskState.PENDING, "PENDING (Dependency)")
+    assert map_state("RUNNING")[0] == TaskState.RUNNING
+    assert map_state("COMPLETED", exit_code=0) == (TaskState.SUCCESS, "COMPLETED")
+    assert map_state("FAILED", "NonZeroExitCode", 3) == (TaskState.FAILED, "FAILED: non-zero exit, exit code 3")
+    assert map_state("TIMEOUT", "TimeLimit") == (TaskState.TIMED_OUT, "TIMEOUT: time limit reached, TimeLimit")
+    assert map_state("CANCELLED", raw="CANCELLED by 0") == (TaskState.FAILED, "CANCELLED by 0")
+    assert map_state("CANCELLED", "DependencyNeverSatisfied")[1] == "CANCELLED: DependencyNeverSatisfied"
+    assert map_state("OUT_OF_MEMORY")[1] == "OUT_OF_MEMORY: out of memory"
+    assert map_state("NODE_FAIL")[0] == TaskState.FAILED
+    assert map_state("CANCELLED+")[0] == TaskState.FAILED
+
+
+def test_config_time_and_render():
+    cfg = parse_config("MaxArraySize            = 1001\nAccountingStorageType   = accounting_storage/none\n")
+    assert cfg["MaxArraySize"] == "1001"
+    assert time_directive(30, "01:00:00") == "00:01:00" and time_directive(3700, "x") == "01:02:00"
+    assert time_directive(None, "02:00:00") == "02:00:00"
+    d = SlurmOptions(partition="gpu", account="", time="1:00:00", gres="gpu:1").directives("00:05:00", "0-3%2")
+    assert d == ["#SBATCH --partition=gpu", "#SBATCH --time=00:05:00", "#SBATCH --cpus-per-task=1",
+                 "#SBATCH --gres=gpu:1", "#SBATCH --array=0-3%2"]
+    text = render("#!/bin/bash\n#SBATCH --job-name=${job_name}\n${directives}\n# ${campaign} ${key} ${log}\n${body}",
+                  key="a b.RG1", campaign="c", log="/l", directives=d[:1], body="echo $$HOME")
+    assert "--job-name=a_b.RG1" in text and "echo $$HOME" in text
+
+
+def test_backoff_schedule():
+    assert list(itertools.islice(backoff(30, 60), 8)) == [0, 2, 4, 8, 30, 45, 60, 60]
+
+
+def test_watcher_batches_and_caches_final_states():
+    calls = []
+    answers = iter([
+        {"1_0": JobInfo("1_0", "COMPLETED", 0), "1_1": JobInfo("1_1", "RUNNING"), "2": JobInfo("2", "PENDING")},
+        {"1_1": JobInfo("1_1", "FAILED", 3), "2": JobInfo("2", "CANCELLED", 0)},
+    ])
+
+    def query(ids):
+        calls.append(list(ids))
+        return next(answers)
+
+    w = Watcher(query)
+    expected = {"1": expected_elements("1", [0, 1]), "2": expected_elements("2", None)}
+    first = w.poll(expected)
+    assert first["1_1"].state == "RUNNING" and calls == [["1", "2"]]
+    slept = []
+    final = w.wait(expected, sleep=slept.append)
+    assert calls == [["1", "2"], ["1", "2"]] and final["1_1"].exit_code == 3
+    assert w.poll(expected)["2"].state == "CANCELLED" and len(calls) == 2  # cached: no third query
+    assert slept == [0.0]

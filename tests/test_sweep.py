@@ -1,0 +1,72 @@
+"""The sweep plan: commands, Slurm jobs and dependencies, array splitting, resume of missing shards."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from opsrg.sweep import RunProgress, Sweep, array_spec, plan_slurm, row_command, split_array
+from opsrg.sweep_csv import parse_text
+
+REPO = Path(__file__).resolve().parent.parent
+HEAD = "run_id,config,seed,overrides,notes\n"
+
+
+def sweep(text: str) -> Sweep:
+    return Sweep("c1", parse_text(HEAD + text, "s.csv", [REPO]), "/out", "py")
+
+
+def test_split_array_and_spec():
+    assert split_array(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert split_array([1, 4, 5], 1001) == [[1, 4, 5]]
+    assert array_spec([0, 1, 2, 5, 7, 8], 4) == "0-2,5,7-8%4"
+
+
+def test_fp_run_is_a_chain_of_gen_arrays_and_merges():
+    sw = sweep("a,sweeps/configs/fp_tiny.toml,5,,\ne,sweeps/configs/exp_small.toml,6,\"fp_run=a steps=1\",\n")
+    jobs = plan_slurm(sw, max_array_size=1001)
+    assert [(j.key, j.deps, j.tasks) for j in jobs] == [
+        ("a.RG1.gen", [], [0, 1]), ("a.RG1.merge", ["a.RG1.gen"], None),
+        ("a.RG2.gen", ["a.RG1.merge"], [0, 1]), ("a.RG2.merge", ["a.RG2.gen"], None),
+        ("e.RG1.gen", ["a.RG2.merge"], [0, 1, 2, 3]), ("e.RG1.merge", ["e.RG1.gen"], None)]
+    assert jobs[3].final_for == "a" and jobs[1].final_for == ""
+    assert "--fp /out/a/sym_z_hist_RG2.npz" in jobs[4].body and '--task "$OPSRG_TASK"' in jobs[4].body
+    assert "opsrg.rg merge --step 2" in jobs[3].body and "opsrg.rg fp --steps 2" in jobs[3].body
+
+
+def test_shards_over_max_array_size_split_and_merge_waits_for_all():
+    sw = sweep("a,sweeps/configs/fp_tiny.toml,5,\"shards=7 steps=1\",\n")
+    jobs = plan_slurm(sw, max_array_size=3)
+    assert [(j.key, j.tasks) for j in jobs[:3]] == [("a.RG1.gen", [0, 1, 2]), ("a.RG1.gen1", [0, 1, 2]),
+                                                     ("a.RG1.gen2", [0])]
+    assert "OPSRG_TASK_OFFSET=6" in jobs[2].body
+    assert jobs[3].deps == ["a.RG1.gen", "a.RG1.gen1", "a.RG1.gen2"]
+
+
+def test_resume_plans_only_missing_steps_and_shards():
+    sw = sweep("a,sweeps/configs/fp_tiny.toml,5,\"shards=3 steps=3\",\n")
+    prog = {"a": RunProgress(ok=False, done_steps={1}, ready={2: {0, 2}})}
+    jobs = plan_slurm(sw, max_array_size=1001, progress=prog)
+    assert [(j.key, j.tasks, j.deps) for j in jobs] == [
+        ("a.RG2.gen", [1], []), ("a.RG2.merge", None, ["a.RG2.gen"]),
+        ("a.RG3.gen", [0, 1, 2], ["a.RG2.merge"]), ("a.RG3.merge", None, ["a.RG3.gen"])]
+    done = {"a": RunProgress(ok=False, done_steps={1, 2, 3})}
+    assert [j.key for j in plan_slurm(sw, max_array_size=1001, progress=done)] == ["a.final"]
+    assert plan_slurm(sw, max_array_size=1001, progress={"a": RunProgress(ok=True)}) == []
+
+
+def test_independent_shell_rows_pack_into_arrays():
+    rows = "".join(f"r{i},sweeps/configs/shell.toml,{i},,\n" for i in range(5))
+    jobs = plan_slurm(sweep(rows + "d,sweeps/configs/shell.toml,9,after=r1,\n"), max_array_size=2)
+    assert [(j.key, j.runs, j.tasks) for j in jobs] == [
+        ("shell.r0.x2", ["r0", "r1"], [0, 1]), ("shell.r2.x2", ["r2", "r3"], [0, 1]), ("shell.r4", ["r4"], [0]),
+        ("d.run", ["d"], None)]
+    assert jobs[-1].deps == ["shell.r0.x2"]  # r1 runs in that array: d waits for all of it
+    assert "1)\n" in jobs[0].body and "OPSRG_RUN_ID=r1" in jobs[0].body
+
+
+def test_commands_quote_everything():
+    sw = sweep("s,sweeps/configs/shell.toml,3,\"command='echo $(id) > /tmp/x; true'\",\n")
+    cmd = row_command(sw, sw.rows[0])
+    assert "bash -c 'echo $(id) > /tmp/x; true'" in cmd
+    assert shlex.split(cmd.splitlines()[-4])[:2] == ["bash", "-c"]
