@@ -144,7 +144,7 @@ def _cmd_gen(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from opsrg.rg.pipeline import RunPaths, _progress_line, load_config, merge_step
+    from opsrg.rg.pipeline import RunPaths, _progress_line, done_ok, load_config, merge_step
 
     paths = RunPaths(Path(args.out))
     cfg = load_config(paths)
@@ -152,6 +152,10 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         raise InputError(f"--ntasks {args.ntasks} but the run has {cfg.shards} shards")
     done = merge_step(cfg, paths, args.step, keep_shards=args.keep_shards)
     print(_progress_line(cfg, done), file=sys.stderr)
+    if cfg.mode == "exp" and all(done_ok(paths, k, cfg) for k in range(1, args.step + 1)):
+        from opsrg.rg.analysis import write_nu
+
+        write_nu(paths, cfg, args.step)  # estimators over steps 1..k, as the local loop writes
     return 0
 
 

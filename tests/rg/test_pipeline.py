@@ -155,3 +155,25 @@ def test_exp_needs_an_icdf_backend():
     assert not supports(AliasOnly(), "icdf")
     assert supports(get_backend("numpy"), "icdf")
     assert supports(get_backend("auto", sampler="icdf"), "icdf")
+
+
+def test_exp_shard_merge_equals_loop(tmp_path):
+    fp_dir = tmp_path / "fp"
+    assert _fp(fp_dir, 2) == 0
+    fp = str(fp_dir / "sym_z_hist_RG2.npz")
+    opts = ["--fp", fp, "--shifts", "0.02", "--samples", "20000", "--seed", "8", "--backend", "numpy"]
+    loop, farm = tmp_path / "loop", tmp_path / "farm"
+    assert main(["exp", "--steps", "2", "--out", str(loop), "--shards", "2", *opts]) == 0
+    for k in (1, 2):
+        for i in (0, 1):
+            assert main(["gen", "--mode", "exp", "--step", str(k), "--task", str(i), "--ntasks", "2",
+                         "--out", str(farm), *opts]) == 0
+        assert main(["merge", "--step", str(k), "--ntasks", "2", "--out", str(farm)]) == 0
+    for s in ("-0.020000", "+0.000000", "+0.020000"):
+        for k in (1, 2):
+            a = np.load(loop / f"shift_{s}" / f"z_hist_unsym_RG{k}.npz")["histval"]
+            b = np.load(farm / f"shift_{s}" / f"z_hist_unsym_RG{k}.npz")["histval"]
+            np.testing.assert_array_equal(a, b)
+    nu = json.loads((loop / "nu.json").read_text())
+    assert set(nu["by_shift"]) == {"0.02"}
+    assert json.loads((farm / "nu.json").read_text())["by_shift"] == nu["by_shift"]
