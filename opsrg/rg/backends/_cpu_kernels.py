@@ -27,7 +27,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic
 
 # fast-math flags without nnan/ninf: NaN and inf tests in the binning stay meaningful
-FM = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 U64 = np.uint64
 MASK32 = U64(0xFFFFFFFF)
@@ -108,7 +108,7 @@ def _bits_f32(typingctx, x):
 
 
 # ----------------------------------------------------------------------------------------- Philox
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 (Salmon et al. 2011) on 32-bit values held in uint64."""
     for _ in range(10):
@@ -140,20 +140,20 @@ def philox_block(ctr, key):
 
 
 # ------------------------------------------------------------------------------- float32 maths
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def exp_neg32(x):
     """exp(x) for float32 x <= 0 (x >= -87); Cephes expf, about 1 ulp."""
     x = max(x, F_EXP_MIN)
-    fn = math.floor(x * F_LOG2E + F_HALF)
+    fn = np.floor(x * F_LOG2E + F_HALF)
     r = x - fn * F_LN2_HI - fn * F_LN2_LO
     r2 = r * r
     p = ((((F_EXP_P0 * r + F_EXP_P1) * r + F_EXP_P2) * r + F_EXP_P3) * r + F_EXP_P4) * r + F_EXP_P5
     p = p * r2 + r + F_1
-    scale = _bits_f32((np.int32(fn) + I32_127) << I32_23)
+    scale = _bits_f32(np.int32((np.int32(fn) + I32_127) << I32_23))
     return p * scale
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def log32(q):
     """ln(q) for finite normal float32 q > 0; Cephes logf, about 1 ulp.
 
@@ -161,7 +161,7 @@ def log32(q):
     """
     bits = _f32_bits(q)
     e = (bits >> I32_23) - np.int32(126)
-    m = _bits_f32((bits & I32_MANT) | I32_HALF)  # in [0.5, 1)
+    m = _bits_f32(np.int32((bits & I32_MANT) | I32_HALF))  # in [0.5, 1)
     small = m < F_SQRTH
     fe = F32(e - np.int32(1)) if small else F32(e)
     x = (m + m - F_1) if small else (m - F_1)
@@ -177,7 +177,7 @@ def log32(q):
     return res
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def sincos_quarter32(a):
     """(cos a, sin a) for float32 |a| <= pi/4; Cephes sinf/cosf polynomials."""
     a2 = a * a
@@ -186,7 +186,7 @@ def sincos_quarter32(a):
     return c, s
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def rotate_quadrant(c, s, q):
     """(cos, sin) of a + q*pi/2 given (cos a, sin a); q in 0..3 as uint64."""
     odd = (q & U64_1) != 0
@@ -199,7 +199,7 @@ def rotate_quadrant(c, s, q):
     return cc, ss
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def phase_from_word32(w):
     """(cos, sin) of the loop phase (pi/2) (q + f - 1/2), q = top 2 bits, f = low 30 bits / 2^30.
 
@@ -211,7 +211,7 @@ def phase_from_word32(w):
     return rotate_quadrant(c, s, q)
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def t_r_32(z):
     """(t, r) from z: e = exp(-|z|), t^2 = e/(1+e) for z >= 0 else 1/(1+e)."""
     e = exp_neg32(-abs(z))
@@ -223,7 +223,7 @@ def t_r_32(z):
     return large, small
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def t_r_64(z):
     e = math.exp(-abs(z))
     inv = 1.0 / (1.0 + e)
@@ -234,7 +234,7 @@ def t_r_64(z):
     return large, small
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def sincos_quarter64(a):
     """(cos a, sin a) for |a| <= pi/4 in float64 (Taylor to a^17 / a^16: < 1e-16)."""
     a2 = a * a
@@ -247,7 +247,7 @@ def sincos_quarter64(a):
     return c, s
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def phase_from_word64(w):
     q = w >> SH30
     f = float(w & Q30MASK) * (2.0 ** -30)
@@ -256,7 +256,7 @@ def phase_from_word64(w):
 
 
 # ---------------------------------------------------------------------------------------- the map
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
 def numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, c1, c2, c3, c4, s1, s2, s3, s4, one):
     """(|N_r|^2, |N_t|^2) of RG_SPEC 2.2 in real arithmetic of the type of ``one``."""
     c34 = c3 * c4 - s3 * s4
@@ -288,104 +288,221 @@ def numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, c1, c2, c3, c4, s1, s2, 
     return nr_re * nr_re + nr_im * nr_im, nt_re * nt_re + nt_im * nt_im
 
 
-# --------------------------------------------------------------------------- draws (alias table)
-@njit(cache=True, fastmath=FM)
-def draw_z32(x0, x1, x2, thr, zkeep, zalias, nbins_u, width32):
-    """z from the alias table: column from x0, keep-or-alias from x1, position in the bin from x2."""
-    col = (x0 * nbins_u) >> SH32
-    zb = zkeep[col] if x1 < thr[col] else zalias[col]
-    return zb + F32(x2 >> SH8) * F_2M24 * width32
+# ------------------------------------------------------------------------------------ per sample
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def column(x0, nbins_u):
+    """Alias column floor(u1 * nbins) for u1 = x0 / 2^32."""
+    return (x0 * nbins_u) >> SH32
 
 
-@njit(cache=True, fastmath=FM)
-def draw_z64(x0, x1, x2, thr, zkeep, zalias, nbins_u, width):
-    col = (x0 * nbins_u) >> SH32
-    zb = zkeep[col] if x1 < thr[col] else zalias[col]
-    # 53-bit position from x2 and x3-independent low bits of x0 are not needed: 32 bits suffice
-    return zb + (float(x2) + 0.5) * (2.0 ** -32) * width
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def in_bin32(x2, width32):
+    """Offset u3 * width inside the bin, u3 = (x2 >> 8) / 2^24, float32."""
+    return F32(x2 >> SH8) * F_2M24 * width32
 
 
-@njit(cache=True, fastmath=FM)
-def uniform_g_ratio(x0):
-    """r^2/t^2 = (1-G)/G for G = (x0 + 1/2)/2^32, uniform on (0, 1), in float64."""
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def in_bin64(x2, width):
+    """Offset u3 * width inside the bin, u3 = (x2 + 1/2) / 2^32, float64."""
+    return (float(x2) + 0.5) * (2.0 ** -32) * width
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def uniform_g_z32(x0, shift32):
+    """z = ln((1-G)/G) + shift for G = (x0 + 1/2)/2^32, uniform on (0, 1); ratio in float64."""
     g = float(x0) + 0.5
-    return (4294967296.0 - g) / g
+    return log32(F32((4294967296.0 - g) / g)) + shift32
 
 
-# ----------------------------------------------------------------------------------- one sample
-@njit(cache=True, fastmath=FM)
-def sample32(i, k0, k1, thr, zkeep, zalias, nbins_u, width32, first, shift32):
-    """(|N_r|^2, |N_t|^2) in float32 for global sample index i."""
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def uniform_g_z64(x0, shift):
+    g = float(x0) + 0.5
+    return math.log((4294967296.0 - g) / g) + shift
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def words(i, k0, k1):
+    """The 20 Philox words of global sample i: calls j = 0..4 with counter (lo(i), hi(i), j, 0)."""
     lo = U64(i) & MASK32
     hi = U64(i) >> SH32
     a0, a1, a2, a3 = philox4x32_10(lo, hi, U64(0), U64(0), k0, k1)
     b0, b1, b2, b3 = philox4x32_10(lo, hi, U64_1, U64(0), k0, k1)
     c0, c1, c2, c3 = philox4x32_10(lo, hi, U64_2, U64(0), k0, k1)
     d0, d1, d2, d3 = philox4x32_10(lo, hi, U64_3, U64(0), k0, k1)
-    e0, e1, e2, _e3 = philox4x32_10(lo, hi, U64(4), U64(0), k0, k1)
+    e0, e1, e2, e3 = philox4x32_10(lo, hi, U64(4), U64(0), k0, k1)
+    return a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3
+
+
+# --------------------------------------------------------------------------------- block stages
+# A block of BK samples goes through three loops over per-thread buffers (layout below). Loops A
+# and C vectorise; B, the table gathers, is scalar: LLVM cannot prove that an indirect load does
+# not alias the buffers stored in the same loop, so a gather in A or C would stop vectorisation
+# of the whole loop. All rows live in one buffer at constant offsets (BK is a compile-time
+# constant), which lets LLVM prove the rows disjoint without runtime checks.
+#   ib (uint32, 10 rows): 0-4 column, then bin, of z1..z5; 5-9 keep-or-alias words x1
+#   fb (float, 16 rows):  0-4 offset in the bin (or z itself on a first step); 5-8 cos Phi1..4;
+#                         9-12 sin Phi1..4; 13 |N_r|^2; 14 |N_t|^2; 15 z'
+BK = 256
+NIB = 10
+NFB = 16
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_a32(b0, m, k0, k1, nbins_u, width32, first, shift32, ib, fb):
+    """Loop A (float32): Philox words, columns, offsets and phases of samples b0 .. b0+m-1."""
     if first:
-        z1 = log32(F32(uniform_g_ratio(a0))) + shift32
-        z2 = log32(F32(uniform_g_ratio(b0))) + shift32
-        z3 = log32(F32(uniform_g_ratio(c0))) + shift32
-        z4 = log32(F32(uniform_g_ratio(d0))) + shift32
-        z5 = log32(F32(uniform_g_ratio(e0))) + shift32
+        for j in range(m):
+            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
+            fb[j] = uniform_g_z32(a0, shift32)
+            fb[BK + j] = uniform_g_z32(b0_, shift32)
+            fb[2 * BK + j] = uniform_g_z32(c0, shift32)
+            fb[3 * BK + j] = uniform_g_z32(d0, shift32)
+            fb[4 * BK + j] = uniform_g_z32(e0, shift32)
+            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word32(a3)
+            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word32(b3)
+            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word32(c3)
+            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word32(d3)
     else:
-        z1 = draw_z32(a0, a1, a2, thr, zkeep, zalias, nbins_u, width32)
-        z2 = draw_z32(b0, b1, b2, thr, zkeep, zalias, nbins_u, width32)
-        z3 = draw_z32(c0, c1, c2, thr, zkeep, zalias, nbins_u, width32)
-        z4 = draw_z32(d0, d1, d2, thr, zkeep, zalias, nbins_u, width32)
-        z5 = draw_z32(e0, e1, e2, thr, zkeep, zalias, nbins_u, width32)
-    t1, r1 = t_r_32(z1)
-    t2, r2 = t_r_32(z2)
-    t3, r3 = t_r_32(z3)
-    t4, r4 = t_r_32(z4)
-    t5, r5 = t_r_32(z5)
-    p1c, p1s = phase_from_word32(a3)
-    p2c, p2s = phase_from_word32(b3)
-    p3c, p3s = phase_from_word32(c3)
-    p4c, p4s = phase_from_word32(d3)
-    return numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, p1c, p2c, p3c, p4c, p1s, p2s, p3s, p4s, F_1)
+        for j in range(m):
+            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
+            ib[j] = column(a0, nbins_u)
+            ib[BK + j] = column(b0_, nbins_u)
+            ib[2 * BK + j] = column(c0, nbins_u)
+            ib[3 * BK + j] = column(d0, nbins_u)
+            ib[4 * BK + j] = column(e0, nbins_u)
+            ib[5 * BK + j] = a1
+            ib[6 * BK + j] = b1
+            ib[7 * BK + j] = c1
+            ib[8 * BK + j] = d1
+            ib[9 * BK + j] = e1
+            fb[j] = in_bin32(a2, width32)
+            fb[BK + j] = in_bin32(b2, width32)
+            fb[2 * BK + j] = in_bin32(c2, width32)
+            fb[3 * BK + j] = in_bin32(d2, width32)
+            fb[4 * BK + j] = in_bin32(e2, width32)
+            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word32(a3)
+            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word32(b3)
+            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word32(c3)
+            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word32(d3)
 
 
-@njit(cache=True, fastmath=FM)
-def sample64(i, k0, k1, thr, zkeep, zalias, nbins_u, width, first, shift):
-    lo = U64(i) & MASK32
-    hi = U64(i) >> SH32
-    a0, a1, a2, a3 = philox4x32_10(lo, hi, U64(0), U64(0), k0, k1)
-    b0, b1, b2, b3 = philox4x32_10(lo, hi, U64_1, U64(0), k0, k1)
-    c0, c1, c2, c3 = philox4x32_10(lo, hi, U64_2, U64(0), k0, k1)
-    d0, d1, d2, d3 = philox4x32_10(lo, hi, U64_3, U64(0), k0, k1)
-    e0, e1, e2, _e3 = philox4x32_10(lo, hi, U64(4), U64(0), k0, k1)
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_a64(b0, m, k0, k1, nbins_u, width, first, shift, ib, fb):
+    """Loop A (float64)."""
     if first:
-        z1 = math.log(uniform_g_ratio(a0)) + shift
-        z2 = math.log(uniform_g_ratio(b0)) + shift
-        z3 = math.log(uniform_g_ratio(c0)) + shift
-        z4 = math.log(uniform_g_ratio(d0)) + shift
-        z5 = math.log(uniform_g_ratio(e0)) + shift
+        for j in range(m):
+            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
+            fb[j] = uniform_g_z64(a0, shift)
+            fb[BK + j] = uniform_g_z64(b0_, shift)
+            fb[2 * BK + j] = uniform_g_z64(c0, shift)
+            fb[3 * BK + j] = uniform_g_z64(d0, shift)
+            fb[4 * BK + j] = uniform_g_z64(e0, shift)
+            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word64(a3)
+            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word64(b3)
+            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word64(c3)
+            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word64(d3)
     else:
-        z1 = draw_z64(a0, a1, a2, thr, zkeep, zalias, nbins_u, width)
-        z2 = draw_z64(b0, b1, b2, thr, zkeep, zalias, nbins_u, width)
-        z3 = draw_z64(c0, c1, c2, thr, zkeep, zalias, nbins_u, width)
-        z4 = draw_z64(d0, d1, d2, thr, zkeep, zalias, nbins_u, width)
-        z5 = draw_z64(e0, e1, e2, thr, zkeep, zalias, nbins_u, width)
-    t1, r1 = t_r_64(z1)
-    t2, r2 = t_r_64(z2)
-    t3, r3 = t_r_64(z3)
-    t4, r4 = t_r_64(z4)
-    t5, r5 = t_r_64(z5)
-    p1c, p1s = phase_from_word64(a3)
-    p2c, p2s = phase_from_word64(b3)
-    p3c, p3s = phase_from_word64(c3)
-    p4c, p4s = phase_from_word64(d3)
-    return numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5, p1c, p2c, p3c, p4c, p1s, p2s, p3s, p4s, 1.0)
+        for j in range(m):
+            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
+            ib[j] = column(a0, nbins_u)
+            ib[BK + j] = column(b0_, nbins_u)
+            ib[2 * BK + j] = column(c0, nbins_u)
+            ib[3 * BK + j] = column(d0, nbins_u)
+            ib[4 * BK + j] = column(e0, nbins_u)
+            ib[5 * BK + j] = a1
+            ib[6 * BK + j] = b1
+            ib[7 * BK + j] = c1
+            ib[8 * BK + j] = d1
+            ib[9 * BK + j] = e1
+            fb[j] = in_bin64(a2, width)
+            fb[BK + j] = in_bin64(b2, width)
+            fb[2 * BK + j] = in_bin64(c2, width)
+            fb[3 * BK + j] = in_bin64(d2, width)
+            fb[4 * BK + j] = in_bin64(e2, width)
+            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word64(a3)
+            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word64(b3)
+            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word64(c3)
+            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word64(d3)
 
 
-# ------------------------------------------------------------------------------------ binning
-@njit(cache=True, fastmath=FM)
-def accumulate_block(nr2, nt2, m, zp_f32, counts, zmax, scale, nbins, acc, ovf):
-    """Histogram z' = ln(nr2/nt2) of m samples; acc += (sum z, z^2, G, G^2); ovf += (under, over, nan).
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_b(m, packed, ib):
+    """Loop B (scalar): alias draw, column -> bin. packed[c] = ceil(prob * 2^32) << 32 | alias."""
+    for k in range(5):
+        for j in range(m):
+            c = ib[k * BK + j]
+            p = packed[c]
+            ib[k * BK + j] = c if U64(ib[(5 + k) * BK + j]) < (p >> SH32) else (p & MASK32)
 
-    ``zp_f32`` holds z' already evaluated in the working precision (float32 or float64).
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_c32(m, width, base, first, ib, fb):
+    """Loop C (float32): z = base + bin * width (float64, rounded once) + offset; t, r; the map; z'."""
+    for j in range(m):
+        if first:
+            z1 = fb[j]
+            z2 = fb[BK + j]
+            z3 = fb[2 * BK + j]
+            z4 = fb[3 * BK + j]
+            z5 = fb[4 * BK + j]
+        else:
+            z1 = F32(base + float(ib[j]) * width) + fb[j]
+            z2 = F32(base + float(ib[BK + j]) * width) + fb[BK + j]
+            z3 = F32(base + float(ib[2 * BK + j]) * width) + fb[2 * BK + j]
+            z4 = F32(base + float(ib[3 * BK + j]) * width) + fb[3 * BK + j]
+            z5 = F32(base + float(ib[4 * BK + j]) * width) + fb[4 * BK + j]
+        t1, r1 = t_r_32(z1)
+        t2, r2 = t_r_32(z2)
+        t3, r3 = t_r_32(z3)
+        t4, r4 = t_r_32(z4)
+        t5, r5 = t_r_32(z5)
+        a, b = numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5,
+                           fb[5 * BK + j], fb[6 * BK + j], fb[7 * BK + j], fb[8 * BK + j],
+                           fb[9 * BK + j], fb[10 * BK + j], fb[11 * BK + j], fb[12 * BK + j], F_1)
+        fb[13 * BK + j] = a
+        fb[14 * BK + j] = b
+        fb[15 * BK + j] = log32(a / b)
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_c64(m, width, base, first, ib, fb):
+    """Loop C (float64, libm exp and log)."""
+    for j in range(m):
+        if first:
+            z1 = fb[j]
+            z2 = fb[BK + j]
+            z3 = fb[2 * BK + j]
+            z4 = fb[3 * BK + j]
+            z5 = fb[4 * BK + j]
+        else:
+            z1 = base + float(ib[j]) * width + fb[j]
+            z2 = base + float(ib[BK + j]) * width + fb[BK + j]
+            z3 = base + float(ib[2 * BK + j]) * width + fb[2 * BK + j]
+            z4 = base + float(ib[3 * BK + j]) * width + fb[3 * BK + j]
+            z5 = base + float(ib[4 * BK + j]) * width + fb[4 * BK + j]
+        t1, r1 = t_r_64(z1)
+        t2, r2 = t_r_64(z2)
+        t3, r3 = t_r_64(z3)
+        t4, r4 = t_r_64(z4)
+        t5, r5 = t_r_64(z5)
+        a, b = numerators2(t1, t2, t3, t4, t5, r1, r2, r3, r4, r5,
+                           fb[5 * BK + j], fb[6 * BK + j], fb[7 * BK + j], fb[8 * BK + j],
+                           fb[9 * BK + j], fb[10 * BK + j], fb[11 * BK + j], fb[12 * BK + j], 1.0)
+        fb[13 * BK + j] = a
+        fb[14 * BK + j] = b
+        fb[15 * BK + j] = math.log(a / b)
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_d(m, fb, counts, zmax, scale, nbins, acc, flows):
+    """Loop D (scalar): histogram z', count under/overflow and NaN, sum z, z^2, G, G^2 (float64).
+
+    Same convention as the numpy backend: bin = floor((z + zmax) * nbins / (2 zmax)) in float64;
+    below 0 (also -inf) is underflow, >= nbins (also +inf) overflow, NaN is nonfinite.
     """
     sz = 0.0
     sz2 = 0.0
@@ -395,11 +512,11 @@ def accumulate_block(nr2, nt2, m, zp_f32, counts, zmax, scale, nbins, acc, ovf):
     over = 0
     bad = 0
     for j in range(m):
-        z = float(zp_f32[j])
-        if z != z:
+        z = float(fb[15 * BK + j])
+        if z != z:  # noqa: PLR0124 - NaN test (fast-math flags keep NaN semantics)
             bad += 1
             continue
-        x = math.floor((z + zmax) * scale)
+        x = np.floor((z + zmax) * scale)
         if x < 0.0:
             under += 1
             continue
@@ -407,9 +524,8 @@ def accumulate_block(nr2, nt2, m, zp_f32, counts, zmax, scale, nbins, acc, ovf):
             over += 1
             continue
         counts[int(x)] += 1
-        # G = t'^2 = |N_t|^2 / (|N_t|^2 + |N_r|^2), from the float64 ratio
-        q = float(nr2[j]) / float(nt2[j])
-        g = 1.0 / (1.0 + q)
+        # G = t'^2 = |N_t|^2 / (|N_t|^2 + |N_r|^2) = 1 / (1 + q), q = |N_r|^2 / |N_t|^2 = e^z'
+        g = 1.0 / (1.0 + float(fb[13 * BK + j]) / float(fb[14 * BK + j]))
         sz += z
         sz2 += z * z
         sg += g
@@ -418,75 +534,78 @@ def accumulate_block(nr2, nt2, m, zp_f32, counts, zmax, scale, nbins, acc, ovf):
     acc[1] += sz2
     acc[2] += sg
     acc[3] += sg2
-    ovf[0] += under
-    ovf[1] += over
-    ovf[2] += bad
+    flows[0] += under
+    flows[1] += over
+    flows[2] += bad
 
 
 # --------------------------------------------------------------------------------- step drivers
-@njit(cache=True, fastmath=FM, parallel=True)
-def step32(n, k0, k1, thr, zkeep, zalias, width, zmax, first, shift, chunk, nworkers, block):
-    """One RG step in float32: returns (counts[nworkers, nbins], sums[nchunks, 4], flows[nchunks, 3])."""
-    nbins = zkeep.shape[0]
+@njit(cache=True, fastmath=FM, error_model="numpy", parallel=True)
+def step32(n, k0, k1, packed, nbins, width, zmax, first, shift, chunk, nworkers):
+    """One RG step in float32: (counts[nworkers, nbins], sums[nchunks, 4], flows[nchunks, 3]).
+
+    Worker w takes chunks w, w + nworkers, ...; each chunk's sums are kept apart so the caller
+    adds them in chunk order (a result independent of the thread count).
+    """
     nbins_u = U64(nbins)
     width32 = F32(width)
     shift32 = F32(shift)
+    base = -zmax + shift
     scale = nbins / (2.0 * zmax)
     nchunks = (n + chunk - 1) // chunk
     counts = np.zeros((nworkers, nbins), dtype=np.int64)
     sums = np.zeros((nchunks, 4), dtype=np.float64)
     flows = np.zeros((nchunks, 3), dtype=np.int64)
     for w in prange(nworkers):
-        nr2 = np.empty(block, dtype=np.float32)
-        nt2 = np.empty(block, dtype=np.float32)
-        zp = np.empty(block, dtype=np.float32)
+        ib = np.zeros(NIB * BK, dtype=np.uint32)
+        fb = np.zeros(NFB * BK, dtype=np.float32)
         hist = counts[w]
         for ch in range(w, nchunks, nworkers):
             start = ch * chunk
             stop = min(start + chunk, n)
-            for b0 in range(start, stop, block):
-                m = min(block, stop - b0)
-                for j in range(m):
-                    a, b = sample32(b0 + j, k0, k1, thr, zkeep, zalias, nbins_u, width32, first, shift32)
-                    nr2[j] = a
-                    nt2[j] = b
-                    zp[j] = log32(a / b)
-                accumulate_block(nr2, nt2, m, zp, hist, zmax, scale, nbins, sums[ch], flows[ch])
+            acc = sums[ch]
+            fl = flows[ch]
+            for b0 in range(start, stop, BK):
+                m = min(BK, stop - b0)
+                stage_a32(b0, m, k0, k1, nbins_u, width32, first, shift32, ib, fb)
+                if not first:
+                    stage_b(m, packed, ib)
+                stage_c32(m, width, base, first, ib, fb)
+                stage_d(m, fb, hist, zmax, scale, nbins, acc, fl)
     return counts, sums, flows
 
 
-@njit(cache=True, fastmath=FM, parallel=True)
-def step64(n, k0, k1, thr, zkeep, zalias, width, zmax, first, shift, chunk, nworkers, block):
-    """As :func:`step32` in float64 (libm exp/log, scalar)."""
-    nbins = zkeep.shape[0]
+@njit(cache=True, fastmath=FM, error_model="numpy", parallel=True)
+def step64(n, k0, k1, packed, nbins, width, zmax, first, shift, chunk, nworkers):
+    """As :func:`step32` in float64."""
     nbins_u = U64(nbins)
+    base = -zmax + shift
     scale = nbins / (2.0 * zmax)
     nchunks = (n + chunk - 1) // chunk
     counts = np.zeros((nworkers, nbins), dtype=np.int64)
     sums = np.zeros((nchunks, 4), dtype=np.float64)
     flows = np.zeros((nchunks, 3), dtype=np.int64)
     for w in prange(nworkers):
-        nr2 = np.empty(block, dtype=np.float64)
-        nt2 = np.empty(block, dtype=np.float64)
-        zp = np.empty(block, dtype=np.float64)
+        ib = np.zeros(NIB * BK, dtype=np.uint32)
+        fb = np.zeros(NFB * BK, dtype=np.float64)
         hist = counts[w]
         for ch in range(w, nchunks, nworkers):
             start = ch * chunk
             stop = min(start + chunk, n)
-            for b0 in range(start, stop, block):
-                m = min(block, stop - b0)
-                for j in range(m):
-                    a, b = sample64(b0 + j, k0, k1, thr, zkeep, zalias, nbins_u, width, first, shift)
-                    nr2[j] = a
-                    nt2[j] = b
-                for j in range(m):
-                    zp[j] = math.log(nr2[j] / nt2[j])
-                accumulate_block(nr2, nt2, m, zp, hist, zmax, scale, nbins, sums[ch], flows[ch])
+            acc = sums[ch]
+            fl = flows[ch]
+            for b0 in range(start, stop, BK):
+                m = min(BK, stop - b0)
+                stage_a64(b0, m, k0, k1, nbins_u, width, first, shift, ib, fb)
+                if not first:
+                    stage_b(m, packed, ib)
+                stage_c64(m, width, base, first, ib, fb)
+                stage_d(m, fb, hist, zmax, scale, nbins, acc, fl)
     return counts, sums, flows
 
 
 # ------------------------------------------------------------------------------ the map on arrays
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def map_z32(z, cph, sph):
     """z' (float32) for z (5, N) float32 and cos/sin of the phases (4, N) float32."""
     n = z.shape[1]
@@ -503,7 +622,7 @@ def map_z32(z, cph, sph):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def map_z64(z, cph, sph):
     n = z.shape[1]
     out = np.empty(n, dtype=np.float64)
@@ -519,7 +638,7 @@ def map_z64(z, cph, sph):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def sincos_reduced32(y, q):
     """(cos, sin) arrays in float32 of (pi/2)(q + y), y in [-1/2, 1/2] float32, q uint64 quadrant."""
     n = y.shape[0]
@@ -531,7 +650,7 @@ def sincos_reduced32(y, q):
     return c, s
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def sincos_reduced64(y, q):
     n = y.shape[0]
     c = np.empty(n, dtype=np.float64)
@@ -542,7 +661,7 @@ def sincos_reduced64(y, q):
     return c, s
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def exp_neg32_array(x):
     out = np.empty_like(x)
     for j in range(x.shape[0]):
@@ -550,7 +669,7 @@ def exp_neg32_array(x):
     return out
 
 
-@njit(cache=True, fastmath=FM)
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def log32_array(x):
     out = np.empty_like(x)
     for j in range(x.shape[0]):
