@@ -141,10 +141,12 @@ def _bootstrap_nu(cfg: RunConfig, paths: RunPaths, steps: int, z0: float, seed: 
         nus.append(nu_of(lam))
     nus_a = np.array(nus)
     nus_a = nus_a[np.isfinite(nus_a)]
+    lams_a = np.array(lams)
+    lams_a = lams_a[np.isfinite(lams_a)]
     return {"method": f"bootstrap over {cfg.shards} shards, {N_BOOT} resamples, mean observable",
             "caveat": "excludes the noise each step inherits from the previous histogram",
             "nu_std": float(nus_a.std(ddof=1)) if nus_a.size > 1 else None,
-            "lambda_std": float(np.nanstd(lams, ddof=1))}
+            "lambda_std": float(lams_a.std(ddof=1)) if lams_a.size > 1 else None}
 
 
 def write_nu(paths: RunPaths, cfg: RunConfig, steps: int) -> dict[str, Any]:
