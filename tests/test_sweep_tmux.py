@@ -1,0 +1,181 @@
+"""Sweeps on the tmux backend, end to end with real tmux and the RG engine (tiny sizes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from support import inv
+
+pytestmark = pytest.mark.tmux
+HEAD = "run_id,config,seed,overrides,notes\n"
+FP = "sweeps/configs/fp_tiny.toml"
+EXP = "sweeps/configs/exp_small.toml"
+SH = "sweeps/configs/shell.toml"
+TINY_EXP = '"fp_run=a steps=1 samples=2000 shards=2 backend=numpy"'
+
+
+def checked_out(project: Path) -> None:
+    assert inv("fsm-reset", "CHECKED_OUT").returncode == 0
+
+
+def write_csv(project: Path, text: str, name: str = "s.csv") -> str:
+    p = project / name
+    p.write_text(HEAD + text)
+    return str(p)
+
+
+def status(extra=()) -> dict:
+    r = inv("sweep-status", "--json", *extra)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+def by_run(st: dict) -> dict:
+    return {r["run_id"]: r for r in st["runs"]}
+
+
+def wait(timeout: int = 90) -> "subprocess.CompletedProcess":  # noqa: F821
+    return inv("sweep-monitor", "--wait", "--timeout-secs", str(timeout), timeout=timeout + 30)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p.relative_to(root)) + "/"] = ""
+    return out
+
+
+def test_sweep_runs_every_row_failure_does_not_stop_the_rest_then_resume(project):
+    checked_out(project)
+    flag = project / "flag"
+    csv = write_csv(project, f"a,{FP},5,,fixed point\n"
+                             f"flaky,{SH},1,\"command='test -f {flag} || exit 4'\",fails until the flag exists\n"
+                             f"e,{EXP},6,{TINY_EXP},exponent on a\n")
+    r = inv("sweep-start", "--csv", csv, "--json")
+    assert r.returncode == 0, r.stderr
+    started = json.loads(r.stdout)
+    out = project / "outputs"
+    assert (out / "_manifests" / "sweep-latest.csv").read_text() == Path(csv).read_text()
+    assert (out / "_manifests" / f"sweep-{started['campaign']}.csv").exists()
+    r = wait()
+    assert r.returncode == 1, r.stdout + r.stderr
+    st = by_run(status())
+    assert st["a"]["state"] == "completed" and st["a"]["summary_ok"] is True and st["a"]["step"] == "2/2"
+    assert st["e"]["state"] == "completed" and st["e"]["summary_ok"] is True
+    assert st["flaky"]["state"] == "failed" and st["flaky"]["exit_code"] == 4 and "exit code 4" in st["flaky"]["reason"]
+    rec = json.loads((out / "_tasks" / "a" / "status.json").read_text())
+    assert rec["runner"] == "tmux" and rec["state"] == "success" and rec["exit_code"] == 0
+    man = json.loads((out / "a" / "run_manifest.json").read_text())
+    assert man["campaign"] == started["campaign"] and man["completed_at"]
+    assert [h["state"] for h in man["history"]] == ["submitted", "running", "synced", "completed"]
+    assert json.loads(inv("fsm-status", "--json").stdout)["state"] == "SWEEP_FAILED"
+    # resume: only the failed row runs again
+    flag.write_text("x")
+    r = inv("sweep-start", "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["resumed"] == ["flaky"]
+    assert wait().returncode == 0
+    st = by_run(status())
+    assert all(v["state"] == "completed" for v in st.values())
+    assert st["flaky"]["attempt"] == 2 and st["a"]["attempt"] == 1
+    assert json.loads(inv("fsm-status", "--json").stdout)["state"] == "SWEEP_COMPLETED"
+
+
+def test_cancel_one_run_others_continue(project):
+    checked_out(project)
+    csv = write_csv(project, f"long,{SH},1,\"command='sleep 60'\",\nafter,{SH},2,,\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    deadline = time.monotonic() + 20
+    while by_run(status())["long"]["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    r = inv("sweep-cancel", "--run", "long")
+    assert r.returncode == 0 and "long" in r.stdout
+    assert wait(60).returncode == 1
+    st = by_run(status())
+    assert st["long"]["state"] == "cancelled" and st["after"]["state"] == "completed"
+    assert (project / "outputs" / "long").is_dir()  # outputs kept
+
+
+def test_killed_driver_is_detected_and_resume_reruns_only_what_is_missing(project):
+    checked_out(project)
+    csv = write_csv(project, f"r1,{SH},1,\"command='sleep 2'\",\nr2,{SH},2,,\n")
+    r = inv("sweep-start", "--csv", csv, "--json")
+    campaign = json.loads(r.stdout)["campaign"]
+    drv = project / "outputs" / "_tasks" / f"sweep-driver.{campaign}" / "status.json"
+    deadline = time.monotonic() + 20
+    while json.loads(drv.read_text()).get("state") != "running" or \
+            not (project / "outputs" / "_tasks" / "r1" / "status.json").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    rec = json.loads(drv.read_text())
+    os.killpg(rec["pgid"], signal.SIGKILL)  # the driver process and its supervisor, as a crash would
+    os.kill(rec["pid"], signal.SIGKILL)
+    time.sleep(3)
+    assert wait(60).returncode == 1
+    st = by_run(status())
+    assert st["r1"]["state"] == "completed"
+    assert st["r2"]["state"] == "failed" and "driver" in st["r2"]["reason"]
+    r = inv("sweep-start", "--resume", "--json")
+    assert json.loads(r.stdout)["resumed"] == ["r2"], r.stdout + r.stderr
+    assert wait(60).returncode == 0
+
+
+def test_dry_run_and_bad_csv_write_nothing(project):
+    checked_out(project)
+    csv = write_csv(project, f"a,{FP},5,,\ne,{EXP},6,{TINY_EXP},\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    assert wait().returncode == 0
+    assert inv("fsm-reset", "CHECKED_OUT").returncode == 0
+    before = snapshot(project / "outputs")
+    for backend in ("tmux", "slurm"):
+        r = inv("sweep-start", "--csv", csv, "--backend", backend, "--dry-run", "--json")
+        assert r.returncode == 0, r.stderr
+        plan = json.loads(r.stdout)
+        assert plan["dry_run"] and plan["runs"] == ["a", "e"]
+    # Steps already DONE in the run folders are reused, as the engine itself would.
+    assert [j["key"] for j in plan["jobs"]] == ["a.final", "e.final"]
+    assert plan["jobs"][1]["script"].startswith("#!/bin/bash\n#SBATCH --job-name=e.final")
+    bad = write_csv(project, f"a,{FP},x,,\nb;rm,{FP},1,colour=red,\n", "bad.csv")
+    r = inv("sweep-start", "--csv", bad)
+    assert r.returncode == 2
+    assert f"{bad}:2:31: seed:" in r.stderr and f"{bad}:3:1: run_id:" in r.stderr and f"{bad}:3:33: overrides:" in r.stderr
+    assert snapshot(project / "outputs") == before
+
+
+def test_csv_template_refuses_to_overwrite(project):
+    target = project / "mine.csv"
+    env = {"SWEEP_CSV": str(target)}
+    assert inv("sweep-csv-template", env=env).returncode == 0
+    assert target.read_text().startswith("run_id,config,seed,overrides,notes")
+    r = inv("sweep-csv-template", env=env)
+    assert r.returncode == 2 and "not overwriting" in r.stderr
+
+
+def test_histograms_are_those_of_the_engine_run_directly(project, tmp_path):
+    """The sweep adds nothing to the numbers: same seed, same histogram as `python -m opsrg.rg fp`."""
+    checked_out(project)
+    csv = write_csv(project, f"a,{FP},5,,\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    assert wait().returncode == 0
+    import subprocess
+    import sys
+
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "opsrg.rg", "fp", "--steps", "2", "--samples", "4000", "--seed", "5",
+                    "--out", str(ref), "--bins", "200", "--backend", "numpy", "--shards", "2"], check=True,
+                   capture_output=True)
+    a = np.load(project / "outputs" / "a" / "sym_z_hist_RG2.npz")
+    b = np.load(ref / "sym_z_hist_RG2.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
