@@ -15,19 +15,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SERVICE_MARKS = ("tmux", "ssh", "slurm")
+from support import IN_CI, REPO, SERVICE_MARKS, inv, require  # noqa: F401  (re-exported)
+
 pytest_plugins = ["sshd", "slurm_cluster"]  # tests/sshd.py, tests/slurm_cluster.py: real-service fixtures
-
-
-def require(tool: str, why: str) -> None:
-    """Skip locally, fail in CI, when ``tool`` is not on PATH."""
-    if shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}"):
-        return
-    if IN_CI:
-        pytest.fail(f"{tool} is required in CI ({why}) but was not found")
-    pytest.skip(f"{tool} not installed ({why})")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -71,11 +61,3 @@ def _known_keys() -> set[str]:
     from opsrg.settings import KNOWN_KEYS
 
     return KNOWN_KEYS
-
-
-def inv(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run `inv ARGS` from the repository, as a user would."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "inv"), *args], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
-    )

@@ -38,7 +38,7 @@ def _up(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    from conftest import require
+    from support import require
 
     for tool in ("sbatch", "slurmctld", "slurmd", "munged"):
         require(tool, "the slurm tests need a real single-node cluster")

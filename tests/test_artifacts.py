@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import inv
+from support import inv
 from opsrg import artifacts
 from opsrg.context import Context
 

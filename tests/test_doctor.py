@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import inv
+from support import inv
 from opsrg import doctor
 from opsrg.context import Context
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import inv, require
+from support import inv, require
 
 from opsrg.errors import HostError, UnreachableError
 from opsrg.hosts import LocalHost

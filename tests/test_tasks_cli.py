@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import inv
+from support import inv
 
 TASK_NAMES = ["config-show", "fsm-status", "fsm-history", "fsm-reset", "fsm-check", "pod-up", "pod-status",
               "bootstrap", "task-run", "task-status", "task-wait", "task-list", "task-logs", "task-attach",

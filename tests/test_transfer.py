@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import inv
+from support import inv
 from sshd import write_ssh_env
 
 from opsrg import localsync, transfer
