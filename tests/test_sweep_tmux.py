@@ -150,7 +150,7 @@ def test_dry_run_and_bad_csv_write_nothing(project):
     bad = write_csv(project, f"a,{FP},x,,\nb;rm,{FP},1,colour=red,\n", "bad.csv")
     r = inv("sweep-start", "--csv", bad)
     assert r.returncode == 2
-    assert f"{bad}:2:31: seed:" in r.stderr and f"{bad}:3:1: run_id:" in r.stderr and f"{bad}:3:33: overrides:" in r.stderr
+    assert f"{bad}:2:31: seed:" in r.stderr and f"{bad}:3:1: run_id:" in r.stderr and f"{bad}:3:36: overrides:" in r.stderr
     assert snapshot(project / "outputs") == before
 
 
