@@ -188,8 +188,13 @@ class InverseCDF:
         if bad.any():  # long runs of (nearly) empty bins: binary search for those few
             i[bad] = np.searchsorted(cum, x[bad], side="right") - 1
         lo = cum[i]
-        pos = i + (x - lo) / (cum[i + 1] - lo)
-        return np.minimum(pos, np.nextafter(i + 1.0, 0.0))  # stay inside bin i after rounding
+        frac = x - lo
+        frac /= cum[i + 1] - lo
+        # i + frac must stay below i + 1 after rounding (ulp(65536) is 2^-36); the clamp moves
+        # at most 2^-30 of a bin
+        np.minimum(frac, 1.0 - 2.0 ** -30, out=frac)
+        frac += i
+        return frac
 
 
 def load_histogram(path: str) -> tuple[np.ndarray, Grid]:

@@ -209,7 +209,8 @@ def gen_shard(cfg: RunConfig, paths: RunPaths, k: int, i: int, backend: Backend,
         results.append(backend.sample_step(table, cfg.grid, n, key, shift=shift if k == 1 else 0.0, **kw))
     seconds = time.perf_counter() - t0
     meta = {"config_hash": cfg.config_hash, "step": k, "task": i, "ntasks": cfg.shards, "key": key,
-            "backend": backend.name, "batch_size": batch_size, "seconds": seconds}
+            "backend": backend.name, "seconds": seconds,
+            "batch_size": batch_size or getattr(backend, "default_batch_size", "backend default")}
     arrays = {f"s_{name}": np.array([getattr(r, name) for r in results]) for name in SCALARS}
     atomic_save_npz(paths.part(k, i), counts=np.stack([r.counts for r in results]),
                     meta=np.array(json.dumps(meta)), **arrays)

@@ -48,6 +48,7 @@ class NumpyBackend:
     method: str = "analytic"
     name: str = "numpy"
     samplers: tuple[str, ...] = ("alias", "icdf")
+    default_batch_size: int = DEFAULT_BATCH
 
     def available(self) -> bool:
         return True
