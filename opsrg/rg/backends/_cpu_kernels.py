@@ -339,109 +339,118 @@ def words(i, k0, k1):
 # not alias the buffers stored in the same loop, so a gather in A or C would stop vectorisation
 # of the whole loop. All rows live in one buffer at constant offsets (BK is a compile-time
 # constant), which lets LLVM prove the rows disjoint without runtime checks.
-#   ib (uint32, 10 rows): 0-4 column, then bin, of z1..z5; 5-9 keep-or-alias words x1
+#   ib (uint32, 10 rows): 0-4 word x0, then the bin, of z1..z5; 5-9 word x1
 #   fb (float, 16 rows):  0-4 offset in the bin (or z itself on a first step); 5-8 cos Phi1..4;
 #                         9-12 sin Phi1..4; 13 |N_r|^2; 14 |N_t|^2; 15 z'
 BK = 256
 NIB = 10
 NFB = 16
+MODE_FIRST = 0
+MODE_ALIAS = 1
+MODE_ICDF = 2
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
-def stage_a32(b0, m, k0, k1, nbins_u, width32, first, shift32, ib, fb):
-    """Loop A (float32): Philox words, columns, offsets and phases of samples b0 .. b0+m-1."""
+def stage_a32(b0, m, k0, k1, width32, first, shift32, ib, fb):
+    """Loop A (float32): Philox words, offsets in the bin and phases of samples b0 .. b0+m-1.
+
+    On a first step (uniform G) a second loop turns the words x0 into z = ln((1-G)/G) + shift.
+    """
+    for j in range(m):
+        (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+         e0, e1, e2, _e3) = words(b0 + j, k0, k1)
+        ib[j] = a0
+        ib[BK + j] = b0_
+        ib[2 * BK + j] = c0
+        ib[3 * BK + j] = d0
+        ib[4 * BK + j] = e0
+        ib[5 * BK + j] = a1
+        ib[6 * BK + j] = b1
+        ib[7 * BK + j] = c1
+        ib[8 * BK + j] = d1
+        ib[9 * BK + j] = e1
+        fb[j] = in_bin32(a2, width32)
+        fb[BK + j] = in_bin32(b2, width32)
+        fb[2 * BK + j] = in_bin32(c2, width32)
+        fb[3 * BK + j] = in_bin32(d2, width32)
+        fb[4 * BK + j] = in_bin32(e2, width32)
+        fb[5 * BK + j], fb[9 * BK + j] = phase_from_word32(a3)
+        fb[6 * BK + j], fb[10 * BK + j] = phase_from_word32(b3)
+        fb[7 * BK + j], fb[11 * BK + j] = phase_from_word32(c3)
+        fb[8 * BK + j], fb[12 * BK + j] = phase_from_word32(d3)
     if first:
-        for j in range(m):
-            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
-             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
-            fb[j] = uniform_g_z32(a0, shift32)
-            fb[BK + j] = uniform_g_z32(b0_, shift32)
-            fb[2 * BK + j] = uniform_g_z32(c0, shift32)
-            fb[3 * BK + j] = uniform_g_z32(d0, shift32)
-            fb[4 * BK + j] = uniform_g_z32(e0, shift32)
-            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word32(a3)
-            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word32(b3)
-            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word32(c3)
-            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word32(d3)
-    else:
-        for j in range(m):
-            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
-             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
-            ib[j] = column(a0, nbins_u)
-            ib[BK + j] = column(b0_, nbins_u)
-            ib[2 * BK + j] = column(c0, nbins_u)
-            ib[3 * BK + j] = column(d0, nbins_u)
-            ib[4 * BK + j] = column(e0, nbins_u)
-            ib[5 * BK + j] = a1
-            ib[6 * BK + j] = b1
-            ib[7 * BK + j] = c1
-            ib[8 * BK + j] = d1
-            ib[9 * BK + j] = e1
-            fb[j] = in_bin32(a2, width32)
-            fb[BK + j] = in_bin32(b2, width32)
-            fb[2 * BK + j] = in_bin32(c2, width32)
-            fb[3 * BK + j] = in_bin32(d2, width32)
-            fb[4 * BK + j] = in_bin32(e2, width32)
-            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word32(a3)
-            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word32(b3)
-            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word32(c3)
-            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word32(d3)
+        for j in range(5 * BK):
+            fb[j] = uniform_g_z32(U64(ib[j]), shift32)
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
-def stage_a64(b0, m, k0, k1, nbins_u, width, first, shift, ib, fb):
+def stage_a64(b0, m, k0, k1, width, first, shift, ib, fb):
     """Loop A (float64)."""
+    for j in range(m):
+        (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+         e0, e1, e2, _e3) = words(b0 + j, k0, k1)
+        ib[j] = a0
+        ib[BK + j] = b0_
+        ib[2 * BK + j] = c0
+        ib[3 * BK + j] = d0
+        ib[4 * BK + j] = e0
+        ib[5 * BK + j] = a1
+        ib[6 * BK + j] = b1
+        ib[7 * BK + j] = c1
+        ib[8 * BK + j] = d1
+        ib[9 * BK + j] = e1
+        fb[j] = in_bin64(a2, width)
+        fb[BK + j] = in_bin64(b2, width)
+        fb[2 * BK + j] = in_bin64(c2, width)
+        fb[3 * BK + j] = in_bin64(d2, width)
+        fb[4 * BK + j] = in_bin64(e2, width)
+        fb[5 * BK + j], fb[9 * BK + j] = phase_from_word64(a3)
+        fb[6 * BK + j], fb[10 * BK + j] = phase_from_word64(b3)
+        fb[7 * BK + j], fb[11 * BK + j] = phase_from_word64(c3)
+        fb[8 * BK + j], fb[12 * BK + j] = phase_from_word64(d3)
     if first:
-        for j in range(m):
-            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
-             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
-            fb[j] = uniform_g_z64(a0, shift)
-            fb[BK + j] = uniform_g_z64(b0_, shift)
-            fb[2 * BK + j] = uniform_g_z64(c0, shift)
-            fb[3 * BK + j] = uniform_g_z64(d0, shift)
-            fb[4 * BK + j] = uniform_g_z64(e0, shift)
-            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word64(a3)
-            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word64(b3)
-            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word64(c3)
-            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word64(d3)
-    else:
-        for j in range(m):
-            (a0, a1, a2, a3, b0_, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
-             e0, e1, e2, _e3) = words(b0 + j, k0, k1)
-            ib[j] = column(a0, nbins_u)
-            ib[BK + j] = column(b0_, nbins_u)
-            ib[2 * BK + j] = column(c0, nbins_u)
-            ib[3 * BK + j] = column(d0, nbins_u)
-            ib[4 * BK + j] = column(e0, nbins_u)
-            ib[5 * BK + j] = a1
-            ib[6 * BK + j] = b1
-            ib[7 * BK + j] = c1
-            ib[8 * BK + j] = d1
-            ib[9 * BK + j] = e1
-            fb[j] = in_bin64(a2, width)
-            fb[BK + j] = in_bin64(b2, width)
-            fb[2 * BK + j] = in_bin64(c2, width)
-            fb[3 * BK + j] = in_bin64(d2, width)
-            fb[4 * BK + j] = in_bin64(e2, width)
-            fb[5 * BK + j], fb[9 * BK + j] = phase_from_word64(a3)
-            fb[6 * BK + j], fb[10 * BK + j] = phase_from_word64(b3)
-            fb[7 * BK + j], fb[11 * BK + j] = phase_from_word64(c3)
-            fb[8 * BK + j], fb[12 * BK + j] = phase_from_word64(d3)
+        for j in range(5 * BK):
+            fb[j] = uniform_g_z64(U64(ib[j]), shift)
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
-def stage_b(m, packed, ib):
-    """Loop B (scalar): alias draw, column -> bin. packed[c] = ceil(prob * 2^32) << 32 | alias."""
+def stage_b_alias(m, nbins_u, packed, ib):
+    """Loop B (scalar), alias table: word x0 -> column -> bin, with packed[c] = thr << 32 | alias."""
     for k in range(5):
         for j in range(m):
-            c = ib[k * BK + j]
+            c = column(U64(ib[k * BK + j]), nbins_u)
             p = packed[c]
             ib[k * BK + j] = c if U64(ib[(5 + k) * BK + j]) < (p >> SH32) else (p & MASK32)
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
+def stage_b_icdf(m, cum, guide, width, ib, fb):
+    """Loop B (scalar), inverse CDF: u = 53 bits of (x0, x1) -> bin and offset in the bin.
+
+    Same arithmetic as ``histogram.InverseCDF.positions`` (guide cell, then a forward sweep).
+    """
+    nb = cum.shape[0] - 1
+    total = cum[nb]
+    xmax = np.nextafter(total, 0.0)
+    cells = (guide.shape[0] - 1) / total
+    for k in range(5):
+        for j in range(m):
+            hi = U64(ib[k * BK + j])
+            lo = U64(ib[(5 + k) * BK + j])
+            u = float((hi << U64(21)) | (lo >> U64(11))) * (2.0 ** -53)
+            x = min(u * total, xmax)
+            i = guide[int(x * cells)]
+            while cum[i + 1] <= x:
+                i += 1
+            lo_c = cum[i]
+            frac = min((x - lo_c) / (cum[i + 1] - lo_c), 0.9999999999999999)
+            ib[k * BK + j] = i
+            fb[k * BK + j] = frac * width
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def stage_c32(m, width, base, first, ib, fb):
-    """Loop C (float32): z = base + bin * width (float64, rounded once) + offset; t, r; the map; z'."""
+    """Loop C (float32): z = base + bin * width + offset (float64, rounded once); t, r; the map; z'."""
     for j in range(m):
         if first:
             z1 = fb[j]
@@ -450,11 +459,11 @@ def stage_c32(m, width, base, first, ib, fb):
             z4 = fb[3 * BK + j]
             z5 = fb[4 * BK + j]
         else:
-            z1 = F32(base + float(ib[j]) * width) + fb[j]
-            z2 = F32(base + float(ib[BK + j]) * width) + fb[BK + j]
-            z3 = F32(base + float(ib[2 * BK + j]) * width) + fb[2 * BK + j]
-            z4 = F32(base + float(ib[3 * BK + j]) * width) + fb[3 * BK + j]
-            z5 = F32(base + float(ib[4 * BK + j]) * width) + fb[4 * BK + j]
+            z1 = F32(base + float(ib[j]) * width + float(fb[j]))
+            z2 = F32(base + float(ib[BK + j]) * width + float(fb[BK + j]))
+            z3 = F32(base + float(ib[2 * BK + j]) * width + float(fb[2 * BK + j]))
+            z4 = F32(base + float(ib[3 * BK + j]) * width + float(fb[3 * BK + j]))
+            z5 = F32(base + float(ib[4 * BK + j]) * width + float(fb[4 * BK + j]))
         t1, r1 = t_r_32(z1)
         t2, r2 = t_r_32(z2)
         t3, r3 = t_r_32(z3)
@@ -541,12 +550,14 @@ def stage_d(m, fb, counts, zmax, scale, nbins, acc, flows):
 
 # --------------------------------------------------------------------------------- step drivers
 @njit(cache=True, fastmath=FM, error_model="numpy", parallel=True)
-def step32(n, k0, k1, packed, nbins, width, zmax, first, shift, chunk, nworkers):
+def step32(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk, nworkers):
     """One RG step in float32: (counts[nworkers, nbins], sums[nchunks, 4], flows[nchunks, 3]).
 
+    ``mode``: MODE_FIRST (uniform G), MODE_ALIAS (``packed``) or MODE_ICDF (``cum``, ``guide``).
     Worker w takes chunks w, w + nworkers, ...; each chunk's sums are kept apart so the caller
     adds them in chunk order (a result independent of the thread count).
     """
+    first = mode == MODE_FIRST
     nbins_u = U64(nbins)
     width32 = F32(width)
     shift32 = F32(shift)
@@ -567,17 +578,20 @@ def step32(n, k0, k1, packed, nbins, width, zmax, first, shift, chunk, nworkers)
             fl = flows[ch]
             for b0 in range(start, stop, BK):
                 m = min(BK, stop - b0)
-                stage_a32(b0, m, k0, k1, nbins_u, width32, first, shift32, ib, fb)
-                if not first:
-                    stage_b(m, packed, ib)
+                stage_a32(b0, m, k0, k1, width32, first, shift32, ib, fb)
+                if mode == MODE_ALIAS:
+                    stage_b_alias(m, nbins_u, packed, ib)
+                elif mode == MODE_ICDF:
+                    stage_b_icdf(m, cum, guide, width, ib, fb)
                 stage_c32(m, width, base, first, ib, fb)
                 stage_d(m, fb, hist, zmax, scale, nbins, acc, fl)
     return counts, sums, flows
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy", parallel=True)
-def step64(n, k0, k1, packed, nbins, width, zmax, first, shift, chunk, nworkers):
+def step64(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk, nworkers):
     """As :func:`step32` in float64."""
+    first = mode == MODE_FIRST
     nbins_u = U64(nbins)
     base = -zmax + shift
     scale = nbins / (2.0 * zmax)
@@ -596,9 +610,11 @@ def step64(n, k0, k1, packed, nbins, width, zmax, first, shift, chunk, nworkers)
             fl = flows[ch]
             for b0 in range(start, stop, BK):
                 m = min(BK, stop - b0)
-                stage_a64(b0, m, k0, k1, nbins_u, width, first, shift, ib, fb)
-                if not first:
-                    stage_b(m, packed, ib)
+                stage_a64(b0, m, k0, k1, width, first, shift, ib, fb)
+                if mode == MODE_ALIAS:
+                    stage_b_alias(m, nbins_u, packed, ib)
+                elif mode == MODE_ICDF:
+                    stage_b_icdf(m, cum, guide, width, ib, fb)
                 stage_c64(m, width, base, first, ib, fb)
                 stage_d(m, fb, hist, zmax, scale, nbins, acc, fl)
     return counts, sums, flows

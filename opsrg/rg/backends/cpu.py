@@ -20,7 +20,7 @@ from opsrg.errors import BackendUnavailableError, InputError
 
 if TYPE_CHECKING:
     from opsrg.rg.backends import StepResult
-    from opsrg.rg.histogram import AliasTable, Grid
+    from opsrg.rg.histogram import AliasTable, Grid, InverseCDF
 
 DTYPES = ("float32", "float64")
 MAX_CHUNK = 1 << 16  # samples per chunk: the unit of work handed to a thread
@@ -48,15 +48,13 @@ def split_key(key: int) -> tuple[np.uint64, np.uint64]:
     return np.uint64(k & 0xFFFFFFFF), np.uint64(k >> 32)
 
 
-def packed_table(table: AliasTable | None, grid: Grid) -> np.ndarray:
+def packed_table(table: AliasTable, grid: Grid) -> np.ndarray:
     """Alias table as one uint64 per column: ceil(prob * 2^32) << 32 | alias.
 
     A draw keeps column i when its 32-bit word x1 < ceil(prob[i] * 2^32), which is u2 < prob[i]
     for u2 = x1 / 2^32; full columns (prob = 1) alias to themselves. One 8-byte load per draw.
     """
     nb = int(grid.nbins)
-    if table is None:
-        return np.zeros(nb, dtype=np.uint64)
     prob = np.asarray(table.prob, dtype=np.float64)
     alias = np.asarray(table.alias, dtype=np.int64)
     if prob.shape != (nb,) or alias.shape != (nb,):
@@ -70,10 +68,31 @@ def packed_table(table: AliasTable | None, grid: Grid) -> np.ndarray:
     return (thr << np.uint64(32)) | alias
 
 
+def sampler_arrays(table: AliasTable | InverseCDF | None, grid: Grid,
+                   kern: Any) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(mode, packed alias table, cum, guide) for the kernels; unused arrays are tiny dummies."""
+    from opsrg.rg.histogram import InverseCDF
+
+    dummy_f = np.zeros(2, dtype=np.float64)
+    dummy_i = np.zeros(2, dtype=np.int64)
+    if isinstance(table, InverseCDF):
+        if table.nbins != grid.nbins:
+            raise InputError(f"sampler has {table.nbins} bins, grid has {grid.nbins}")
+        cum = np.ascontiguousarray(table.cum, dtype=np.float64)
+        guide = np.ascontiguousarray(table.guide, dtype=np.int64)
+        if guide.size < 2 or guide.min() < 0 or guide.max() >= grid.nbins:
+            raise InputError("inverse-CDF guide table refers to a bin outside the grid")
+        return kern.MODE_ICDF, np.zeros(1, dtype=np.uint64), cum, guide
+    if table is None:
+        return kern.MODE_FIRST, np.zeros(1, dtype=np.uint64), dummy_f, dummy_i
+    return kern.MODE_ALIAS, packed_table(table, grid), dummy_f, dummy_i
+
+
 class CpuBackend:
     """Fused numba backend (float32 or float64 arithmetic, all cores)."""
 
     name = "cpu"
+    samplers = ("alias", "icdf")
 
     def __init__(self) -> None:
         self._reason: str | None = None
@@ -107,10 +126,14 @@ class CpuBackend:
 
         return int(numba.get_num_threads())
 
-    def sample_step(self, table: AliasTable | None, grid: Grid, n: int, key: int, *,
+    def sample_step(self, table: AliasTable | InverseCDF | None, grid: Grid, n: int, key: int, *,
                     shift: float = 0.0, dtype: str = "float32",
                     batch_size: int = 1_000_000) -> StepResult:
-        """One step of n samples: draws from ``table`` (uniform G when None), shifted by ``shift``."""
+        """One step of n samples drawn from ``table`` (uniform G when None), shifted by ``shift``.
+
+        ``batch_size`` caps the chunk (unit of work per thread, at most 65 536 samples); the
+        counts do not depend on it, the float64 sums only through their summation order.
+        """
         from opsrg.rg.backends import StepResult
 
         kern = self._require()
@@ -124,11 +147,11 @@ class CpuBackend:
             raise InputError(f"shift must be finite (got {shift})")
         chunk = int(min(int(batch_size), MAX_CHUNK))
         k0, k1 = split_key(key)
-        packed = packed_table(table, grid)
+        mode, packed, cum, guide = sampler_arrays(table, grid, kern)
         workers = self.threads()
         fn = kern.step32 if dtype == "float32" else kern.step64
-        counts, sums, flows = fn(n, k0, k1, packed, int(grid.nbins), float(grid.width), float(grid.zmax),
-                                 table is None, float(shift), chunk, workers)
+        counts, sums, flows = fn(n, k0, k1, mode, packed, cum, guide, int(grid.nbins), float(grid.width),
+                                 float(grid.zmax), float(shift), chunk, workers)
         tot = np.zeros(4)
         for row in sums:  # chunk order: independent of thread scheduling
             tot += row
