@@ -139,7 +139,7 @@ def pod_up(c):
     from opsrg import pod
 
     ctx = _ctx()
-    with ctx.transition("pod-up"):
+    with ctx.transition("pod-up"), pod.resume_hint("inv pod-up"):
         print(pod.up(ctx))
 
 
@@ -164,7 +164,7 @@ def pod_down(c):
     from opsrg import pod
 
     ctx = _ctx()
-    with ctx.transition("pod-down"):
+    with ctx.transition("pod-down"), pod.resume_hint("inv pod-down"):
         print(pod.down(ctx))
 
 
@@ -175,7 +175,7 @@ def bootstrap(c):
     from opsrg import pod
 
     ctx = _ctx()
-    with ctx.transition("bootstrap"):
+    with ctx.transition("bootstrap"), pod.resume_hint("inv bootstrap"):
         print(pod.bootstrap(ctx))
 
 
@@ -186,7 +186,7 @@ def checkout(c):
     from opsrg import pod
 
     ctx = _ctx()
-    with ctx.transition("checkout"):
+    with ctx.transition("checkout"), pod.resume_hint("inv checkout"):
         print(pod.checkout(ctx))
 
 
@@ -195,10 +195,10 @@ def checkout(c):
 @ops
 def push(c, dry_run=False, src=None, delete=False):
     """rsync the local working tree to OPS_REMOTE_REPO on the pod (resumable)."""
-    from opsrg import transfer
+    from opsrg import pod, transfer
 
     ctx = _ctx()
-    with ctx.transition("push"):
+    with ctx.transition("push"), pod.resume_hint("inv push" + (f" --src {src}" if src else "")):
         print(transfer.push(ctx, src=src, dry_run=dry_run, delete=delete))
 
 
@@ -206,10 +206,10 @@ def push(c, dry_run=False, src=None, delete=False):
 @ops
 def pull(c, dry_run=False):
     """rsync the pod's outputs folder to LOCAL_ARTIFACTS_DIR (resumable)."""
-    from opsrg import transfer
+    from opsrg import pod, transfer
 
     ctx = _ctx()
-    with ctx.transition("pull"):
+    with ctx.transition("pull"), pod.resume_hint("inv pull"):
         print(transfer.pull(ctx, dry_run=dry_run))
 
 
@@ -217,10 +217,10 @@ def pull(c, dry_run=False):
 @ops
 def fetch_run(c, run_id):
     """Fetch one run to LOCAL_ARTIFACTS_DIR/RUN_ID, verified by sha256; FETCHED.json marks it complete."""
-    from opsrg import transfer
+    from opsrg import pod, transfer
 
     ctx = _ctx()
-    with ctx.transition("fetch-run"):
+    with ctx.transition("fetch-run"), pod.resume_hint(f"inv fetch-run {run_id}"):
         print(transfer.fetch_run(ctx, run_id).describe())
 
 

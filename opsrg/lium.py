@@ -119,7 +119,7 @@ def up(ctx, *, poll: float = 10.0) -> dict[str, Any]:
         if time.monotonic() - t0 > s.lium_up_timeout_secs:
             state = pod.get("status") if pod else "not listed"
             raise HostError(f"lium pod {name!r} is not running after {s.lium_up_timeout_secs:g}s ({state})",
-                            hint="check `lium ps`, then `inv pod-up` again (it reuses the pod)")
+                            hint="check `lium ps`; pod-up reuses the pod, run: inv pod-up")
         time.sleep(poll)
     user, host, port = parse_ssh_cmd(pod["ssh_cmd"])
     rec = {"name": name, "huid": pod.get("huid"), "id": pod.get("id"), "user": user, "host": host,
@@ -136,7 +136,7 @@ def recorded_target(ctx) -> SSHTarget:
     except FileNotFoundError:
         raise ConfigError(f"no lium pod recorded in {path}", hint="inv pod-up") from None
     except ValueError as e:
-        raise ConfigError(f"{path}: unreadable ({e})", hint="delete it, then `inv pod-up`") from None
+        raise ConfigError(f"{path}: unreadable ({e})", hint="delete it, then run: inv pod-up") from None
     return SSHTarget(host=rec["host"], user=rec.get("user", "root"), port=int(rec.get("port", 22)),
                      key=ctx.s.ops_ssh_key)
 

@@ -7,12 +7,13 @@ tasks on the pod and are waited on by polling their files, never streamed over S
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .context import Context
 from .errors import ConfigError, HostError, UnreachableError
@@ -24,6 +25,17 @@ TASK_TIMEOUT = 1800.0
 
 
 # ------------------------------------------------------------------ up / down
+@contextlib.contextmanager
+def resume_hint(command: str) -> Iterator[None]:
+    """Make a host failure inside a lifecycle step end with the command that resumes it."""
+    try:
+        yield
+    except HostError as e:
+        if not (e.hint or "").rstrip().endswith(command):
+            e.hint = f"{e.hint.rstrip('.') + '; then run: ' if e.hint else 'run: '}{command}"
+        raise
+
+
 def up(ctx: Context) -> str:
     """Make the pod answer and create its folders (lium: rent it first)."""
     extra = ""
@@ -36,7 +48,7 @@ def up(ctx: Context) -> str:
     try:
         host.run(["mkdir", "-p", ctx.outputs_dir, ctx.control_dir, f"{ctx.outputs_dir}/_tasks"])
     except UnreachableError as e:
-        raise UnreachableError(str(e.message), hint="check OPS_DEFAULT_HOST/OPS_SSH_KEY, then `inv pod-up`") from None
+        raise UnreachableError(str(e.message), hint="check OPS_DEFAULT_HOST/OPS_SSH_KEY, then run: inv pod-up") from None
     return f"pod ready: {ctx.s.pod_provider} host {host.name}{extra}, outputs in {ctx.outputs_dir}"
 
 
@@ -141,7 +153,7 @@ def bootstrap(ctx: Context) -> str:
         uid = host.run(["id", "-u"]).stdout.strip()
         if uid != "0":
             raise HostError(f"{host.name}: missing {', '.join(missing)} and not root (uid {uid}): cannot apt-get",
-                            hint="install them on the pod, then `inv bootstrap`")
+                            hint="install them on the pod, then run: inv bootstrap")
         pkgs = " ".join(APT_PACKAGES[m] for m in missing)
         host.run(f"export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
                  f"apt-get install -y -q --no-install-recommends {pkgs}", timeout=900)
@@ -152,7 +164,7 @@ def bootstrap(ctx: Context) -> str:
         what = ", ".join(m if m != "python" else f"python3>=3.10 (found {found.get('python') or 'none'})"
                          for m in missing)
         raise HostError(f"{host.name}: missing prerequisites: {what}",
-                        hint="install them (or set AUTO_INSTALL_PREREQS=1 as root), then `inv bootstrap`")
+                        hint="install them (or set AUTO_INSTALL_PREREQS=1 as root), then run: inv bootstrap")
     host.run(["mkdir", "-p", ctx.control_dir, f"{ctx.outputs_dir}/_tasks"])
     if ctx.loaded.env_file:
         # Holds secrets such as WANDB_API_KEY: readable by the pod user only.
@@ -237,8 +249,17 @@ print("dependencies missing: " + " ".join(missing) if missing else "dependencies
 sys.exit(1 if missing else 0)
 EOF
 then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-  echo "installed with --no-deps"
+  if .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
+      > .venv/pip-no-deps.log 2>&1; then
+    echo "installed with --no-deps"
+  else
+    # No build backend usable offline (e.g. no wheel): the package is pure Python with no
+    # entry points, so a path entry is an editable install.
+    tail -3 .venv/pip-no-deps.log
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    pwd > "$site/_opsrg_checkout.pth"
+    echo "installed with --no-deps (linked by .pth: pip could not build offline)"
+  fi
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -e .
   echo "installed with dependencies"
@@ -257,7 +278,7 @@ def checkout(ctx: Context) -> str:
     ref = f"refs/pull/{s.checkout_pr}/head" if s.checkout_pr else s.checkout_branch
     if s.data_dir and not host.exists(ctx.pod_path(s.data_dir)):
         raise ConfigError(f"DATA_DIR={s.data_dir}: no such folder on {host.name}",
-                          hint="fix DATA_DIR in workflow.env (or copy the data there), then `inv checkout`")
+                          hint="fix DATA_DIR in workflow.env (or copy the data there), then run: inv checkout")
     q = shlex.quote
     log = run_and_wait(ctx, "checkout-clone", CLONE_SH.format(repo=q(repo), url=q(url), ref=q(ref)),
                        resume="inv checkout")
@@ -265,7 +286,7 @@ def checkout(ctx: Context) -> str:
     deps = " ".join(q(d) for d in project_dependencies())
     log = run_and_wait(ctx, "checkout-venv", VENV_SH.format(
         repo=q(repo), python=q(s.remote_python_bin), recreate=int(s.venv_recreate), deps=deps),
-        resume="inv checkout  (VENV_RECREATE=1 inv checkout rebuilds the venv)")
+        resume="to rebuild the venv set VENV_RECREATE=1; then run: inv checkout")
     install = next((ln for ln in log.splitlines() if ln.startswith("installed")), "installed")
     venv_python = f"{repo}/.venv/bin/python"
     r = host.run([venv_python, "-c", CUPY_PY], check=False, timeout=120)

@@ -190,7 +190,7 @@ def fetch_run(ctx: Context, run_id: str) -> FetchResult:
         r = host.sync(remote, str(local), to_host=False, excludes=(FETCHED, ".rsync-partial"))
     except HostError as e:
         raise type(e)(f"fetch-run {run_id}: transfer interrupted ({e.message}); the partial copy in {local} "
-                      f"is not marked complete", hint=f"rerun `{resume}` (it resumes)") from None
+                      f"is not marked complete", hint=f"it resumes where it stopped; run: {resume}") from None
     transferred = len(_changed(r.stdout))
     problems = verify(local, files)
     if problems:
@@ -200,7 +200,7 @@ def fetch_run(ctx: Context, run_id: str) -> FetchResult:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise HostError(f"fetch-run {run_id}: {len(problems)} of {len(files)} files failed verification "
                         f"({shown}); the run may still be writing, or the copy was damaged",
-                        hint=f"rerun `{resume}`")
+                        hint=f"run: {resume}")
     for f in files:
         f["local_mtime_ns"] = (local / f["path"]).stat().st_mtime_ns
     atomic_write_json(marker, {
