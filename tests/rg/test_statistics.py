@@ -102,3 +102,22 @@ def test_common_random_numbers_need_the_inverse_cdf(fp_run):
     assert np.std(icdf, ddof=1) < 0.03
     assert np.mean(icdf) == pytest.approx(EXP_SLOPES[1], abs=0.05)
     assert np.std(alias, ddof=1) > 3 * np.std(icdf, ddof=1)
+
+
+def test_memory_is_flat_in_n():
+    """Peak numpy allocation of a step depends on the batch, not on N (1e8 stays far below 1 GB)."""
+    import tracemalloc
+
+    from opsrg.rg.backends.numpy_backend import NumpyBackend
+    from opsrg.rg.histogram import AliasTable
+
+    grid = Grid()
+    table = AliasTable.from_counts(np.ones(grid.nbins, dtype=np.int64))
+    peaks = []
+    for n in (100_000, 1_500_000):
+        tracemalloc.start()
+        NumpyBackend().sample_step(table, grid, n, 1, dtype="float32", batch_size=1 << 16)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.2 * peaks[0] + (1 << 20)
+    assert peaks[1] < 200 * 2 ** 20
