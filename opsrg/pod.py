@@ -12,8 +12,8 @@ import json
 import re
 import shlex
 import subprocess
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .context import Context
 from .errors import ConfigError, HostError, UnreachableError
@@ -204,7 +204,7 @@ def default_repo_url(ctx: Context) -> str:
 def project_dependencies() -> list[str]:
     """Distribution names of this project's runtime dependencies (from pyproject.toml)."""
     text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    m = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.S | re.M)
+    m = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.DOTALL | re.MULTILINE)
     reqs = re.findall(r"[\"']([^\"']+)[\"']", m.group(1)) if m else []
     return [re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0] for d in reqs]
 

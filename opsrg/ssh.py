@@ -20,9 +20,10 @@ import stat
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from .errors import ConfigError, HostError, UnreachableError
 from .hosts import Command, RunResult, as_shell
@@ -54,7 +55,7 @@ class SSHTarget:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
     @classmethod
-    def parse(cls, spec: str, key: str = "", ssh_config: str | None = None) -> "SSHTarget":
+    def parse(cls, spec: str, key: str = "", ssh_config: str | None = None) -> SSHTarget:
         """``user@host:port``, ``user@host``, ``host`` or an alias of ``~/.ssh/config``."""
         spec = spec.strip()
         if not spec:
@@ -222,7 +223,7 @@ class SSHHost:
             self._python = self.base_python
             vp = self.venv_python
             if vp and not vp.startswith("/"):
-                vp = f"{self.home}/{vp[2:] if vp.startswith('~/') else vp}"
+                vp = f"{self.home}/{vp.removeprefix('~/')}"
             if vp and self.exists(vp):
                 self._python = vp
         return self._python

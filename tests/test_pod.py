@@ -7,8 +7,8 @@ import json
 import subprocess
 
 import pytest
-from support import REPO, inv
 from sshd import free_port, write_ssh_env
+from support import REPO, inv
 
 from opsrg.context import Context
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import inv
 from sshd import write_ssh_env
+from support import inv
 
 from opsrg import localsync, transfer
 from opsrg.context import Context
