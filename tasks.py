@@ -281,7 +281,7 @@ def task_wait(c, id, timeout_secs=None, quiet=False):
 @ops
 def task_list(c, json=False):
     """List tracked tasks with state, exit code, duration and reason."""
-    recs = _ctx().tasks.list()
+    recs = _ctx().tasks.list(on_error=lambda e: print(f"warning: {e}", file=sys.stderr))
     if json:
         _print_json([r.to_json() for r in recs])
         return

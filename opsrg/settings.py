@@ -235,9 +235,10 @@ def load_settings(env_file: str | os.PathLike[str] | None = None) -> LoadedSetti
         raise ConfigError("invalid settings:\n  " + "\n  ".join(msgs)) from None
     missing = _provider_requirements(settings)
     if missing:
+        # The key is absent, so point at the line that made it required.
         raise ConfigError(
             "invalid settings:\n  "
-            + "\n  ".join(f"{where(k)}: {k}: {why}" for k, why in missing)
+            + "\n  ".join(f"{where('POD_PROVIDER')}: {k}: {why}" for k, why in missing)
         )
     sources: dict[str, Source] = {}
     for name in Settings.model_fields:

@@ -47,9 +47,9 @@ WAIT_TIMEOUT_EXIT = 124
 
 
 def validate_id(task_id: str) -> str:
-    if not ID_RE.match(task_id or "") or ".." in task_id or task_id.startswith("."):
+    if not ID_RE.match(task_id or "") or ".." in task_id or task_id.startswith((".", "-")):
         raise InputError(
-            f"invalid task id {task_id!r}: use 1-128 of [A-Za-z0-9._-], no '..', not starting with '.'"
+            f"invalid task id {task_id!r}: use 1-128 of [A-Za-z0-9._-], no '..', not starting with '.' or '-'"
         )
     return task_id
 
@@ -202,15 +202,18 @@ class TaskManager:
         """Liveness of the task's supervisor, read-only: {'alive': bool|None, 'evidence': str}."""
         return self._call("probe", self.paths(task_id))
 
-    def list(self, *, check: bool = True) -> list[TaskRecord]:
+    def list(self, *, check: bool = True,
+             on_error: Callable[[TaskError], None] | None = None) -> list[TaskRecord]:
+        """Every task; an unreadable record is reported through ``on_error``, never hidden."""
         r = self.host.run(["ls", "-1", self.root], check=False)
         ids = sorted(x for x in r.stdout.split() if ID_RE.match(x) and not x.startswith("."))
         out = []
         for task_id in ids:
             try:
                 out.append(self.status(task_id, check=check))
-            except TaskError:
-                continue
+            except TaskError as e:
+                if on_error:
+                    on_error(e)
         return sorted(out, key=lambda t: t.created_at)
 
     def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.1,

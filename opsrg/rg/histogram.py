@@ -203,8 +203,13 @@ def load_histogram(path: str) -> tuple[np.ndarray, Grid]:
         with np.load(path) as f:
             counts = np.asarray(f["histval"])
             edges = np.asarray(f["binedges"], dtype=np.float64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"cannot read histogram {path}: {exc}") from exc
+    except FileNotFoundError:
+        raise InputError(f"histogram file not found: {path}") from None
+    except KeyError as exc:
+        raise InputError(f"{path}: not an opsrg histogram (missing key {exc})") from None
+    except Exception as exc:  # noqa: BLE001  zipfile, pickle and format errors all mean "not a valid NPZ"
+        raise InputError(f"{path}: not a valid NPZ histogram (truncated or corrupt: "
+                         f"{exc.__class__.__name__}: {exc})") from None
     if edges.size != counts.size + 1:
         raise InputError(f"{path}: binedges has {edges.size} entries for {counts.size} bins")
     grid = Grid(nbins=int(counts.size), zmax=float(edges[-1]))

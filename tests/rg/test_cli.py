@@ -57,7 +57,7 @@ def test_errors_are_clear(tmp_path, capsys):
     assert "run.json missing" in capsys.readouterr().err
     rc = main(["exp", "--fp", str(tmp_path / "missing.npz"), "--shifts", "0.01", "--steps", "1",
                "--samples", "100", "--seed", "1", "--out", str(tmp_path / "e")])
-    assert rc == 2 and "cannot read histogram" in capsys.readouterr().err
+    assert rc == 2 and "histogram file not found" in capsys.readouterr().err
     rc = main(["fp", "--steps", "1", "--samples", "100", "--seed", "1", "--out", str(tmp_path / "f"),
                "--backend", "cupy"])
     err = capsys.readouterr().err
