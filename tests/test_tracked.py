@@ -188,6 +188,7 @@ def test_stale_heartbeat_is_evidence_of_loss(tmp_path):
     d.mkdir()
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "supervise.py", "run", str(d)])
     try:
+        retry_until(lambda: "supervise.py" in sv.proc_cmdline(fake.pid), what="fake supervisor exec'd")
         (d / "status.json").write_text(json.dumps({"id": "hung", "state": "running", "pid": fake.pid,
                                                   "runner": "tmux", "created_at": sv.now_iso()}))
         (d / "heartbeat").write_text("")
