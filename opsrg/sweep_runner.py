@@ -493,7 +493,7 @@ class SlurmBackend:
                     runs.update(paths, rid, "failed", f"{k} [{j['job_id']}]: {rec.get('reason', st)}",
                                 exit_code=rec.get("exit_code"))
                     break
-                if st == "success" and j.get("final_for") == rid:
+                if st == "success" and (j.get("final_for") == rid or j["kind"] == "shell"):
                     finish_run(paths, rid, True)
                     break
                 started |= st in ("running", "success")

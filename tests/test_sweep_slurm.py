@@ -1,0 +1,168 @@
+"""Sweeps on a real single-node Slurm cluster (tests/slurm_cluster.py), tiny sizes.
+
+The TIMEOUT row takes 60-90 s to be reported: it is submitted by a module fixture before the
+other tests and asserted by the last test, so the whole module stays near the TIMEOUT latency.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, inv
+
+pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
+HEAD = "run_id,config,seed,overrides,notes\n"
+FP = "sweeps/configs/fp_tiny.toml"
+EXP = "sweeps/configs/exp_small.toml"
+SH = "sweeps/configs/shell.toml"
+TINY_EXP = '"fp_run=a steps=1 samples=2000 shards=2 backend=numpy"'
+
+
+def make_project(root: Path, name: str = "outputs") -> dict[str, str]:
+    root.mkdir(parents=True, exist_ok=True)
+    env_file = root / "workflow.env"
+    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/{name}\nOPS_TMUX_SOCKET=opsrg-sw-{root.name}\n"
+                        "SWEEP_BACKEND=slurm\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n")
+    env = {"OPSRG_ENV_FILE": str(env_file)}
+    assert inv("fsm-reset", "CHECKED_OUT", env=env).returncode == 0
+    return env
+
+
+def start(env, csv_text: str, root: Path, *extra: str) -> dict:
+    csv = root / "s.csv"
+    csv.write_text(HEAD + csv_text)
+    r = inv("sweep-start", "--csv", str(csv), "--json", *extra, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait(env, timeout: int = 120):
+    return inv("sweep-monitor", "--wait", "--timeout-secs", str(timeout), env=env, timeout=timeout + 30)
+
+
+def runs_of(env) -> dict:
+    r = inv("sweep-status", "--json", env=env)
+    assert r.returncode in (0, 1), r.stderr
+    return {x["run_id"]: x for x in json.loads(r.stdout)["runs"]}
+
+
+def record(root: Path, key: str) -> dict:
+    return json.loads((root / "outputs" / "_tasks" / key / "status.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def timeout_sweep(slurm_cluster, tmp_path_factory):
+    """A row over its 1-minute limit, submitted first so its TIMEOUT arrives while other tests run."""
+    root = tmp_path_factory.mktemp("timeout")
+    env = make_project(root)
+    start(env, f"slow,{SH},1,\"command='sleep 300' timeout_secs=30\",\nquick,{SH},2,,\n", root)
+    yield root, env, time.monotonic()
+    inv("sweep-cancel", env=env)
+
+
+def test_tiny_sweep_on_slurm_gives_the_tmux_histograms(timeout_sweep, slurm_cluster, tmp_path):
+    slurm_env = make_project(tmp_path / "s")
+    tmux_env = make_project(tmp_path / "t")
+    rows = f"a,{FP},5,,fixed point\ne,{EXP},6,{TINY_EXP},exponent\n"
+    started = start(slurm_env, rows, tmp_path / "s")
+    start(tmux_env, rows, tmp_path / "t", "--backend", "tmux")
+    r = wait(slurm_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert wait(tmux_env).returncode == 0
+    s, t = tmp_path / "s" / "outputs", tmp_path / "t" / "outputs"
+    for rel in ("a/sym_z_hist_RG2.npz", "a/z_hist_unsym_RG1.npz", "e/shift_+0.010000/z_hist_unsym_RG1.npz",
+                "e/shift_-0.010000/z_hist_unsym_RG1.npz"):
+        x, y = np.load(s / rel), np.load(t / rel)
+        assert all(np.array_equal(x[k], y[k]) for k in x.files), rel
+    st = runs_of(slurm_env)
+    assert st["a"]["state"] == st["e"]["state"] == "completed" and st["a"]["summary_ok"]
+    assert len(st["a"]["job_ids"]) == 4 and len(st["e"]["job_ids"]) == 2
+    # the same task record as a tmux task, from the scheduler
+    gen = record(tmp_path / "s", "a.RG1.gen")
+    assert gen["runner"] == "slurm" and gen["state"] == "success" and gen["exit_code"] == 0
+    assert set(gen["slurm"]["elements"]) == {f"{started['jobs']['a.RG1.gen']}_{i}" for i in range(2)}
+    assert gen["slurm"]["source"] in ("sacct", "scontrol", "sacct,scontrol")
+    assert gen["started_at"] and gen["ended_at"] and gen["paths"]["log"].endswith("stdout-%a.log")
+    # the dependency chain: each job started after the one it waits for ended
+    chain = ["a.RG1.gen", "a.RG1.merge", "a.RG2.gen", "a.RG2.merge", "e.RG1.gen", "e.RG1.merge"]
+    recs = [record(tmp_path / "s", k) for k in chain]
+    for before, after in zip(recs, recs[1:]):
+        assert after["started_at"] >= before["ended_at"], (before["id"], after["id"])
+    r = inv("slurm-ledger", "--verify", env=slurm_env)
+    assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout
+    assert json.loads(inv("fsm-status", "--json", env=slurm_env).stdout)["state"] == "SWEEP_COMPLETED"
+
+
+def test_failed_and_cancelled_rows_and_a_killed_monitor(timeout_sweep, slurm_cluster, tmp_path):
+    env = make_project(tmp_path)
+    start(env, f"ok,{SH},1,,\nbad,{SH},2,\"command='echo boom; exit 3'\",\nlong,{SH},3,\"command='sleep 120'\",\n",
+          tmp_path)
+    mon = subprocess.Popen([str(Path(sys.executable).parent / "inv"), "sweep-monitor", "--wait"], cwd=REPO,
+                           env={**__import__("os").environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while runs_of(env)["long"]["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    mon.send_signal(signal.SIGKILL)
+    mon.wait()
+    # the monitor died; resuming redoes the failed row only: not the completed nor the live one
+    r = inv("sweep-start", "--resume", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["resumed"] == ["bad"]
+    r = inv("sweep-cancel", "--run", "long", env=env)
+    assert r.returncode == 0, r.stderr
+    assert wait(env, 60).returncode == 1
+    st = runs_of(env)
+    assert st["ok"]["state"] == "completed"
+    assert st["bad"]["state"] == "failed" and st["bad"]["exit_code"] == 3 and "FAILED" in st["bad"]["reason"]
+    assert st["long"]["state"] == "cancelled" and st["bad"]["attempt"] == 2 and st["ok"]["attempt"] == 1
+    fsm = json.loads(inv("fsm-status", "--json", env=env).stdout)
+    assert fsm["state"] == "SWEEP_FAILED"
+    hist = json.loads(inv("fsm-history", "--json", env=env).stdout)
+    assert "bad" in hist[-1].get("note", "") and "long" in hist[-1].get("note", "")
+
+
+def test_resume_resubmits_only_missing_shards(timeout_sweep, slurm_cluster, tmp_path):
+    env = make_project(tmp_path)
+    start(env, f"a,{FP},5,\"shards=3\",\n", tmp_path)
+    assert wait(env).returncode == 0
+    run = tmp_path / "outputs" / "a"
+    want = np.load(run / "sym_z_hist_RG2.npz")["histval"].copy()
+    # lose step 2 except its shard 0, as if the merge and two shards had died
+    for name in ("summary.json", "DONE_RG2.json", "sym_z_hist_RG2.npz", "z_hist_unsym_RG2.npz"):
+        (run / name).unlink()
+    subprocess.run([sys.executable, "-m", "opsrg.rg", "gen", "--step", "2", "--task", "0", "--ntasks", "3",
+                    "--out", str(run), "--backend", "numpy"], check=True, capture_output=True)
+    from opsrg import runs
+
+    runs.update(runs.SweepPaths(str(tmp_path / "outputs")), "a", "failed", "lost step 2 (test)")
+    assert inv("fsm-reset", "SWEEP_FAILED", env=env).returncode == 0
+    r = inv("sweep-start", "--resume", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["resumed"] == ["a"], r.stdout + r.stderr
+    m = json.loads(next((tmp_path / "outputs" / "_manifests").glob("sweep-*.json")).read_text())
+    again = {k: j for k, j in m["jobs"].items() if j["attempt"] == 2}
+    assert sorted(again) == ["a.RG2.gen", "a.RG2.merge"] and again["a.RG2.gen"]["tasks"] == [1, 2]
+    assert wait(env).returncode == 0
+    assert np.array_equal(np.load(run / "sym_z_hist_RG2.npz")["histval"], want)
+    assert runs_of(env)["a"]["attempt"] == 2
+
+
+def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):
+    root, env, t0 = timeout_sweep
+    r = wait(env, 150)
+    assert r.returncode == 1, r.stdout + r.stderr
+    st = runs_of(env)
+    assert st["quick"]["state"] == "completed"
+    assert st["slow"]["state"] == "failed" and "TIMEOUT" in st["slow"]["reason"], st["slow"]
+    m = json.loads(next((root / "outputs" / "_manifests").glob("sweep-*.json")).read_text())
+    (key,) = [k for k, j in m["jobs"].items() if "slow" in j["runs"]]
+    rec = record(root, key)
+    assert rec["runner"] == "slurm" and rec["state"] == "timed_out", rec
