@@ -173,7 +173,8 @@ struct Sampler {
     u32 nbins;
     const u64* packed;   // alias: ceil(prob * 2^32) << 32 | alias  (prob = 1: alias = itself)
     const double* cum;   // icdf: nbins + 1 cumulative counts, cum[0] = 0
-    const i64* guide;    // icdf: bin at the start of each of (nguide - 1) equal cells
+    const int* guide;    // icdf: bin at the start of each of ncells equal cells (+ 1 entry)
+    i64 ncells;
     double total, xmax, cells;  // icdf: cum[nbins], nextafter(total, 0), (nguide - 1) / total
     double width, base;  // bin width, -zmax + shift
     double shift;
@@ -195,10 +196,13 @@ __device__ __forceinline__ T draw_z(const Sampler& sp, Words4 w) {
     } else {
         const double u = (double)(((u64)w.x0 << 21) | ((u64)w.x1 >> 11)) * 1.1102230246251565e-16;  // 2^-53
         const double x = fmin(u * sp.total, sp.xmax);
-        i64 i = __ldg(sp.guide + (i64)(x * sp.cells));
+        // guide cell -> starting bin; sweep back and forth to cum[i] <= x < cum[i+1] (never an
+        // empty bin, whatever the rounding of x * cells); fraction clamped below 1 - 2^-30
+        i64 i = __ldg(sp.guide + min((i64)(x * sp.cells), sp.ncells - 1));
+        while (i > 0 && __ldg(sp.cum + i) > x) --i;
         while (__ldg(sp.cum + i + 1) <= x) ++i;
         const double lo = __ldg(sp.cum + i);
-        const double frac = fmin((x - lo) / (__ldg(sp.cum + i + 1) - lo), 0.9999999999999999);
+        const double frac = fmin((x - lo) / (__ldg(sp.cum + i + 1) - lo), 0.9999999990686774);
         bin = (u32)i;
         off = (T)(frac * sp.width);
     }
@@ -238,7 +242,7 @@ __device__ __forceinline__ u64 warp_sum_u64(u64 v) {
 // reduction scratch is static).
 template <typename T>
 __device__ void rg_step(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* packed, const double* cum,
-                        const i64* guide, i64 nguide, double total, double xmax, u32 nbins, double width,
+                        const int* guide, i64 nguide, double total, double xmax, u32 nbins, double width,
                         double zmax, double shift, int use_shared, u64* counts, u64* flows, double* sums) {
     extern __shared__ u32 hist[];
     __shared__ double red[4][32];
@@ -252,6 +256,7 @@ __device__ void rg_step(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* p
     sp.guide = guide;
     sp.total = total;
     sp.xmax = xmax;
+    sp.ncells = nguide - 1;
     sp.cells = (double)(nguide - 1) / total;
     sp.width = width;
     sp.base = -zmax + shift;
@@ -338,7 +343,7 @@ __device__ void rg_step(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* p
 }
 
 extern "C" __global__ void __launch_bounds__(1024, 1)
-rg_step_f32(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* packed, const double* cum, const i64* guide,
+rg_step_f32(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* packed, const double* cum, const int* guide,
             i64 nguide, double total, double xmax, u32 nbins, double width, double zmax, double shift,
             int use_shared, u64* counts, u64* flows, double* sums) {
     rg_step<float>(first, n, k0, k1, mode, packed, cum, guide, nguide, total, xmax, nbins, width, zmax, shift,
@@ -346,7 +351,7 @@ rg_step_f32(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* packed, const
 }
 
 extern "C" __global__ void __launch_bounds__(1024, 1)
-rg_step_f64(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* packed, const double* cum, const i64* guide,
+rg_step_f64(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* packed, const double* cum, const int* guide,
             i64 nguide, double total, double xmax, u32 nbins, double width, double zmax, double shift,
             int use_shared, u64* counts, u64* flows, double* sums) {
     rg_step<double>(first, n, k0, k1, mode, packed, cum, guide, nguide, total, xmax, nbins, width, zmax, shift,

@@ -320,6 +320,66 @@ def test_cuda_kernel_compiles_with_nvcc(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+GXX = shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def host_kernel(tmp_path_factory):
+    """kernels/rg_step.cu built for the host as one thread (kernels/host_check.cpp)."""
+    if GXX is None:
+        pytest.skip("no g++ to build the host check of the CUDA kernel")
+    exe = tmp_path_factory.mktemp("host_check") / "host_check"
+    subprocess.run([GXX, "-O2", "-std=c++17", "-Wno-unknown-pragmas", "-o", str(exe),
+                    str(REPO / "kernels" / "host_check.cpp")], check=True, capture_output=True, text=True)
+    return exe
+
+
+def run_host_kernel(exe: Path, table, grid: Grid, n: int, key: int, shift: float, dtype: str) -> StepResult:
+    """One step through the CUDA kernel's code on the host (same arguments as sample_step)."""
+    from opsrg.rg.backends.cpu import compact_guide, packed_table, split_key
+    from opsrg.rg.backends.cupy_backend import MODE_ALIAS, MODE_FIRST, MODE_ICDF
+
+    packed, cum, guide = np.zeros(1, np.uint64), np.zeros(2), np.zeros(2, np.int32)
+    if table is None:
+        mode = MODE_FIRST
+    elif isinstance(table, InverseCDF):
+        mode, cum = MODE_ICDF, np.asarray(table.cum, dtype=np.float64)
+        guide = compact_guide(cum)
+    else:
+        mode, packed = MODE_ALIAS, packed_table(table, grid)
+    d = exe.parent
+    packed.tofile(d / "packed.bin")
+    cum.tofile(d / "cum.bin")
+    guide.tofile(d / "guide.bin")
+    k0, k1 = split_key(key)
+    subprocess.run([str(exe), dtype, "0", str(n), str(int(k0)), str(int(k1)), str(mode), str(grid.nbins),
+                    repr(grid.width), repr(grid.zmax), repr(float(shift)), str(d / "packed.bin"),
+                    str(d / "cum.bin"), str(d / "guide.bin"), str(d / "out.bin")], check=True)
+    raw = np.fromfile(d / "out.bin", dtype=np.uint8)
+    ints = raw[: 8 * (grid.nbins + 3)].view(np.uint64).astype(np.int64)
+    sums = raw[8 * (grid.nbins + 3):].view(np.float64)
+    return StepResult(counts=ints[: grid.nbins], n=n, underflow=int(ints[-3]), overflow=int(ints[-2]),
+                      nonfinite=int(ints[-1]), sum_z=float(sums[0]), sum_z2=float(sums[1]),
+                      sum_g=float(sums[2]), sum_g2=float(sums[3]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("sampler", "dtype"), [(None, "float32"), (AliasTable, "float32"),
+                                                (InverseCDF, "float32"), (AliasTable, "float64")])
+def test_cuda_kernel_on_host_matches_cpu_backend(host_kernel, cpu, table2, sampler, dtype):
+    """The CUDA kernel's code, run on the host, draws the same samples as the cpu backend."""
+    table = None if sampler is None else sampler.from_counts(table2)
+    n = 200_000
+    key = stream_key(9, 2, 0, "sample")
+    a = cpu.sample_step(table, GRID, n, key, shift=0.003, dtype=dtype)
+    b = run_host_kernel(host_kernel, table, GRID, n, key, 0.003, dtype)
+    assert np.abs(a.counts - b.counts).sum() / 2 <= (0.002 if dtype == "float32" else 1e-5) * n
+    assert (a.underflow, a.overflow, a.nonfinite) == (b.underflow, b.overflow, b.nonfinite)
+    ma, mb = moments(a), moments(b)
+    for k in ma:
+        assert abs(ma[k] - mb[k]) < 1e-5, k
+
+
 def _gpu_or_skip():
     from opsrg.rg.backends.cupy_backend import CupyBackend
 
@@ -401,3 +461,20 @@ def test_gpu_large_step_statistics(gpu):
     """1e8 samples of a first step in one call: std z' to +-5e-4."""
     r = gpu.sample_step(None, GRID, 100_000_000, stream_key(1, 1, 0, "sample"))
     assert abs(moments(r)["std_z"] - 2.0335) < 5e-4
+
+
+def test_cpu_inverse_cdf_draws_match_the_core_sampler(table2):
+    """The kernel's inverse-CDF search (with its own compact guide) gives the core's positions."""
+    from opsrg.rg.backends import _cpu_kernels as k
+    from opsrg.rg.backends.cpu import compact_guide
+
+    icdf = InverseCDF.from_counts(table2)
+    u = np.random.default_rng(8).random(200_000)
+    u[:3] = [0.0, 1e-12, 0.5]
+    want = icdf.positions(u)
+    for guide in (compact_guide(icdf.cum), compact_guide(icdf.cum, 1), icdf.guide.astype(np.int32)):
+        assert np.array_equal(k.icdf_positions(u, icdf.cum, guide), want)
+    # u -> 1 with empty trailing bins: the last non-empty bin, never an empty one
+    last = np.flatnonzero(table2)[-1]
+    top = k.icdf_positions(np.array([np.nextafter(1.0, 0.0)]), icdf.cum, compact_guide(icdf.cum))[0]
+    assert last <= top < last + 1

@@ -348,6 +348,7 @@ NFB = 16
 MODE_FIRST = 0
 MODE_ALIAS = 1
 MODE_ICDF = 2
+ICDF_FRAC_MAX = 1.0 - 2.0 ** -30
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
@@ -423,29 +424,57 @@ def stage_b_alias(m, nbins_u, packed, ib):
             ib[k * BK + j] = c if U64(ib[(5 + k) * BK + j]) < (p >> SH32) else (p & MASK32)
 
 
+@njit(cache=True, fastmath=FM, error_model="numpy", inline="always")
+def icdf_bin(x, cum, guide, cells, ncells):
+    """(bin, fraction) of the inverse CDF at x = u * total, as ``histogram.InverseCDF.positions``.
+
+    The guide cell gives a starting bin; sweeps backwards and forwards then find the bin with
+    cum[i] <= x < cum[i+1] (the same bin for any guide, and never an empty bin, also when
+    rounding of x * cells lands one cell high or trailing bins are empty). The fraction is
+    clamped below 1 - 2^-30 as in the core sampler.
+    """
+    i = np.intp(guide[min(np.intp(x * cells), ncells - 1)])
+    while i > 0 and cum[i] > x:
+        i -= 1
+    while cum[i + 1] <= x:
+        i += 1
+    lo = cum[i]
+    return i, min((x - lo) / (cum[i + 1] - lo), ICDF_FRAC_MAX)
+
+
 @njit(cache=True, fastmath=FM, error_model="numpy")
 def stage_b_icdf(m, cum, guide, width, ib, fb):
     """Loop B (scalar), inverse CDF: u = 53 bits of (x0, x1) -> bin and offset in the bin.
 
-    Same arithmetic as ``histogram.InverseCDF.positions`` (guide cell, then a forward sweep).
+    ``guide`` has one int32 entry per equal-probability cell (any number of cells, plus one).
     """
     nb = cum.shape[0] - 1
     total = cum[nb]
     xmax = np.nextafter(total, 0.0)
-    cells = (guide.shape[0] - 1) / total
+    ncells = guide.shape[0] - 1
+    cells = ncells / total
     for k in range(5):
         for j in range(m):
             hi = U64(ib[k * BK + j])
             lo = U64(ib[(5 + k) * BK + j])
             u = float((hi << U64(21)) | (lo >> U64(11))) * (2.0 ** -53)
-            x = min(u * total, xmax)
-            i = guide[int(x * cells)]
-            while cum[i + 1] <= x:
-                i += 1
-            lo_c = cum[i]
-            frac = min((x - lo_c) / (cum[i + 1] - lo_c), 0.9999999999999999)
+            i, frac = icdf_bin(min(u * total, xmax), cum, guide, cells, ncells)
             ib[k * BK + j] = i
             fb[k * BK + j] = frac * width
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def icdf_positions(u, cum, guide):
+    """Test helper: bin + fraction for float64 uniforms u, through :func:`icdf_bin`."""
+    total = cum[cum.shape[0] - 1]
+    xmax = np.nextafter(total, 0.0)
+    ncells = guide.shape[0] - 1
+    cells = ncells / total
+    out = np.empty(u.shape[0], dtype=np.float64)
+    for j in range(u.shape[0]):
+        i, frac = icdf_bin(min(u[j] * total, xmax), cum, guide, cells, ncells)
+        out[j] = i + frac
+    return out
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")

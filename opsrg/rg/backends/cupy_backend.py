@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from opsrg.errors import BackendUnavailableError, InputError
-from opsrg.rg.backends.cpu import check_dtype, packed_table, split_key
+from opsrg.rg.backends.cpu import check_dtype, compact_guide, packed_table, split_key
 
 if TYPE_CHECKING:
     from opsrg.rg.backends import StepResult
@@ -108,9 +108,17 @@ class CupyBackend:
     def _function(self, name: str) -> Any:
         return self._module.get_function(name)
 
-    def _blocks(self, cp: Any) -> int:
+    @staticmethod
+    def _device_attr(cp: Any, name: str, code: int) -> int:
+        """A device attribute by CuPy's name, else by its cudaDeviceAttr number."""
         dev = cp.cuda.Device()
-        return int(dev.attributes["MultiProcessorCount"])
+        try:
+            return int(dev.attributes[name])
+        except (KeyError, AttributeError):
+            return int(cp.cuda.runtime.deviceGetAttribute(code, dev.id))
+
+    def _blocks(self, cp: Any) -> int:
+        return self._device_attr(cp, "MultiProcessorCount", 16)  # one 1024-thread block per SM
 
     def _step_function(self, cp: Any, dtype: str, nbins: int) -> tuple[Any, int, int]:
         """(kernel, dynamic shared bytes, use_shared): the shared histogram when it fits."""
@@ -118,7 +126,7 @@ class CupyBackend:
         shmem = 4 * nbins
         key = f"{dtype}:{nbins}"
         if key not in self._shared_ok:
-            optin = int(cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+            optin = self._device_attr(cp, "MaxSharedMemoryPerBlockOptin", 97)
             static = int(getattr(fn, "shared_size_bytes", 2048))  # the block-reduction scratch
             ok = shmem + static <= optin
             if ok and shmem > 48 * 1024:
@@ -147,7 +155,7 @@ class CupyBackend:
         nb = int(grid.nbins)
         packed = cp.zeros(1, dtype=cp.uint64)
         cum = cp.zeros(2, dtype=cp.float64)
-        guide = cp.zeros(2, dtype=cp.int64)
+        guide = cp.zeros(2, dtype=cp.int32)
         total = xmax = 1.0
         if table is None:
             mode = MODE_FIRST
@@ -156,7 +164,7 @@ class CupyBackend:
                 raise InputError(f"sampler has {table.nbins} bins, grid has {nb}")
             mode = MODE_ICDF
             cum_h = np.ascontiguousarray(table.cum, dtype=np.float64)
-            cum, guide = cp.asarray(cum_h), cp.asarray(np.ascontiguousarray(table.guide, dtype=np.int64))
+            cum, guide = cp.asarray(cum_h), cp.asarray(compact_guide(cum_h))
             total = float(cum_h[-1])
             xmax = float(np.nextafter(total, 0.0))
         else:
