@@ -344,8 +344,7 @@ class SlurmBackend:
         sdir.mkdir(parents=True, exist_ok=True)
         attempt = len(m.get("resumes", [])) + 1
         rows = {r["run_id"]: r for r in m["rows"]}
-        for rid in todo:
-            runs.create(paths, rid, m["campaign"], "slurm", rows[rid])
+        per_run: dict[str, dict[str, list[str]]] = {rid: {"job_ids": [], "tasks": []} for rid in todo}
         m["todo"] = sorted(set(m.get("todo", [])) | set(todo))
         ids: dict[str, str] = {}
         template = load_template()
@@ -372,10 +371,12 @@ class SlurmBackend:
             entries = []
             for i, rid in enumerate(job.runs if job.kind == "shell" and job.tasks is not None else job.runs[:1]):
                 jref = f"{jid}_{i}" if len(job.runs) > 1 else jid
-                rm = runs.read(paths, rid) or {}
-                runs.update(paths, rid, job_ids=rm.get("job_ids", []) + [jref], tasks=rm.get("tasks", []) + [job.key])
+                per_run[rid]["job_ids"].append(jref)
+                per_run[rid]["tasks"].append(job.key)
                 entries.append(ledger.entry(m["campaign"], rid, job.key, jref, "submitted"))
-            ledger.append(paths, entries)
+            ledger.append(paths, entries)  # the durable record, one append per submission
+        for rid in todo:
+            runs.create(paths, rid, m["campaign"], "slurm", rows[rid], **per_run[rid])
         write_manifest(env, m)
 
     # ---------------------------------------------------------- observe

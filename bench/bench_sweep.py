@@ -1,0 +1,64 @@
+"""Time to validate and submit a 500-row sweep as one Slurm array submission (target < 5 s).
+
+    SLURM_CONF=... python bench/bench_sweep.py [--rows 500] [--keep]
+
+Needs a reachable Slurm (e.g. scripts/slurm-local-up.sh). Writes a throw-away project in a
+temporary folder; the submitted array is cancelled at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=500)
+    ap.add_argument("--keep", action="store_true", help="keep the project folder and the jobs")
+    args = ap.parse_args()
+    if not shutil.which("sbatch") or not os.environ.get("SLURM_CONF"):
+        print("needs sbatch and SLURM_CONF (bash scripts/slurm-local-up.sh; source $SLURM_LOCAL_DIR/env.sh)")
+        return 2
+    from opsrg import sweep_runner
+    from opsrg.context import Context
+    from opsrg.fsm import State
+    from opsrg.slurm import Slurm
+    from opsrg.sweep_csv import parse_file
+
+    root = Path(tempfile.mkdtemp(prefix="opsrg-bench-sweep-"))
+    (root / "workflow.env").write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\n"
+                                       "SWEEP_BACKEND=slurm\nSLURM_MEM=\n")
+    csv = root / "big.csv"
+    csv.write_text("run_id,config,seed,overrides,notes\n" + "".join(
+        f"r{i:04d},sweeps/configs/shell.toml,{i},\"command='true'\",row {i}\n" for i in range(args.rows)))
+    ctx = Context.load(str(root / "workflow.env"))
+    ctx.store.set(State.CHECKED_OUT, "bench")
+    t0 = time.perf_counter()
+    rows = parse_file(csv, [REPO])
+    t_validate = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = sweep_runner.start(ctx, str(csv), "slurm")
+    t_start = time.perf_counter() - t1
+    total = time.perf_counter() - t0
+    result = {"rows": len(rows), "sbatch_calls": len(out["jobs"]), "validate_s": round(t_validate, 3),
+              "start_s": round(t_start, 3), "total_s": round(total, 3), "target_s": 5.0,
+              "max_array_size": Slurm(ctx.host).max_array_size()}
+    print(json.dumps(result, indent=2))
+    if not args.keep:
+        Slurm(ctx.host).cancel(out["jobs"].values())
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if total < 5.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
