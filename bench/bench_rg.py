@@ -92,13 +92,13 @@ def cpu_seconds() -> float:
 
 
 # ---------------------------------------------------------------------------------- throughput
-def worker(backend_name: str, dtype: str, n: int, repeats: int) -> dict[str, Any]:
+def worker(backend_name: str, dtype: str, n: int, repeats: int, sampler: str = "alias") -> dict[str, Any]:
     """Runs in a child process: time ``repeats`` calls of sample_step after one first call."""
     import tracemalloc
 
     from opsrg.errors import BackendUnavailableError
     from opsrg.rg.backends import get_backend
-    from opsrg.rg.histogram import AliasTable, Grid
+    from opsrg.rg.histogram import AliasTable, Grid, InverseCDF
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
@@ -106,7 +106,7 @@ def worker(backend_name: str, dtype: str, n: int, repeats: int) -> dict[str, Any
     except BackendUnavailableError as exc:
         return {"backend": backend_name, "dtype": dtype, "measured": False, "reason": str(exc)}
     grid = Grid()
-    table = AliasTable.from_counts(fp_like_counts())
+    table = (InverseCDF if sampler == "icdf" else AliasTable).from_counts(fp_like_counts())
     t0 = time.perf_counter()
     first = b.sample_step(table, grid, min(n, 100_000), 1, dtype=dtype)
     first_s = time.perf_counter() - t0
@@ -133,12 +133,14 @@ def worker(backend_name: str, dtype: str, n: int, repeats: int) -> dict[str, Any
             "peak_rss_mib": rss2 / 1024, "rss_growth_after_first_call_mib": (rss2 - rss1) / 1024,
             "rss_before_backend_mib": rss0 / 1024, "tracemalloc_peak_mib": tm_peak / 2**20,
             "std_z": float(np.sqrt(r.sum_z2 / k - (r.sum_z / k) ** 2)),
+            "sampler": type(table).__name__,
             "extra": {kk: v for kk, v in r.extra.items() if isinstance(v, (int, float, str, bool))}}
 
 
-def run_worker(backend_name: str, dtype: str, n: int, repeats: int, env: dict[str, str] | None = None,
-               timeout: float = 3600) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", backend_name, dtype, str(n), str(repeats)]
+def run_worker(backend_name: str, dtype: str, n: int, repeats: int, sampler: str = "alias",
+               env: dict[str, str] | None = None, timeout: float = 3600) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", backend_name, dtype, str(n), str(repeats),
+           sampler]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if out.returncode != 0:
         return {"backend": backend_name, "dtype": dtype, "measured": False,
@@ -154,11 +156,13 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
             if name == "numpy" and dtype == "float64" and not args.n:
                 n = 500_000
             la0 = loadavg()
-            row = run_worker(name, dtype, n, args.repeats)
+            env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads)) if args.threads else None
+            row = run_worker(name, dtype, n, args.repeats, args.sampler, env=env)
+            row["numba_threads_requested"] = args.threads
             row["loadavg_before"], row["loadavg_after"] = la0, loadavg()
             rows.append(row)
             if row["measured"]:
-                print(f"{name:6s} {dtype:8s} n={n:.0e}: {row['msamples_per_s']:8.2f} M samples/s "
+                print(f"{name:6s} {dtype:8s} {args.sampler:5s} n={n:.0e}: {row['msamples_per_s']:8.2f} M samples/s "
                       f"(best {row['msamples_per_s_best']:.2f}; {row['msamples_per_cpu_s']:.2f} M per CPU-s) "
                       f"first call {row['first_call_s']:.2f}s  peak RSS {row['peak_rss_mib']:.0f} MiB "
                       f"(+{row['rss_growth_after_first_call_mib']:.1f} after first call)  load {la0}", flush=True)
@@ -249,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="float32,float64", type=lambda s: s.split(","))
     p.add_argument("--n", type=float, default=None, help="samples per timed call (default per backend)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sampler", choices=("alias", "icdf"), default="alias",
+                   help="input sampler: alias table (FP steps) or inverse CDF (EXP steps)")
+    p.add_argument("--threads", type=int, default=None, help="NUMBA_NUM_THREADS for the cpu backend")
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
     p.add_argument("--compile", action="store_true", help="measure cpu-backend compile and cached start")
     p.add_argument("--fp-large", action="store_true")
@@ -264,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--out", default=None, help="directory for the pipeline runs (default: a temp dir)")
     p.add_argument("--json", default=None, help="write all results to this file ('-' for stdout)")
-    p.add_argument("--_worker", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args._worker:
-        name, dtype, n, reps = args._worker
-        print(json.dumps(worker(name, dtype, int(float(n)), int(reps))))
+        name, dtype, n, reps, sampler = args._worker
+        print(json.dumps(worker(name, dtype, int(float(n)), int(reps), sampler)))
         return 0
 
     result: dict[str, Any] = {"machine": machine(), "loadavg_start": loadavg()}
