@@ -10,7 +10,7 @@ import stat
 import sys
 
 import pytest
-from conftest import inv
+from support import inv
 from sshd import write_ssh_env
 
 from opsrg import lium
