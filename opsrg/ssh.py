@@ -35,6 +35,8 @@ KEEPALIVE_SECS = 15
 # rsync exit codes that mean "the link broke", worth a retry: 10 socket I/O, 12 protocol
 # stream, 30 timeout, 35 daemon timeout, 255 ssh could not connect or was cut.
 RSYNC_TRANSIENT = {10, 12, 30, 35, 255}
+# paramiko's AuthenticationException when the transport closed during authentication (sshd died).
+AUTH_LINK_DROPPED = "transport shut down or saw EOF"
 
 
 @dataclass(frozen=True)
@@ -194,19 +196,21 @@ class SSHHost:
                 ) from None
             except paramiko.AuthenticationException as e:
                 self.close()
-                raise HostError(f"{self.name}: {what}: authentication failed ({e})",
-                                hint="check OPS_SSH_KEY and the pod's authorized_keys, then rerun the command") from None
+                if AUTH_LINK_DROPPED not in str(e):
+                    raise HostError(f"{self.name}: {what}: authentication failed ({e})",
+                                    hint="check OPS_SSH_KEY and the pod's authorized_keys, then rerun the command") from None
+                last = f"{e.__class__.__name__}: {e}"  # sshd went away mid-handshake: the link, not the key
             except (OSError, EOFError, paramiko.SSHException) as e:
                 self.close()
                 last = f"{e.__class__.__name__}: {e}"
-                if time.monotonic() - t0 + delay > self.retry_secs:
-                    raise UnreachableError(
-                        f"{self.name}: unreachable during {what} after retrying for {self.retry_secs:g}s "
-                        f"(last error: {last})",
-                        hint="the pod may be restarting; check it with `inv pod-status`, then rerun the command",
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            if time.monotonic() - t0 + delay > self.retry_secs:
+                raise UnreachableError(
+                    f"{self.name}: unreachable during {what} after retrying for {self.retry_secs:g}s "
+                    f"(last error: {last})",
+                    hint="the pod may be restarting; check it with `inv pod-status`, then rerun the command",
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------ paths
     @property
