@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -222,6 +223,23 @@ def test_cpu_step_float64_same_stream_as_float32(cpu, table2):
     assert abs(a.sum_z - b.sum_z) / a.n < 1e-5
 
 
+def test_cpu_inverse_cdf_draws_match_the_core_sampler(table2):
+    """The kernel's inverse-CDF search (with its own compact guide) gives the core's positions."""
+    from opsrg.rg.backends import _cpu_kernels as k
+    from opsrg.rg.backends.cpu import compact_guide
+
+    icdf = InverseCDF.from_counts(table2)
+    u = np.random.default_rng(8).random(200_000)
+    u[:3] = [0.0, 1e-12, 0.5]
+    want = icdf.positions(u)
+    for guide in (compact_guide(icdf.cum), compact_guide(icdf.cum, 1), icdf.guide.astype(np.int32)):
+        assert np.array_equal(k.icdf_positions(u, icdf.cum, guide), want)
+    # u -> 1 with empty trailing bins: the last non-empty bin, never an empty one
+    last = np.flatnonzero(table2)[-1]
+    top = k.icdf_positions(np.array([np.nextafter(1.0, 0.0)]), icdf.cum, compact_guide(icdf.cum))[0]
+    assert last <= top < last + 1
+
+
 def test_cpu_under_and_overflow_match_numpy(cpu):
     grid = Grid(nbins=2000, zmax=2.0)
     n = 400_000
@@ -334,50 +352,150 @@ def host_kernel(tmp_path_factory):
     return exe
 
 
-def run_host_kernel(exe: Path, table, grid: Grid, n: int, key: int, shift: float, dtype: str) -> StepResult:
-    """One step through the CUDA kernel's code on the host (same arguments as sample_step)."""
-    from opsrg.rg.backends.cpu import compact_guide, packed_table, split_key
-    from opsrg.rg.backends.cupy_backend import MODE_ALIAS, MODE_FIRST, MODE_ICDF
+class EmulatedDevice:
+    """Just enough of CuPy for ``CupyBackend``: arrays are numpy arrays and a kernel launch runs
+    the CUDA code on the host through ``host_check``, after checking every argument's type
+    against the kernel's C signature (a wrong scalar type would corrupt a real launch)."""
 
-    packed, cum, guide = np.zeros(1, np.uint64), np.zeros(2), np.zeros(2, np.int32)
-    if table is None:
-        mode = MODE_FIRST
-    elif isinstance(table, InverseCDF):
-        mode, cum = MODE_ICDF, np.asarray(table.cum, dtype=np.float64)
-        guide = compact_guide(cum)
-    else:
-        mode, packed = MODE_ALIAS, packed_table(table, grid)
-    d = exe.parent
-    packed.tofile(d / "packed.bin")
-    cum.tofile(d / "cum.bin")
-    guide.tofile(d / "guide.bin")
-    k0, k1 = split_key(key)
-    subprocess.run([str(exe), dtype, "0", str(n), str(int(k0)), str(int(k1)), str(mode), str(grid.nbins),
-                    repr(grid.width), repr(grid.zmax), repr(float(shift)), str(d / "packed.bin"),
-                    str(d / "cum.bin"), str(d / "guide.bin"), str(d / "out.bin")], check=True)
-    raw = np.fromfile(d / "out.bin", dtype=np.uint8)
-    ints = raw[: 8 * (grid.nbins + 3)].view(np.uint64).astype(np.int64)
-    sums = raw[8 * (grid.nbins + 3):].view(np.float64)
-    return StepResult(counts=ints[: grid.nbins], n=n, underflow=int(ints[-3]), overflow=int(ints[-2]),
-                      nonfinite=int(ints[-1]), sum_z=float(sums[0]), sum_z2=float(sums[1]),
-                      sum_g=float(sums[2]), sum_g2=float(sums[3]))
+    SIGNATURES: ClassVar[dict[str, tuple]] = {
+        "rg_step": (np.uint64, np.uint64, np.uint32, np.uint32, np.int32, ("a", np.uint64), ("a", np.float64),
+                    ("a", np.int32), np.int64, np.float64, np.float64, np.uint32, np.float64, np.float64,
+                    np.float64, np.int32, ("a", np.uint64), ("a", np.uint64), ("a", np.float64)),
+        "map_z_f32": (("a", np.float32), ("a", np.float32), ("a", np.uint32), ("a", np.float32), np.int64),
+        "map_z_f64": (("a", np.float64), ("a", np.float64), ("a", np.uint32), ("a", np.float64), np.int64),
+        "philox_words": (("a", np.uint64), np.int64, np.uint32, np.uint32, ("a", np.uint32)),
+    }
+
+    def __init__(self, exe: Path, optin: int = 232_448) -> None:
+        import types
+
+        self.exe = exe
+        self.launches: list[tuple[str, int]] = []
+        cp = types.ModuleType("cupy")
+        cp.uint64, cp.uint32, cp.int32, cp.int64, cp.float64 = np.uint64, np.uint32, np.int32, np.int64, np.float64
+        cp.zeros, cp.empty = np.zeros, np.empty
+        cp.asarray = lambda a: np.ascontiguousarray(a)
+        cp.asnumpy = lambda a: np.array(a)
+        dev = types.SimpleNamespace(attributes={"MultiProcessorCount": 3, "MaxSharedMemoryPerBlockOptin": optin},
+                                    id=0)
+        cp.cuda = types.SimpleNamespace(is_available=lambda: True, Device=lambda: dev)
+        cp.RawModule = lambda code, options=(): types.SimpleNamespace(
+            get_function=lambda name: EmulatedFunction(self, name))
+        self.module = cp
+
+
+class EmulatedFunction:
+    shared_size_bytes = 1792
+
+    def __init__(self, device: EmulatedDevice, name: str) -> None:
+        self.device, self.name, self.max_dynamic_shared_size_bytes = device, name, 48 * 1024
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        sig = EmulatedDevice.SIGNATURES["rg_step" if self.name.startswith("rg_step") else self.name]
+        assert len(args) == len(sig), f"{self.name}: {len(args)} arguments for {len(sig)}"
+        for i, (a, t) in enumerate(zip(args, sig, strict=True)):
+            if isinstance(t, tuple):
+                assert isinstance(a, np.ndarray) and a.dtype == t[1] and a.flags.c_contiguous, (self.name, i)
+            else:
+                assert type(a) is t, f"{self.name}: argument {i} is {type(a).__name__}, kernel takes {t.__name__}"
+        assert shared_mem <= max(self.max_dynamic_shared_size_bytes, 48 * 1024), "launch would fail"
+        self.device.launches.append((self.name, shared_mem))
+        d = self.device.exe.parent
+        files = []
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                a.tofile(d / f"arg{i}.bin")
+                files.append(str(d / f"arg{i}.bin"))
+        scal = [repr(float(a)) if isinstance(a, np.floating) else str(int(a)) for a in args
+                if not isinstance(a, np.ndarray)]
+        exe = str(self.device.exe)
+        if self.name.startswith("rg_step"):
+            use_shared = int(args[15])
+            assert (shared_mem > 0) == bool(use_shared) and shared_mem in (0, 4 * int(args[11]))
+            dt = "float32" if self.name.endswith("f32") else "float64"
+            cmd = [exe, "step", dt, *scal, *files]
+            outs = [(16, np.uint64), (17, np.uint64), (18, np.float64)]
+        elif self.name.startswith("map_z"):
+            cmd = [exe, "map", "float32" if self.name.endswith("f32") else "float64", scal[0], *files[:3],
+                   files[3]]
+            outs = [(3, args[3].dtype)]
+        else:
+            cmd = [exe, "philox", *scal, files[0], files[1]]
+            outs = [(4, np.uint32)]
+        subprocess.run(cmd, check=True)
+        for i, dt in outs:
+            args[i][...] = np.fromfile(d / f"arg{i}.bin", dtype=dt).reshape(args[i].shape)
+
+
+@pytest.fixture
+def emulated(host_kernel, monkeypatch):
+    """A CupyBackend whose device is the host (see EmulatedDevice)."""
+    from opsrg.rg.backends.cupy_backend import CupyBackend
+
+    dev = EmulatedDevice(host_kernel)
+    monkeypatch.setitem(sys.modules, "cupy", dev.module)
+    b = CupyBackend()
+    assert b.available()
+    b.device = dev
+    return b
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("sampler", "dtype"), [(None, "float32"), (AliasTable, "float32"),
-                                                (InverseCDF, "float32"), (AliasTable, "float64")])
-def test_cuda_kernel_on_host_matches_cpu_backend(host_kernel, cpu, table2, sampler, dtype):
-    """The CUDA kernel's code, run on the host, draws the same samples as the cpu backend."""
+                                                (InverseCDF, "float32"), (AliasTable, "float64"),
+                                                (InverseCDF, "float64")])
+def test_cupy_backend_on_emulated_device_matches_cpu(emulated, cpu, table2, sampler, dtype):
+    """The cupy backend's launch code and the CUDA kernel's code (run on the host) draw the same
+    samples as the cpu backend: float64 histograms identical, float32 within a few edge moves."""
     table = None if sampler is None else sampler.from_counts(table2)
     n = 200_000
     key = stream_key(9, 2, 0, "sample")
     a = cpu.sample_step(table, GRID, n, key, shift=0.003, dtype=dtype)
-    b = run_host_kernel(host_kernel, table, GRID, n, key, 0.003, dtype)
-    assert np.abs(a.counts - b.counts).sum() / 2 <= (0.002 if dtype == "float32" else 1e-5) * n
+    b = emulated.sample_step(table, GRID, n, key, shift=0.003, dtype=dtype)
+    assert emulated.device.launches == [(f"rg_step_f{dtype[-2:]}", 4 * GRID.nbins)]
+    assert np.abs(a.counts - b.counts).sum() / 2 <= (0.002 * n if dtype == "float32" else 0)
     assert (a.underflow, a.overflow, a.nonfinite) == (b.underflow, b.overflow, b.nonfinite)
     ma, mb = moments(a), moments(b)
     for k in ma:
         assert abs(ma[k] - mb[k]) < 1e-5, k
+
+
+@pytest.mark.gpu
+def test_cupy_backend_emulated_launch_splitting_and_global_histogram(emulated, cpu, table2, monkeypatch):
+    """Several launches (sample offsets) and the no-shared-memory path give the same histogram."""
+    from opsrg.rg.backends import cupy_backend
+
+    table = AliasTable.from_counts(table2)
+    want = cpu.sample_step(table, GRID, 100_000, 4, dtype="float64")
+    monkeypatch.setattr(cupy_backend, "MAX_LAUNCH", 30_000)
+    got = emulated.sample_step(table, GRID, 100_000, 4, dtype="float64")
+    assert [s for _, s in emulated.device.launches] == [4 * GRID.nbins] * 4
+    assert np.array_equal(got.counts, want.counts) and abs(got.sum_z - want.sum_z) < 1e-9 * got.n
+    emulated.device.module.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"] = 100 * 1024
+    emulated._shared_ok.clear()
+    emulated.device.launches.clear()
+    got = emulated.sample_step(table, GRID, 100_000, 4, dtype="float64")
+    assert emulated.device.launches[0][1] == 0 and got.extra["shared_histogram"] is False
+    assert np.array_equal(got.counts, want.counts)
+
+
+@pytest.mark.gpu
+def test_cupy_backend_emulated_map_and_philox(emulated):
+    from opsrg.rg.backends import _cpu_kernels as k
+
+    z, ph = random_inputs(20_000, seed=41)
+    assert np.max(np.abs(emulated.map_z(z, ph, "float64") - kernel.rg_step_z(z, ph))) <= 1e-10
+    z32 = z.astype(np.float32)
+    err = np.abs(emulated.map_z(z32, ph, "float32").astype(np.float64) - kernel.rg_step_z(z32.astype(np.float64), ph))
+    assert np.median(err) < 4e-7 and np.count_nonzero(err > 1e-3) == 0
+    idx = np.array([0, 1, 2**32 + 5], dtype=np.uint64)
+    got = emulated.philox_words(idx, key=0x0123456789ABCDEF)
+    for row, i in zip(got, idx.tolist(), strict=True):
+        want = []
+        for j in range(5):
+            want += [int(x) for x in k.philox_block(np.array([i & 0xFFFFFFFF, i >> 32, j, 0], dtype=np.uint64),
+                                                   np.array([0x89ABCDEF, 0x01234567], dtype=np.uint64))]
+        assert [int(x) for x in row] == want
 
 
 def _gpu_or_skip():
@@ -462,19 +580,3 @@ def test_gpu_large_step_statistics(gpu):
     r = gpu.sample_step(None, GRID, 100_000_000, stream_key(1, 1, 0, "sample"))
     assert abs(moments(r)["std_z"] - 2.0335) < 5e-4
 
-
-def test_cpu_inverse_cdf_draws_match_the_core_sampler(table2):
-    """The kernel's inverse-CDF search (with its own compact guide) gives the core's positions."""
-    from opsrg.rg.backends import _cpu_kernels as k
-    from opsrg.rg.backends.cpu import compact_guide
-
-    icdf = InverseCDF.from_counts(table2)
-    u = np.random.default_rng(8).random(200_000)
-    u[:3] = [0.0, 1e-12, 0.5]
-    want = icdf.positions(u)
-    for guide in (compact_guide(icdf.cum), compact_guide(icdf.cum, 1), icdf.guide.astype(np.int32)):
-        assert np.array_equal(k.icdf_positions(u, icdf.cum, guide), want)
-    # u -> 1 with empty trailing bins: the last non-empty bin, never an empty one
-    last = np.flatnonzero(table2)[-1]
-    top = k.icdf_positions(np.array([np.nextafter(1.0, 0.0)]), icdf.cum, compact_guide(icdf.cum))[0]
-    assert last <= top < last + 1
