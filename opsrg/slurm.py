@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import OpsError
+from .errors import HostError, OpsError
 from .hosts import Host
 from .tracked import TaskState
 
@@ -256,7 +256,11 @@ class Slurm:
     _config: dict[str, str] | None = None
 
     def _run(self, argv: list[str], check: bool = True, timeout: float = 60):
-        r = self.host.run(argv, check=False, timeout=timeout, env=self.env or None)
+        try:
+            r = self.host.run(argv, check=False, timeout=timeout, env=self.env or None)
+        except HostError as e:
+            raise SlurmError(f"{shlex.join(argv)}: no answer within {timeout:g}s ({e}); sbatch keeps retrying "
+                             "while slurmctld refuses jobs, e.g. at MaxJobCount (see its log)") from None
         if check and not r.ok:
             raise SlurmError(f"{shlex.join(argv)} failed with exit {r.exited}: {r.stderr.strip()[-800:]}")
         return r

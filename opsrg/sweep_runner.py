@@ -155,6 +155,22 @@ def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = ""
         runs.update(paths, run_id, "failed", why, **extra)
 
 
+def create_manifests(paths: SweepPaths, items: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]]) -> None:
+    """Write many fresh run manifests; the fsyncs run in parallel (each file is still atomic)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
+        rid, campaign, backend, row, extra = item
+        runs.create(paths, rid, campaign, backend, row, **extra)
+
+    if len(items) < 8:
+        for it in items:
+            one(it)
+        return
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        list(ex.map(one, items))
+
+
 def verdict(paths: SweepPaths, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
     """(all runs final, failed run ids, unfinished run ids) from the run manifests."""
     failed, live = [], []
@@ -189,9 +205,8 @@ class TmuxBackend:
 
     def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
         paths = env.paths
-        for rid in todo:
-            row = next(r for r in m["rows"] if r["run_id"] == rid)
-            runs.create(paths, rid, m["campaign"], "tmux", row, tasks=[rid])
+        rows = {r["run_id"]: r for r in m["rows"]}
+        create_manifests(paths, [(rid, m["campaign"], "tmux", rows[rid], {"tasks": [rid]}) for rid in todo])
         m["todo"] = todo
         driver = DRIVER_PREFIX + m["campaign"]
         m["driver_task"] = driver
@@ -375,8 +390,7 @@ class SlurmBackend:
                 per_run[rid]["tasks"].append(job.key)
                 entries.append(ledger.entry(m["campaign"], rid, job.key, jref, "submitted"))
             ledger.append(paths, entries)  # the durable record, one append per submission
-        for rid in todo:
-            runs.create(paths, rid, m["campaign"], "slurm", rows[rid], **per_run[rid])
+        create_manifests(paths, [(rid, m["campaign"], "slurm", rows[rid], per_run[rid]) for rid in todo])
         write_manifest(env, m)
 
     # ---------------------------------------------------------- observe

@@ -103,3 +103,31 @@ def test_watcher_batches_and_caches_final_states():
     assert calls == [["1", "2"], ["1", "2"]] and final["1_1"].exit_code == 3
     assert w.poll(expected)["2"].state == "CANCELLED" and len(calls) == 2  # cached: no third query
     assert slept == [0.0]
+
+
+def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
+    from opsrg.sweep_runner import SlurmBackend, SweepEnv
+
+    class FakeSlurm:
+        def __init__(self):
+            self.requeued = []
+
+        def requeue(self, job_id):
+            self.requeued.append(job_id)
+            return True
+
+        def query(self, ids):
+            return {}
+
+    fake = FakeSlurm()
+    be = SlurmBackend(fake)
+    env = SweepEnv(outputs=str(tmp_path), max_requeue=2)
+    be._slurm(env)
+    m = {"campaign": "c"}
+    j = {"key": "a.RG1.gen", "runs": ["a"], "requeues": []}
+    assert be._requeue(env, m, "a.RG1.gen", j, {"5_0": JobInfo("5_0", "NODE_FAIL")})
+    assert be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})
+    assert not be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # limit reached
+    assert not be._requeue(env, m, "a.RG1.gen", j, {"6": JobInfo("6", "FAILED", 1)})
+    assert fake.requeued == ["5_0", "5_1"] and [r["state"] for r in j["requeues"]] == ["NODE_FAIL", "PREEMPTED"]
+    assert "requeued after NODE_FAIL" in (tmp_path / "docs" / "slurm_job_list.md").read_text()
