@@ -1,20 +1,25 @@
 """Numba kernels of the ``cpu`` backend (imported lazily by :mod:`opsrg.rg.backends.cpu`).
 
-One fused pass per sample: Philox4x32-10 words keyed by (key, global sample index), alias draws of
-5 z, 4 loop phases, the map of RG_SPEC 2.2 as z' = ln(|N_r|^2/|N_t|^2), then histogram and sums.
-The random stream depends only on (key, sample index), so counts are identical for any chunk
-size or thread count, and the same stream is what ``kernels/rg_step.cu`` draws on a GPU.
+Per sample: Philox4x32-10 words keyed by (key, global sample index), 5 input z drawn from the
+alias table (FP) or the inverse CDF (EXP) or from uniform G (first step), 4 loop phases, the map
+of RG_SPEC 2.2 as z' = ln(|N_r|^2/|N_t|^2), then histogram and float64 sums. The random stream
+depends only on (key, sample index), so counts are identical for any chunk size or thread
+count, and ``kernels/rg_step.cu`` draws the same stream on a GPU.
+
+Samples go through the block stages A-D below (256 samples per block, per-thread buffers);
+A and C vectorise, B (table lookups) and D (histogram) are scalar.
 
 Vectorisation: numba has no vector maths library here (no SVML), so exp, log, sin and cos are
-written as float32 polynomials (Cephes coefficients, about 1 ulp) with bit casts for the exponent;
-LLVM then vectorises the whole sample loop (AVX-512: 16 lanes). sin and cos come from one
-polynomial pair on [-pi/4, pi/4] plus a quadrant rotation, so there is no ``sincos`` call that
-would block vectorisation (RG_SPEC 4, build gotcha). The float64 path uses the same loop with
-libm's exp/log (scalar) and float64 polynomials for sin/cos.
+float32 polynomials (Cephes coefficients, about 1 ulp) with bit casts for the exponent, and LLVM
+vectorises stages A and C (AVX-512: 16 float lanes). sin and cos come from one polynomial pair on
+[-pi/4, pi/4] plus a quadrant rotation: there is no ``sincos`` call, whose missing vector variant
+would block vectorisation (RG_SPEC 4, build gotcha). The float64 path uses libm's exp and log
+(scalar calls) and float64 polynomials for sin and cos.
 
 Word layout per sample i (shared with the CUDA kernel): Philox call j = 0..4 with counter
-(lo32(i), hi32(i), j, 0) gives words (x0, x1, x2, x3); input z_{j+1} uses x0 (column), x1
-(keep-or-alias) and x2 (position in the bin); loop phase Phi_{j+1} (j < 4) uses x3.
+(lo32(i), hi32(i), j, 0) gives words (x0, x1, x2, x3). Input z_{j+1} uses x0 (alias column) and
+x1 (keep-or-alias) and x2 (position in the bin), or the 53 bits of (x0, x1) as the inverse-CDF
+uniform; loop phase Phi_{j+1} (j < 4) uses x3.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The ``cpu`` backend: one fused, multi-threaded numba pass per RG step.
+"""The ``cpu`` backend: one multi-threaded numba pass per RG step.
 
-Per sample: 20 Philox4x32-10 words keyed by (key, global sample index), 5 alias-table draws, 4
-loop phases, the map z' = ln(|N_r|^2/|N_t|^2) in float32 (or float64) and a private int64
-histogram per worker thread, reduced at the end. Moment sums are float64, kept per chunk and
+Per sample: 20 Philox4x32-10 words keyed by (key, global sample index), 5 draws (alias table,
+inverse CDF, or uniform G on a first step), 4 loop phases, the map z' = ln(|N_r|^2/|N_t|^2) in
+float32 (or float64) and a private int64 histogram per worker thread, reduced at the end. Moment sums are float64, kept per chunk and
 added in chunk order, so a result depends only on (key, n, batch_size), never on the thread
 count or scheduling; the counts do not even depend on batch_size. The kernels live in
 :mod:`opsrg.rg.backends._cpu_kernels`, imported (and compiled, or loaded from numba's cache) on
@@ -102,6 +102,7 @@ class CpuBackend:
 
     name = "cpu"
     samplers = ("alias", "icdf")
+    default_batch_size = MAX_CHUNK
 
     def __init__(self) -> None:
         self._reason: str | None = None
