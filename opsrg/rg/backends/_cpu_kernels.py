@@ -29,6 +29,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 # fast-math flags without nnan/ninf: NaN and inf tests in the binning stay meaningful
@@ -110,6 +111,24 @@ def _bits_f32(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, arr, idx, val):
+    """Atomic ``arr[idx] += val`` on an int64 array; returns the old value (a chunk counter)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and isinstance(idx, types.Integer)
+            and isinstance(val, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [i])
+        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+
+    return types.int64(arr, idx, val), codegen
 
 
 # ----------------------------------------------------------------------------------------- Philox
@@ -588,8 +607,9 @@ def step32(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk
     """One RG step in float32: (counts[nworkers, nbins], sums[nchunks, 4], flows[nchunks, 3]).
 
     ``mode``: MODE_FIRST (uniform G), MODE_ALIAS (``packed``) or MODE_ICDF (``cum``, ``guide``).
-    Worker w takes chunks w, w + nworkers, ...; each chunk's sums are kept apart so the caller
-    adds them in chunk order (a result independent of the thread count).
+    Workers claim chunks from an atomic counter; each chunk's sums are kept apart so the caller
+    adds them in chunk order, and the counts are integers: the result does not depend on which
+    thread ran which chunk.
     """
     first = mode == MODE_FIRST
     nbins_u = U64(nbins)
@@ -601,11 +621,13 @@ def step32(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk
     counts = np.zeros((nworkers, nbins), dtype=np.int64)
     sums = np.zeros((nchunks, 4), dtype=np.float64)
     flows = np.zeros((nchunks, 3), dtype=np.int64)
-    for w in prange(nworkers):
+    next_chunk = np.zeros(1, dtype=np.int64)  # chunks are claimed dynamically: a slow thread
+    for w in prange(nworkers):  # (a busy core) does not hold the step back
         ib = np.zeros(NIB * BK, dtype=np.uint32)
         fb = np.zeros(NFB * BK, dtype=np.float32)
         hist = counts[w]
-        for ch in range(w, nchunks, nworkers):
+        ch = _fetch_add(next_chunk, 0, 1)
+        while ch < nchunks:
             start = ch * chunk
             stop = min(start + chunk, n)
             acc = sums[ch]
@@ -619,6 +641,7 @@ def step32(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk
                     stage_b_icdf(m, cum, guide, width, ib, fb)
                 stage_c32(m, width, base, first, ib, fb)
                 stage_d(m, fb, hist, zmax, scale, nbins, acc, fl)
+            ch = _fetch_add(next_chunk, 0, 1)
     return counts, sums, flows
 
 
@@ -633,11 +656,13 @@ def step64(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk
     counts = np.zeros((nworkers, nbins), dtype=np.int64)
     sums = np.zeros((nchunks, 4), dtype=np.float64)
     flows = np.zeros((nchunks, 3), dtype=np.int64)
-    for w in prange(nworkers):
+    next_chunk = np.zeros(1, dtype=np.int64)  # chunks are claimed dynamically: a slow thread
+    for w in prange(nworkers):  # (a busy core) does not hold the step back
         ib = np.zeros(NIB * BK, dtype=np.uint32)
         fb = np.zeros(NFB * BK, dtype=np.float64)
         hist = counts[w]
-        for ch in range(w, nchunks, nworkers):
+        ch = _fetch_add(next_chunk, 0, 1)
+        while ch < nchunks:
             start = ch * chunk
             stop = min(start + chunk, n)
             acc = sums[ch]
@@ -651,6 +676,7 @@ def step64(n, k0, k1, mode, packed, cum, guide, nbins, width, zmax, shift, chunk
                     stage_b_icdf(m, cum, guide, width, ib, fb)
                 stage_c64(m, width, base, first, ib, fb)
                 stage_d(m, fb, hist, zmax, scale, nbins, acc, fl)
+            ch = _fetch_add(next_chunk, 0, 1)
     return counts, sums, flows
 
 
