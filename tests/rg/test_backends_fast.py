@@ -163,13 +163,20 @@ def test_cpu_map_limits(cpu):
     assert zp[0] == np.inf and zp[1] == -np.inf
 
 
-def test_cpu_phase_polynomials():
+def test_cpu_math_polynomials():
     from opsrg.rg.backends import _cpu_kernels as k
 
     x = -np.linspace(0.0, 40.0, 200_001).astype(np.float32)
     assert np.max(np.abs(k.exp_neg32_array(x) / np.exp(x.astype(np.float64)) - 1)) < 3e-7
     q = np.exp(np.random.default_rng(3).uniform(-80, 80, 200_000)).astype(np.float32)
     assert np.max(np.abs(k.log32_array(q) - np.log(q.astype(np.float64)))) < 1e-5
+    x64 = -np.linspace(0.0, 60.0, 200_001)
+    assert np.max(np.abs(k.exp_neg64_array(x64) / np.exp(x64) - 1)) < 5e-15
+    assert k.exp_neg64_array(np.array([-np.inf, -800.0]))[0] == 0.0
+    q64 = np.exp(np.random.default_rng(5).uniform(-700, 700, 200_000))
+    assert np.max(np.abs(k.log64_array(q64) - np.log(q64))) < 2e-13  # |ln q| up to 700
+    special = k.log64_array(np.array([0.0, 1e-310, np.inf, 1.0]))
+    assert special[0] == special[1] == -np.inf and special[2] == np.inf and special[3] == 0.0
     ph = np.random.default_rng(4).random((4, 50_000)) * 2 * np.pi
     y = ph.ravel() * (2 / np.pi)
     qd = np.rint(y)
