@@ -413,11 +413,15 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     from opsrg.watcher import backoff
 
     ctx = _ctx()
-    t0, delays = time.monotonic(), backoff(slow=10.0, cap=30.0)
+    t0, delays, seen = time.monotonic(), backoff(slow=10.0, cap=30.0), None
     while True:
         m, rows, verdict = sweep_runner.monitor(ctx, campaign)
         if not wait or verdict["done"]:
             break
+        now = [(r["state"], r["step"]) for r in rows]
+        if now != seen:  # progress: poll soon again
+            seen, delays = now, backoff(slow=10.0, cap=30.0)
+            next(delays)
         if timeout_secs and time.monotonic() - t0 > float(timeout_secs):
             print(f"still running after {timeout_secs}s: {', '.join(verdict['running'])}", file=sys.stderr)
             raise Exit(code=124)
