@@ -15,7 +15,7 @@
 //   * t, r from z: e = exp(-|z|), t^2 = e/(1+e) (z >= 0) or 1/(1+e), r^2 the other one.
 //   * phases: (cos, sin) of (pi/2)(q + f - 1/2), q = x3 >> 30, f = (x3 & (2^30-1)) / 2^30,
 //     uniform over a full period; the same quarter-period polynomials as the cpu backend.
-//   * z' = ln(|N_r|^2 / |N_t|^2); G' = 1 / (1 + |N_r|^2/|N_t|^2).
+//   * z' = ln(|N_r|^2 / |N_t|^2); G' = |N_t|^2 / (|N_t|^2 + |N_r|^2) = 1 / (1 + e^z').
 //   * histogram: bin = floor((z' + zmax) * nbins / (2 zmax)) in double; below 0 (and -inf) is
 //     underflow, >= nbins (and +inf) overflow, NaN nonfinite. A block-private histogram of
 //     nbins uint32 in dynamic shared memory (50 000 bins = 200 KB: needs the opt-in limit of
@@ -294,7 +294,7 @@ __device__ void rg_step(u64 first, u64 n, u32 k0, u32 k1, int mode, const u64* p
         } else {
             atomicAdd(counts + b, 1ull);
         }
-        const double g = 1.0 / (1.0 + (double)nr2 / (double)nt2);
+        const double g = (double)nt2 / ((double)nt2 + (double)nr2);  // t'^2 = 1 / (1 + e^z')
         sz += z;
         sz2 += z * z;
         sg += g;

@@ -667,8 +667,9 @@ def stage_d(m, fb, counts, zmax, scale, nbins, acc, flows):
             over += 1
             continue
         counts[int(x)] += 1
-        # G = t'^2 = |N_t|^2 / (|N_t|^2 + |N_r|^2) = 1 / (1 + q), q = |N_r|^2 / |N_t|^2 = e^z'
-        g = 1.0 / (1.0 + float(fb[13 * BK + j]) / float(fb[14 * BK + j]))
+        # G = t'^2 = |N_t|^2 / (|N_t|^2 + |N_r|^2) = 1 / (1 + e^z')
+        nt2 = float(fb[14 * BK + j])
+        g = nt2 / (nt2 + float(fb[13 * BK + j]))
         sz += z
         sz2 += z * z
         sg += g
