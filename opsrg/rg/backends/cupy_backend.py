@@ -30,7 +30,7 @@ KERNEL_FILE = "rg_step.cu"
 KERNEL_NAMES = ("rg_step_f32", "rg_step_f64", "map_z_f32", "map_z_f64", "philox_words")
 MODE_FIRST, MODE_ALIAS, MODE_ICDF = 0, 1, 2
 THREADS = 1024  # the kernels' __launch_bounds__
-MAX_LAUNCH = 1 << 32  # samples per launch: keeps every uint32 shared-memory bin count exact
+MAX_LAUNCH = 1 << 31  # samples per launch: a uint32 shared-memory bin count cannot overflow
 NVRTC_OPTIONS = ("--std=c++14",)
 
 
