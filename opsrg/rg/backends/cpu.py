@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 DTYPES = ("float32", "float64")
 MAX_CHUNK = 1 << 16  # samples per chunk: the unit of work handed to a thread
+MAX_CHUNKS = 1 << 16  # chunks per call (per-chunk sums are kept apart): larger n, larger chunks
 TWO32 = 4294967296.0
 
 
@@ -141,8 +142,9 @@ class CpuBackend:
                     batch_size: int = 1_000_000) -> StepResult:
         """One step of n samples drawn from ``table`` (uniform G when None), shifted by ``shift``.
 
-        ``batch_size`` caps the chunk (unit of work per thread, at most 65 536 samples); the
-        counts do not depend on it, the float64 sums only through their summation order.
+        ``batch_size`` caps the chunk (the unit of work a thread claims, at most 65 536 samples
+        unless n > 2^32); the counts do not depend on it, the float64 sums only through their
+        summation order.
         """
         from opsrg.rg.backends import StepResult
 
@@ -155,7 +157,8 @@ class CpuBackend:
             raise InputError(f"batch_size must be >= 1 (got {batch_size})")
         if not np.isfinite(shift):
             raise InputError(f"shift must be finite (got {shift})")
-        chunk = int(min(int(batch_size), MAX_CHUNK))
+        # chunks of at most 65 536 samples, and at most 65 536 chunks (their sums stay < 4 MB)
+        chunk = max(int(min(int(batch_size), MAX_CHUNK)), -(-n // MAX_CHUNKS))
         k0, k1 = split_key(key)
         mode, packed, cum, guide = sampler_arrays(table, grid, kern)
         workers = self.threads()
