@@ -6,9 +6,8 @@ scheduler is given, against what the scheduler knows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 from .atomic import locked
 from .runs import SweepPaths, now_iso, read
@@ -38,8 +37,7 @@ def append(paths: SweepPaths, entries: list[Entry]) -> None:
         with open(p, "a", encoding="utf-8") as fh:
             if new:
                 fh.write(HEADER)
-            for e in entries:
-                fh.write(f"| {e.at} | {e.campaign} | {e.run_id} | {e.job} | {e.job_id} | {e.status} |\n")
+            fh.writelines(f"| {e.at} | {e.campaign} | {e.run_id} | {e.job} | {e.job_id} | {e.status} |\n" for e in entries)
             fh.flush()
 
 

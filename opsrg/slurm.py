@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 import shlex
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import HostError, OpsError
 from .hosts import Host

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import tomllib
 
 from .errors import InputError
 
@@ -262,7 +264,7 @@ def parse_text(text: str, source: str, bases: list[Path]) -> list[SweepRow]:
     seen: dict[str, int] = {}
     configs: dict[str, dict[str, Any] | str] = {}
     for lineno, line in enumerate(lines, 1):
-        line = line[:-1] if line.endswith("\r") else line
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         for pos, ch in enumerate(line):

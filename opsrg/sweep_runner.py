@@ -9,7 +9,6 @@ manifests from the evidence (task records, scheduler answers, marker files); it 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import ledger, runs, supervisor
-from .atomic import atomic_write_json, atomic_write_text, locked
-from .errors import InputError, TaskError
+from .atomic import atomic_write_json, atomic_write_text
+from .errors import InputError, OpsError, TaskError
 from .hosts import Host, LocalHost
 from .runs import FINAL, SweepPaths
 from .slurm import REQUEUEABLE, JobInfo, Slurm, SlurmOptions, load_template, render, time_directive
@@ -48,7 +47,7 @@ class SweepEnv:
     host: Host = field(default_factory=LocalHost, repr=False)
 
     @classmethod
-    def from_context(cls, ctx) -> "SweepEnv":
+    def from_context(cls, ctx) -> SweepEnv:
         s = ctx.s
         return cls(ctx.outputs_dir, ctx.host.python, s.ops_tmux_socket, s.sweep_tmux_session, s.run_timeout_secs,
                     s.task_kill_grace_secs, s.task_heartbeat_stale_secs,
@@ -57,7 +56,7 @@ class SweepEnv:
                     ctx.host)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SweepEnv":
+    def from_json(cls, d: dict[str, Any]) -> SweepEnv:
         d = dict(d)
         d["slurm"] = SlurmOptions(**d["slurm"])
         return cls(**d)
@@ -395,8 +394,7 @@ class SlurmBackend:
 
     # ---------------------------------------------------------- observe
     def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
-        sl = self._slurm(env)
-        paths = env.paths
+        self._slurm(env)
         live = {k: j for k, j in m["jobs"].items() if not self._record_final(env, k)}
         expected = {j["job_id"]: expected_elements(j["job_id"], j["tasks"]) for j in live.values()}
         infos = self.watcher.poll(expected) if expected else {}
@@ -631,7 +629,7 @@ def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str]) ->
         return out
     try:
         max_array = Slurm(env.host).max_array_size()
-    except Exception:  # no scheduler reachable: plan with Slurm's default
+    except (OpsError, OSError, ValueError):  # no scheduler reachable: plan with Slurm's default
         max_array = 1001
     jobs = be.plan(env, m, todo, max_array)
     out["max_array_size"] = max_array

@@ -8,7 +8,7 @@ every 30-60 s (the schedule restarts when something changes).
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .slurm import JobInfo, base_of
 

@@ -33,7 +33,7 @@ class SlurmCluster:
 
 
 def _up(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def slurm_cluster():
         except subprocess.TimeoutExpired:
             acct = ""
         if not acct:
-            subprocess.run(["bash", str(DOWN)], env=base, capture_output=True, timeout=60)
+            subprocess.run(["bash", str(DOWN)], env=base, capture_output=True, timeout=60, check=False)
     if not acct or acct == "none":
         acct = "none"
         r = _up({**base, "SLURM_LOCAL_ACCT": "none"}, 60)
@@ -71,4 +71,4 @@ def slurm_cluster():
     else:
         os.environ["SLURM_CONF"] = old
     if os.environ.get("OPSRG_TEST_SLURM_KEEP", "") != "1":
-        subprocess.run(["bash", str(DOWN)], env=base, capture_output=True, timeout=120)
+        subprocess.run(["bash", str(DOWN)], env=base, capture_output=True, timeout=120, check=False)

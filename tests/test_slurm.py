@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import itertools
 
-from opsrg.slurm import (JobInfo, SlurmOptions, expand_ids, map_state, parse_config, parse_jobcomp, parse_sacct,
-                         parse_scontrol, parse_squeue, render, time_directive)
+from opsrg.slurm import (
+    JobInfo,
+    SlurmOptions,
+    expand_ids,
+    map_state,
+    parse_config,
+    parse_jobcomp,
+    parse_sacct,
+    parse_scontrol,
+    parse_squeue,
+    render,
+    time_directive,
+)
 from opsrg.tracked import TaskState
 from opsrg.watcher import Watcher, backoff, expected_elements
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import REPO, inv
+from support import REPO, inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
 HEAD = "run_id,config,seed,overrides,notes\n"
@@ -156,7 +155,7 @@ def test_resume_resubmits_only_missing_shards(timeout_sweep, slurm_cluster, tmp_
 
 
 def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):
-    root, env, t0 = timeout_sweep
+    root, env, _ = timeout_sweep
     r = wait(env, 150)
     assert r.returncode == 1, r.stdout + r.stderr
     st = runs_of(env)

@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support import inv
 
 pytestmark = pytest.mark.tmux
@@ -42,7 +42,7 @@ def by_run(st: dict) -> dict:
     return {r["run_id"]: r for r in st["runs"]}
 
 
-def wait(timeout: int = 90) -> "subprocess.CompletedProcess":  # noqa: F821
+def wait(timeout: int = 90) -> subprocess.CompletedProcess:
     return inv("sweep-monitor", "--wait", "--timeout-secs", str(timeout), timeout=timeout + 30)
 
 
@@ -169,7 +169,6 @@ def test_histograms_are_those_of_the_engine_run_directly(project, tmp_path):
     csv = write_csv(project, f"a,{FP},5,,\n")
     assert inv("sweep-start", "--csv", csv).returncode == 0
     assert wait().returncode == 0
-    import subprocess
     import sys
 
     ref = tmp_path / "ref"
