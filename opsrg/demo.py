@@ -144,7 +144,7 @@ def report_exp(artifacts: Path, runs: list[str]) -> None:
                 med = res["median"]["cumulative_nu_n"][i]
                 print(f"{i + 1:>3}  {s:>8.4f}  {REF_SLOPE[i]:>8.4f}  {mean['cumulative_nu_n'][i]:>9.3f}  {med:>11.3f}")
             print(f"lambda = {mean['fit_lambda']:.4f} (log-linear fit over n = {mean['fit_n'][0]}..{mean['fit_n'][-1]}),"
-                  f" nu = {res['nu']:.3f}" + (f" ± {err:.3f}" if err else "") + f"  [{res['nu_from']}]")
+                  f" nu = {res['nu']:.4f}" + (f" ± {err:.4f} (bootstrap over shards)" if err else "") + f"  [{res['nu_from']}]")
             print(f"RG_SPEC: lambda = 1.3461 ± 0.0002, nu = {REF_NU} ± 0.003 (ratio estimator, N = 5e7);"
                   " the cumulative nu_n converges only as 1/n")
 
