@@ -39,6 +39,11 @@ RSYNC_TRANSIENT = {10, 12, 30, 35, 255}
 AUTH_LINK_DROPPED = "transport shut down or saw EOF"
 
 
+class LinkDropped(UnreachableError):
+    """The link dropped while a command ran: no exit status came back. The command may have
+    run in part or in full; a caller that knows it is safe to repeat may simply try again."""
+
+
 @dataclass(frozen=True)
 class SSHTarget:
     """Where to connect: resolved from ``user@host:port`` or an alias in ``~/.ssh/config``."""
@@ -257,6 +262,15 @@ class SSHHost:
             except CommandTimedOut:
                 self.close()
                 raise HostError(f"{self.name}: command timed out after {limit:g}s: {shell}") from None
+            transport = self._conn.transport if self._conn is not None else None
+            if r.exited == -1 and not (transport is not None and transport.is_active()):
+                # The link dropped mid-command (no exit status came back). Not retried: the
+                # command may have run, in part or in full, and need not be safe to repeat.
+                self.close()
+                raise LinkDropped(
+                    f"{self.name}: unreachable: the link dropped during run {shell[:80]!r}, "
+                    f"which may or may not have finished on the pod",
+                    hint="the pod may be restarting; check it with `inv pod-status`, then rerun the command")
             return RunResult(shell, r.exited, r.stdout, r.stderr)
 
         res = self._retry(f"run {shell[:80]!r}", once)

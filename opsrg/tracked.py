@@ -219,6 +219,8 @@ class TaskManager:
     def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.1,
              on_tick: Callable[[TaskRecord], None] | None = None) -> tuple[TaskRecord, bool]:
         """Block until the task ends; returns (record, timed_out_waiting)."""
+        from .ssh import LinkDropped
+
         t0 = time.monotonic()
         last_check = 0.0
         rec = self.status(task_id)
@@ -228,10 +230,15 @@ class TaskManager:
                 return rec, True
             time.sleep(poll)
             # Cheap file read each tick; the liveness probe every 2 s.
-            if now - last_check >= 2.0:
-                rec, last_check = self.status(task_id), now
-            else:
-                rec = self.read(task_id)
+            try:
+                if now - last_check >= 2.0:
+                    rec, last_check = self.status(task_id), now
+                else:
+                    rec = self.read(task_id)
+            except LinkDropped:
+                # Reading and probing are safe to repeat: the next tick reconnects (within the
+                # host's retry budget) or raises UnreachableError; the task is not judged on it.
+                continue
             if on_tick:
                 on_tick(rec)
         return rec, False
