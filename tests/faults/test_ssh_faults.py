@@ -27,6 +27,7 @@ from support import REPO
 from opsrg import transfer
 from opsrg.context import Context
 from opsrg.errors import UnreachableError
+from opsrg.ssh import LinkDropped, SSHHost, SSHTarget
 from opsrg.tracked import TaskState
 
 pytestmark = pytest.mark.ssh
@@ -70,7 +71,7 @@ def start_inv(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def run_inv(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([INV, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([INV, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
@@ -140,7 +141,7 @@ def test_sshd_killed_during_push(sshd_private, tmp_path, monkeypatch, tmux_socke
         stays_down = i % 2 == 1  # odd trials: the pod stays down past the retry budget
         proc = start_inv("push", "--src", str(src), env={"OPS_SSH_RETRY_SECS": "2"} if stays_down else None)
         out = Outage(sshd_private, proc, at=rng.uniform(0.15, 0.9) * base_s, down_for=None if stays_down else 1.0)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
         out.join()
         faults += out.hit
         got = digests(repo)
@@ -314,3 +315,29 @@ def test_sshd_killed_during_fetch_run(sshd_private, tmp_path, monkeypatch, tmux_
     assert faults >= trials - 1, "the fault landed after the fetch ended too often: the test proves little"
     assert false_complete == 0 and unclear == 0 and lost == 0 and corrupt == 0 and stray == 0
     assert completed + failed_clearly == trials and reruns_ok == trials - completed
+
+
+# ------------------------------------------------------------------ 4. a command cut mid-way
+def test_link_cut_mid_command_is_unreachable_not_a_failure(sshd_private, tmp_path):
+    """No exit status came back: that is the link (exit 3), never a command failure, and it is not
+    re-run behind the caller's back (the command may have run). A signal on the pod still is a result."""
+    target = SSHTarget("127.0.0.1", sshd_private.user, sshd_private.port, str(sshd_private.clientkey))
+    host = SSHHost(target, known_hosts=tmp_path / "kh", retry_secs=10, connect_timeout=3)
+    marks = tmp_path / "ran"
+    host.run("true")
+    cuts = 3
+    caught = 0
+    for _ in range(cuts):
+        threading.Timer(0.6, sshd_private.restart).start()
+        t0 = time.monotonic()
+        with pytest.raises(UnreachableError) as e:
+            host.run(f"echo x >> {marks}; sleep 3; echo done")
+        caught += isinstance(e.value, LinkDropped) and time.monotonic() - t0 < 2.5
+        assert "link dropped" in str(e.value) and "echo x >>" in str(e.value) and sshd_private.spec in str(e.value)
+        time.sleep(0.5)
+    ran = len(marks.read_text().splitlines())
+    killed = host.run("kill -9 $$", check=False).exited
+    host.close()
+    print(f"\nFIGURE link cut mid-command: trials={cuts} faults={cuts} reported_unreachable={caught} "
+          f"times_run={ran} (not repeated) signal_on_pod_exit={killed}")
+    assert caught == cuts and ran == cuts and killed == -1
