@@ -19,6 +19,7 @@ from .atomic import atomic_write_json
 from .context import Context
 from .errors import HostError, InputError
 from .settings import REPO_ROOT
+from .ssh import LinkDropped
 
 FETCHED = "FETCHED.json"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -134,7 +135,11 @@ def manifest(ctx: Context, run_id: str) -> dict[str, Any]:
     """Write (or refresh) the run's manifest on the pod, under ``_control/manifests``; return it."""
     host = ctx.host
     out = f"{ctx.control_dir}/manifests/{run_id}.json"
-    r = host.run([host.python, "-c", MANIFEST_PY, f"{ctx.outputs_dir}/{run_id}", out], timeout=3600)
+    cmd = [host.python, "-c", MANIFEST_PY, f"{ctx.outputs_dir}/{run_id}", out]
+    try:
+        r = host.run(cmd, timeout=3600)
+    except LinkDropped:  # hashing is safe to repeat: once more, within the host's reconnect budget
+        r = host.run(cmd, timeout=3600)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
