@@ -109,7 +109,7 @@ class Outage:
 def clear_failure(p: subprocess.CompletedProcess | tuple[int, str], host: str, resume: str) -> bool:
     """Exit 3 (UnreachableError), with the host, the operation and the command that resumes it."""
     rc, err = p if isinstance(p, tuple) else (p.returncode, p.stderr)
-    operation = any(op in err for op in ("rsync", "run '", "read ", "exists ", "write ", "home"))
+    operation = any(op in err for op in ("rsync", "run '", 'run "', "read ", "exists ", "write ", "home"))
     return rc == UnreachableError.exit_code and host in err and "unreachable" in err and operation \
         and resume in err
 
