@@ -99,7 +99,7 @@ def sampler_arrays(table: AliasTable | InverseCDF | None, grid: Grid,
 
 
 class CpuBackend:
-    """Fused numba backend (float32 or float64 arithmetic, all cores)."""
+    """Multi-threaded numba backend (float32 or float64 arithmetic, all cores)."""
 
     name = "cpu"
     samplers = ("alias", "icdf")
