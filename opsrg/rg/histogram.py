@@ -184,8 +184,10 @@ class InverseCDF:
         i = self.guide[(x * (m / total)).astype(np.int64)]
         for _ in range(sweeps):
             i += cum[i + 1] <= x
-        bad = cum[i + 1] <= x
-        if bad.any():  # long runs of (nearly) empty bins: binary search for those few
+        # A guide cell can point past x (x * m / total rounding up to m when the last bins are
+        # empty); those, and long runs of (nearly) empty bins, get a binary search.
+        bad = (cum[i + 1] <= x) | (cum[i] > x)
+        if bad.any():
             i[bad] = np.searchsorted(cum, x[bad], side="right") - 1
         lo = cum[i]
         frac = x - lo

@@ -108,3 +108,25 @@ def test_stream_keys_distinct():
     assert not np.allclose(a, b)
     with pytest.raises(InputError):
         stream_key(-1, 0, 0, "sample")
+
+
+def test_inverse_cdf_top_uniform_with_empty_last_bins():
+    """u just below 1 with the last bins empty must land in the last non-empty bin, never -inf.
+
+    The guide cell of the very top uniform can round up to the final cell, which points at an
+    empty bin; these random tables include ones where that happens.
+    """
+    import numpy as np
+
+    from opsrg.rg.histogram import InverseCDF
+
+    rng = np.random.default_rng(0)
+    u = np.array([np.nextafter(1.0, 0.0), 1.0 - 1e-12, 0.0, 0.5])
+    for _ in range(5000):
+        n = int(rng.integers(10, 3000))
+        k = int(rng.integers(1, n))
+        counts = np.zeros(n, dtype=np.int64)
+        counts[:k] = rng.integers(1, 1000, k)
+        pos = InverseCDF.from_counts(counts).positions(u)
+        assert np.all(np.isfinite(pos)), (n, k)
+        assert k - 1 <= pos[0] < k and pos[2] == 0.0
