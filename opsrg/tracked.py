@@ -223,7 +223,10 @@ class TaskManager:
 
         t0 = time.monotonic()
         last_check = 0.0
-        rec = self.status(task_id)
+        try:
+            rec = self.status(task_id)
+        except LinkDropped:  # safe to repeat (see below)
+            rec = self.status(task_id)
         while not rec.state.is_terminal:
             now = time.monotonic()
             if timeout is not None and now - t0 >= timeout:
