@@ -43,7 +43,7 @@ def check_tasks(ctx: Context, fix: bool) -> Iterator[Finding]:
     for rec in tasks.list(check=False):
         if rec.state.is_terminal:
             continue
-        p = tasks.paths(rec.id)
+        tasks.paths(rec.id)
         probe = tasks.probe(rec.id)
         if probe["alive"] is not False:
             continue
@@ -130,6 +130,80 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
         yield f
 
 
+def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
+    """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
+    from . import runs, sweep_runner as sr
+    from .errors import OpsError
+    from .fsm import State
+
+    env = sr.SweepEnv.from_context(ctx)
+    try:
+        m = sr.load_manifest(env.paths)
+    except OpsError:
+        return
+    camp = m["campaign"]
+    _, _, unfinished = sr.verdict(env.paths, m)
+    lagging: list[Finding] = []
+    if m["backend"] == "tmux":
+        tasks = env.tasks()
+        for rid in unfinished:
+            try:
+                rec = tasks.read(rid)
+            except OpsError:
+                continue
+            probe = tasks.probe(rid) if not rec.state.is_terminal else {"alive": False, "evidence": ""}
+            if rec.state.is_terminal or probe["alive"] is False:
+                why = f"its task is {rec.state}" if rec.state.is_terminal else probe["evidence"]
+                lagging.append(Finding("manifest", f"{camp}/{rid}", f"recorded unfinished but {why}",
+                                       "advance the manifest (one monitor pass)"))
+    else:
+        from .slurm import Slurm, base_of
+
+        jobs = [j for j in m.get("jobs", {}).values() if set(j.get("runs", [])) & set(unfinished)]
+        try:
+            infos = Slurm(env.host).query(j["job_id"] for j in jobs)
+        except OpsError as e:
+            yield Finding("scheduler", camp, f"cannot query Slurm: {e}", "")
+            infos = {}
+        for j in jobs:
+            elems = [i for jid, i in infos.items() if base_of(jid) == str(j["job_id"]).split("_")[0]]
+            if elems and all(i.final for i in elems):
+                for rid in sorted(set(j["runs"]) & set(unfinished)):
+                    states = sorted({i.state for i in elems})
+                    lagging.append(Finding("manifest", f"{camp}/{rid}", f"recorded unfinished but job {j['job_id']} "
+                                           f"({j['key']}) is {', '.join(states)} per {elems[0].source}",
+                                           "advance the manifest (one monitor pass)"))
+    yield from _dedupe(lagging)
+    state = ctx.store.read().state
+    done, failed, live = sr.verdict(env.paths, m)
+    fsm_finding = None
+    if state == State.SWEEP_RUNNING and done:
+        fsm_finding = Finding("fsm", camp, f"state SWEEP_RUNNING but every run is final "
+                              f"({len(failed)} failed)", "move the state (one monitor pass)")
+    elif state in (State.SWEEP_COMPLETED, State.SWEEP_FAILED) and not done and not lagging:
+        yield Finding("fsm", camp, f"state {state.value} but runs are unfinished: {', '.join(live)}",
+                      "", )
+    elif state == State.SWEEP_COMPLETED and failed:
+        yield Finding("fsm", camp, f"state SWEEP_COMPLETED but runs failed: {', '.join(failed)}", "")
+    if fix and (lagging or fsm_finding):
+        sr.monitor(ctx, camp)
+        for f in lagging:
+            f.fixed = (runs.read(env.paths, f.subject.split("/", 1)[1]) or {}).get("state") in runs.FINAL
+        if fsm_finding:
+            fsm_finding.fixed = ctx.store.read().state != State.SWEEP_RUNNING
+    if fsm_finding:
+        yield fsm_finding
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    seen, out = set(), []
+    for f in findings:
+        if f.subject not in seen:
+            seen.add(f.subject)
+            out.append(f)
+    return out
+
+
 CHECKS: dict[str, Callable[..., Iterator[Finding]]] = {
     "tasks": check_tasks,
     "temp files": check_temp_files,
@@ -142,6 +216,7 @@ def run(ctx: Context, fix: bool = False) -> list[Finding]:
     from .hosts import LocalHost
 
     findings: list[Finding] = list(check_tasks(ctx, fix))
+    findings.extend(check_sweep(ctx, fix))
     if isinstance(ctx.host, LocalHost) and Path(ctx.outputs_dir).exists():
         root = Path(ctx.outputs_dir)
         for name in ("temp files", "locks", "rg runs"):

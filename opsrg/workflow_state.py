@@ -67,7 +67,7 @@ class StateStore:
         except (ValueError, KeyError, TypeError, IllegalStateError) as e:
             raise ConfigError(
                 f"{self.path}: workflow state file is unreadable ({e.__class__.__name__}: {e})",
-                hint=f"inspect it, then `inv fsm-reset STATE` to rewrite it",
+                hint="inspect it, then `inv fsm-reset STATE` to rewrite it",
             ) from None
 
     def _write(self, ws: WorkflowState) -> None:

@@ -55,3 +55,37 @@ def test_held_lock_is_reported_not_broken(tmp_path):
         found = list(doctor.check_locks(tmp_path, fix=True))
     assert len(found) == 1 and "held by a live process" in found[0].evidence
     assert list(doctor.check_locks(tmp_path, fix=False)) == []
+
+
+@pytest.mark.tmux
+def test_doctor_reconciles_a_sweep_whose_driver_and_run_died(project):
+    """Manifests that lag their (dead) tasks, and the FSM behind them, are found then advanced."""
+    assert inv("fsm-reset", "CHECKED_OUT").returncode == 0
+    csv = project / "s.csv"
+    csv.write_text("run_id,config,seed,overrides,notes\n"
+                   "slow,sweeps/configs/shell.toml,1,\"command='sleep 60'\",a long row\n")
+    assert inv("sweep-start", "--csv", str(csv)).returncode == 0
+    out = project / "outputs"
+    t0 = time.monotonic()
+    while not (out / "_tasks" / "slow" / "status.json").exists() or \
+            not json.load(open(out / "_tasks" / "slow" / "status.json")).get("pid"):
+        assert time.monotonic() - t0 < 30
+        time.sleep(0.1)
+    campaign = (out / "_manifests" / "LATEST").read_text().strip()
+    driver = json.load(open(out / "_manifests" / f"sweep-{campaign}.json"))["driver_task"]
+    for task_id in (driver, "slow"):  # as if the pod had crashed: supervisors and commands, driver first
+        st = json.load(open(out / "_tasks" / task_id / "status.json"))
+        os.killpg(st["pgid"], signal.SIGKILL)
+        os.kill(st["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    r = inv("doctor", "--json")
+    found = json.loads(r.stdout)
+    assert r.returncode == 1
+    kinds = {f["kind"] for f in found}
+    assert "manifest" in kinds, found
+    assert json.load(open(out / "slow" / "run_manifest.json"))["state"] not in ("failed", "completed")
+    r = inv("doctor", "--fix")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.load(open(out / "slow" / "run_manifest.json"))["state"] == "failed"
+    assert json.loads(inv("fsm-status", "--json").stdout)["state"] == "SWEEP_FAILED"
+    assert inv("doctor").returncode == 0
