@@ -43,7 +43,6 @@ def check_tasks(ctx: Context, fix: bool) -> Iterator[Finding]:
     for rec in tasks.list(check=False):
         if rec.state.is_terminal:
             continue
-        tasks.paths(rec.id)
         probe = tasks.probe(rec.id)
         if probe["alive"] is not False:
             continue
