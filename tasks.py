@@ -274,6 +274,10 @@ def task_wait(c, id, timeout_secs=None, quiet=False):
     if not quiet:
         print(describe(rec))
     if EXIT_CODES[rec.state]:
+        import shlex
+
+        print(f"to run it again: inv task-run --id {id} --replace --cmd {shlex.quote(rec.command)}"
+              + (f" --timeout-secs {rec.timeout_secs:g}" if rec.timeout_secs else ""), file=sys.stderr)
         raise Exit(code=EXIT_CODES[rec.state])
 
 
@@ -373,6 +377,8 @@ def _sweep_table(rows):
 
 def _sweep_exit(verdict):
     if verdict["done"] and verdict["failed"]:
+        print(f"failed runs: {', '.join(verdict['failed'])}; after fixing the cause, rerun only those with: "
+              "inv sweep-start --resume", file=sys.stderr)
         raise Exit(code=1)
 
 

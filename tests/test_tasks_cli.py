@@ -72,7 +72,8 @@ def test_task_lifecycle_exit_codes(project):
     assert inv("task-run", "--id", "ok", "--cmd", "echo hi").returncode == 0
     assert inv("task-wait", "--id", "ok").returncode == 0
     assert inv("task-run", "--id", "no", "--cmd", "exit 3").returncode == 0
-    assert inv("task-wait", "--id", "no").returncode == 1
+    r = inv("task-wait", "--id", "no")
+    assert r.returncode == 1 and "to run it again: inv task-run --id no --replace --cmd 'exit 3'" in r.stderr
     assert inv("task-run", "--id", "to", "--cmd", "sleep 30", "--timeout-secs", "1").returncode == 0
     assert inv("task-wait", "--id", "to").returncode == 124
     assert inv("task-run", "--id", "long", "--cmd", "sleep 30").returncode == 0
