@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import retry_until
 
 SSHD_BIN = "/usr/sbin/sshd"
 
@@ -44,16 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def retry_until(fn, timeout=10.0, interval=0.05, what="condition"):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _answers(port: int) -> bool:

@@ -30,3 +30,16 @@ def inv(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
         [str(Path(sys.executable).parent / "inv"), *args], cwd=REPO, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+def retry_until(fn, timeout=10.0, interval=0.05, what="condition"):
+    """Poll ``fn`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

@@ -14,18 +14,9 @@ from opsrg.context import Context
 from opsrg.errors import InputError, TaskError
 from opsrg.supervisor import proc_state
 from opsrg.tracked import TaskState, validate_id
+from support import retry_until
 
 pytestmark = pytest.mark.tmux
-
-
-def retry_until(fn, timeout=10.0, interval=0.05, what="condition"):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
