@@ -344,13 +344,14 @@ def sweep_csv_template(c, force=False):
 @task(help={"csv": "sweep CSV (default SWEEP_CSV)", "backend": "tmux or slurm (default SWEEP_BACKEND)",
             "resume": "rerun the failed, lost and missing runs of the last campaign",
             "dry_run": "print the plan (jobs, dependencies, scripts); write and submit nothing",
+            "force": "recompute rows whose folder already holds a completed run (kept under _replaced/)",
             "json": "print machine-readable JSON"})
 @ops
-def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, json=False):
+def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=False, json=False):
     """Validate the CSV and start the sweep. CHECKED_OUT -> SWEEP_RUNNING (--resume: from SWEEP_FAILED)."""
     from opsrg import sweep_runner
 
-    out = sweep_runner.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run)
+    out = sweep_runner.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run, force=force)
     if json:
         _print_json(out)
     elif dry_run:
@@ -361,7 +362,9 @@ def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, json=Fal
     elif resume:
         print(f"campaign {out['campaign']} resumed: {', '.join(out['resumed']) or 'nothing to redo'}")
     else:
-        print(f"campaign {out['campaign']} started on {out['backend']}: {len(out['runs'])} runs")
+        print(f"campaign {out['campaign']} started on {out['backend']}: {len(out['runs'])} runs"
+              + (f", {len(out['reused'])} reused (identical completed runs): {', '.join(out['reused'])}"
+                 if out["reused"] else ""))
         print("  inv sweep-status    inv sweep-monitor --wait")
 
 

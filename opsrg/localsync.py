@@ -3,23 +3,32 @@
 The run writes under ``RUN_OUT_LOCAL_ROOT/<run_id>/`` (on the pod); a tracked task
 ``sync-<run_id>`` rsyncs that folder to ``<outputs>/<run_id>/`` every ``SYNC_INTERVAL_SECS``.
 :func:`final_sync` asks the loop to stop, waits for its last pass, and falls back to one
-direct rsync when the loop is gone. A sweep runner calls::
+direct rsync when the loop is gone::
 
     task_id = start_sync(ctx, run_id)      # before starting the run
     ...                                    # run writes to scratch_dir(ctx, run_id)
     final_sync(ctx, run_id)                # after the run ended, whatever its outcome
+
+The tmux sweep driver, which has its launch snapshot rather than a Context, calls the same pair
+with explicit places (:func:`start_loop`, :func:`finish_loop`).
 """
 
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
-from .context import Context
 from .errors import HostError, TaskError
 
+if TYPE_CHECKING:
+    from .context import Context
+    from .hosts import Host
+    from .tracked import TaskManager
+
+EXCLUDES = ("--exclude=.rsync-partial", "--exclude=.*.tmp", "--exclude=*.lock")  # temp files, locks
 LOOP_SH = r"""src={src}; dst={dst}; stop={stop}; every={every}
 mkdir -p "$src" "$dst"
-pass_() {{ rsync -a --partial --exclude=.rsync-partial "$src/" "$dst/"; }}
+pass_() {{ rsync -a --partial {excludes} "$src/" "$dst/"; }}
 while [ ! -e "$stop" ]; do
   pass_ || echo "sync pass failed ($?), retrying in ${{every}}s"
   for _ in $(seq "$every"); do [ -e "$stop" ] && break; sleep 1; done
@@ -42,47 +51,56 @@ def durable_dir(ctx: Context, run_id: str) -> str:
     return f"{ctx.outputs_dir}/{run_id}"
 
 
+def stop_path(outputs: str, run_id: str) -> str:
+    return f"{outputs}/_control/localsync/{run_id}.stop"
+
+
 def stop_file(ctx: Context, run_id: str) -> str:
-    return f"{ctx.control_dir}/localsync/{run_id}.stop"
+    return stop_path(ctx.outputs_dir, run_id)
 
 
 def start_sync(ctx: Context, run_id: str, *, interval: int | None = None) -> str:
     """Start the mirroring task for ``run_id``; returns its task id."""
-    from .tracked import validate_id
-
-    validate_id(run_id)
-    host = ctx.host
-    stop = stop_file(ctx, run_id)
-    host.run(["mkdir", "-p", scratch_dir(ctx, run_id), durable_dir(ctx, run_id), stop.rsplit("/", 1)[0]])
-    host.run(["rm", "-f", stop])
-    every = int(interval or ctx.s.sync_interval_secs)
-    cmd = LOOP_SH.format(src=shlex.quote(scratch_dir(ctx, run_id)), dst=shlex.quote(durable_dir(ctx, run_id)),
-                         stop=shlex.quote(stop), every=every)
-    ctx.tasks.run(task_id(run_id), cmd, replace=True)
-    return task_id(run_id)
+    return start_loop(ctx.host, ctx.tasks, run_id, scratch_dir(ctx, run_id), durable_dir(ctx, run_id),
+                      stop_file(ctx, run_id), int(interval or ctx.s.sync_interval_secs))
 
 
 def final_sync(ctx: Context, run_id: str, *, timeout: float = 600.0) -> str:
     """Stop the loop after one last pass and wait for it; a dead loop is replaced by one rsync."""
+    return finish_loop(ctx.host, ctx.tasks, run_id, scratch_dir(ctx, run_id), durable_dir(ctx, run_id),
+                       stop_file(ctx, run_id), timeout=timeout)
+
+
+# The same with explicit places (a sweep driver has its launch snapshot, not a Context).
+def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, stop: str, every: int) -> str:
+    from .tracked import validate_id
+
+    validate_id(run_id)
+    host.run(["mkdir", "-p", src, dst, stop.rsplit("/", 1)[0]])
+    host.run(["rm", "-f", stop])
+    cmd = LOOP_SH.format(src=shlex.quote(src), dst=shlex.quote(dst), stop=shlex.quote(stop), every=int(every),
+                         excludes=shlex.join(EXCLUDES))
+    tasks.run(task_id(run_id), cmd, replace=True)
+    return task_id(run_id)
+
+
+def finish_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, stop: str, *,
+                timeout: float = 600.0) -> str:
     from .tracked import TaskState
 
-    host = ctx.host
-    host.write_text(stop_file(ctx, run_id), "stop\n")
+    host.write_text(stop, "stop\n")
     tid = task_id(run_id)
     try:
-        rec, waited_out = ctx.tasks.wait(tid, timeout=timeout, poll=0.2)
+        rec, waited_out = tasks.wait(tid, timeout=timeout, poll=0.2)
     except TaskError:
         rec, waited_out = None, False
     if rec is not None and not waited_out and rec.state == TaskState.SUCCESS:
         return f"{run_id}: final sync done by task {tid}"
     # The loop died, was killed or is stuck: do the final pass here, directly.
-    src, dst = scratch_dir(ctx, run_id), durable_dir(ctx, run_id)
-    r = host.run(["rsync", "-a", "--partial", "--exclude=.rsync-partial", f"{src}/", f"{dst}/"],
-                 check=False, timeout=timeout)
+    r = host.run(["rsync", "-a", "--partial", *EXCLUDES, f"{src}/", f"{dst}/"], check=False, timeout=timeout)
     if not r.ok:
         raise HostError(f"{run_id}: final sync {src} -> {dst} failed ({r.exited}): {r.stderr.strip()[-500:]}",
-                        hint=f"the run's files are still in {src}; retry with "
-                             f"`python -c \"from opsrg.context import Context; from opsrg.localsync import "
-                             f"final_sync; print(final_sync(Context.load(), '{run_id}'))\"`")
+                        hint=f"the run's files are still in {src}; copy them with "
+                             f"`rsync -a {shlex.quote(src + '/')} {shlex.quote(dst + '/')}`")
     why = "no sync task" if rec is None else f"task {tid} {'did not stop in time' if waited_out else rec.state}"
     return f"{run_id}: final sync done directly ({why})"

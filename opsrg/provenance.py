@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -36,7 +37,7 @@ def file_sha256(path: str | Path) -> str:
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
-            p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+            p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return p.stdout.strip() if p.returncode == 0 else None
@@ -61,7 +62,7 @@ def versions() -> dict[str, str]:
 def device() -> str:
     try:
         p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=10)
+                           text=True, timeout=10, check=False)
         if p.returncode == 0 and p.stdout.strip():
             return "gpu: " + ", ".join(x.strip() for x in p.stdout.splitlines() if x.strip())
     except (OSError, subprocess.TimeoutExpired):
@@ -111,3 +112,44 @@ def finish_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     meta["ended_at"] = now_iso()
     atomic_write_json(path, meta)
     return meta
+
+
+# ------------------------------------------------------------------ entry point (runs where the run runs)
+def begin(meta_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Write ``meta.json`` for a run starting here: the planned fields plus this machine's."""
+    meta = collect(run_id=plan["run_id"], seed=plan["seed"], resolved=plan["config"],
+                   config_file=plan.get("config_file"), overrides=plan.get("overrides"), backend=plan.get("backend"))
+    if meta["config_sha256"] is None:  # the config file is not on this machine: the launcher's hash
+        meta["config_sha256"] = plan.get("config_sha256")
+    meta.update({k: plan[k] for k in ("campaign", "out_dir", "out_mode") if k in plan})
+    if os.environ.get("SLURM_JOB_ID"):
+        meta["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    if plan.get("identity") and plan["identity"] != meta["identity"]:
+        raise SystemExit(f"{plan['run_id']}: identity {meta['identity']} here, {plan['identity']} when planned")
+    write_meta(meta_dir, meta)
+    return meta
+
+
+def end(meta_dir: str, summary: str, exit_code: int) -> dict[str, Any]:
+    """Close ``meta.json``: ``ended_at``, the exit code and ``ok`` from the run's summary.json."""
+    try:
+        ok = bool(json.loads(Path(summary).read_text()).get("ok"))
+    except (OSError, ValueError):
+        ok = False
+    return finish_meta(meta_dir, ok=ok and exit_code == 0, exit_code=exit_code)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "begin":
+        begin(argv[1], json.loads(argv[2]))
+        return 0
+    if len(argv) == 4 and argv[0] == "end":
+        end(argv[1], argv[2], int(argv[3]))
+        return 0
+    print("usage: python -m opsrg.provenance begin META_DIR PLAN_JSON\n"
+          "       python -m opsrg.provenance end META_DIR SUMMARY_JSON EXIT_CODE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -6,17 +6,32 @@ shards plus a ``merge`` job depending on it (``afterok``); the next step depends
 and an EXP run's first step on its FP run's last merge. Independent shell rows are packed into
 arrays (split at the cluster's MaxArraySize). Every argument is shell-quoted here: no CSV text
 ever reaches a shell unquoted.
+
+Every run's commands are wrapped (:func:`wrap`): the first job of a run writes ``meta.json``
+(``python -m opsrg.provenance begin``), the last one closes it. With ``RUN_OUT_MODE=local_sync``
+(``Sweep.scratch`` set) a run writes to ``<scratch>/<run_id>`` instead of its durable folder; the
+wrapper first fills the scratch folder from the durable one (a resumed run goes on from there),
+and on Slurm mirrors it back every ``sync_every`` seconds and once more when the job ends.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
+from . import provenance
+from .localsync import EXCLUDES as SYNC_EXCLUDES
 from .sweep_csv import SweepRow, order
+
+# Spec keys that do not decide a run's result (left out of its identity).
+NOT_IDENTITY = ("__path__", "timeout_secs", "after")
+# Never copied into or out of scratch: the durable copy is the live one.
+DURABLE_ONLY = ("run_manifest.json", "meta.json")
 
 
 def new_campaign_id() -> str:
@@ -29,6 +44,9 @@ class Sweep:
     rows: list[SweepRow]
     outputs: str
     python: str = "python3"
+    backend: str = "tmux"
+    scratch: str = ""         # RUN_OUT_MODE=local_sync: the fast-disk root runs write under
+    sync_every: int = 60      # local_sync on Slurm: seconds between mirror passes inside a job
 
     def row(self, run_id: str) -> SweepRow:
         for r in self.rows:
@@ -37,7 +55,12 @@ class Sweep:
         raise KeyError(run_id)
 
     def run_dir(self, run_id: str) -> str:
+        """The durable run folder: manifests, meta.json, and (after sync) every result."""
         return f"{self.outputs.rstrip('/')}/{run_id}"
+
+    def out_dir(self, run_id: str) -> str:
+        """Where the run writes: its durable folder, or its scratch folder with local_sync."""
+        return f"{self.scratch.rstrip('/')}/{run_id}" if self.scratch else self.run_dir(run_id)
 
     def ordered(self) -> list[SweepRow]:
         return order(self.rows)
@@ -70,7 +93,7 @@ def loop_argv(sweep: Sweep, row: SweepRow) -> list[str]:
     argv = [sweep.python, "-m", "opsrg.rg", mode, "--steps", str(row.spec["steps"])]
     if mode == "exp":
         argv += _exp_args(sweep, row)
-    return argv + _rg_common(row, sweep.run_dir(row.run_id)) + ["--shards", str(row.spec["shards"])]
+    return argv + _rg_common(row, sweep.out_dir(row.run_id)) + ["--shards", str(row.spec["shards"])]
 
 
 def gen_argv(sweep: Sweep, row: SweepRow, step: int) -> list[str]:
@@ -79,17 +102,78 @@ def gen_argv(sweep: Sweep, row: SweepRow, step: int) -> list[str]:
             "--ntasks", str(row.spec["shards"])]
     if row.mode == "exp":
         argv += _exp_args(sweep, row)
-    return argv + _rg_common(row, sweep.run_dir(row.run_id))
+    return argv + _rg_common(row, sweep.out_dir(row.run_id))
 
 
 def merge_argv(sweep: Sweep, row: SweepRow, step: int) -> list[str]:
     return [sweep.python, "-m", "opsrg.rg", "merge", "--step", str(step), "--ntasks", str(row.spec["shards"]),
-            "--out", sweep.run_dir(row.run_id)]
+            "--out", sweep.out_dir(row.run_id)]
 
 
 def run_env(sweep: Sweep, row: SweepRow) -> dict[str, str]:
-    return {"OPSRG_RUN_ID": row.run_id, "OPSRG_RUN_DIR": sweep.run_dir(row.run_id), "OPSRG_SEED": str(row.seed),
+    return {"OPSRG_RUN_ID": row.run_id, "OPSRG_RUN_DIR": sweep.out_dir(row.run_id), "OPSRG_SEED": str(row.seed),
             "OPSRG_CAMPAIGN": sweep.campaign}
+
+
+# ------------------------------------------------------------------ identity and provenance
+def resolved_config(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
+    """What decides the row's result: its resolved spec, and for EXP the identity of its FP run."""
+    out = {k: v for k, v in row.spec.items() if k not in NOT_IDENTITY}
+    if row.spec.get("fp_run"):
+        out["fp_identity"] = row_identity(sweep, sweep.row(row.spec["fp_run"]))
+    return out
+
+
+def row_identity(sweep: Sweep, row: SweepRow) -> str:
+    return provenance.identity(resolved_config(sweep, row), row.seed)
+
+
+@lru_cache(maxsize=256)
+def _config_sha256(path: str) -> str | None:
+    try:
+        return provenance.file_sha256(path)
+    except OSError:
+        return None
+
+
+def meta_plan(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
+    """What ``python -m opsrg.provenance begin`` records besides what it finds on its machine."""
+    cfg = row.spec.get("__path__")
+    return {"run_id": row.run_id, "campaign": sweep.campaign, "seed": row.seed, "config": resolved_config(sweep, row),
+            "overrides": row.overrides, "config_file": cfg, "config_sha256": _config_sha256(cfg) if cfg else None,
+            "backend": sweep.backend, "identity": row_identity(sweep, row), "out_dir": sweep.out_dir(row.run_id),
+            "out_mode": "local_sync" if sweep.scratch else "direct"}
+
+
+def _rsync(src: str, dst: str, *extra: str) -> str:
+    return shlex.join(["rsync", "-a", *SYNC_EXCLUDES, *extra, f"{src}/", f"{dst}/"])
+
+
+def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, end: bool = True) -> str:
+    """Bash around a run's commands: exports, scratch fill and mirroring (local_sync), meta.json.
+
+    ``begin``: write meta.json first (a string: only in the array element with that index);
+    ``end``: close it with the run's summary. ``cmds`` leave their status in ``$?``.
+    """
+    rd, od, py = sweep.run_dir(row.run_id), sweep.out_dir(row.run_id), shlex.quote(sweep.python)
+    out = [_exports(run_env(sweep, row)).rstrip("\n"), f"mkdir -p {shlex.quote(rd)} {shlex.quote(od)} || exit 1"]
+    if sweep.scratch:
+        out.append(_rsync(rd, od, "--update", *(f"--exclude={x}" for x in DURABLE_ONLY))
+                   + f" || {{ echo {shlex.quote(f'could not fill {od} from {rd}')} >&2; exit 1; }}")
+    if begin:
+        b = f"{py} -m opsrg.provenance begin {shlex.quote(rd)} {shlex.quote(json.dumps(meta_plan(sweep, row)))}"
+        out.append(b if begin is True else f'if [ "${{SLURM_ARRAY_TASK_ID:-}}" = {begin} ]; then {b}; fi')
+    slurm_sync = sweep.scratch and sweep.backend == "slurm"
+    if slurm_sync:
+        out.append(f"( while sleep {int(sweep.sync_every)}; do {_rsync(od, rd)}; done ) & opsrg_syncer=$!")
+    out += [cmds.rstrip("\n"), "rc=$?"]
+    if slurm_sync:
+        failed = shlex.quote(f"final sync {od} -> {rd} failed")
+        out += ['kill "$opsrg_syncer" 2>/dev/null; wait "$opsrg_syncer" 2>/dev/null',
+                f"{_rsync(od, rd)} || {{ echo {failed} >&2; [ $rc -eq 0 ] && rc=1; }}"]
+    if end:
+        out.append(f"{py} -m opsrg.provenance end {shlex.quote(rd)} {shlex.quote(od + '/summary.json')} \"$rc\"")
+    return "\n".join(out + ["exit $rc"]) + "\n"
 
 
 def _exports(env: dict[str, str]) -> str:
@@ -98,17 +182,16 @@ def _exports(env: dict[str, str]) -> str:
 
 def shell_body(sweep: Sweep, row: SweepRow) -> str:
     """Bash for a shell row: run its command in the run folder, then write summary.json."""
-    rd = sweep.run_dir(row.run_id)
-    return (_exports(run_env(sweep, row)) + f"mkdir -p {shlex.quote(rd)} && cd {shlex.quote(rd)} || exit 1\n"
-            f"bash -c {shlex.quote(row.spec['command'])}\nrc=$?\n"
-            f"{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {shlex.quote(rd)} \"$rc\"\nexit $rc\n")
+    od = shlex.quote(sweep.out_dir(row.run_id))
+    return wrap(sweep, row, f"cd {od} || exit 1\nbash -c {shlex.quote(row.spec['command'])}\nrc=$?\n"
+                f"{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {od} \"$rc\"\n(exit $rc)\n")
 
 
 def row_command(sweep: Sweep, row: SweepRow) -> str:
     """What a tmux row runs (bash)."""
     if row.mode == "shell":
         return shell_body(sweep, row)
-    return _exports(run_env(sweep, row)) + shlex.join(loop_argv(sweep, row)) + "\n"
+    return wrap(sweep, row, shlex.join(loop_argv(sweep, row)))
 
 
 # ------------------------------------------------------------------ Slurm jobs
@@ -195,30 +278,31 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
             continue
         steps, shards = row.spec["steps"], row.spec["shards"]
         prev = dep_keys
+        first = True   # the run's first job writes meta.json (in one element of an array)
         for k in range(1, steps + 1):
             if k in prog.done_steps:
                 continue
             missing = [i for i in range(shards) if i not in prog.ready.get(k, set())]
             gen_keys = []
-            body = (_exports(run_env(sweep, row)) + "OPSRG_TASK=$((OPSRG_TASK_OFFSET + SLURM_ARRAY_TASK_ID))\n"
-                    + shlex.join(gen_argv(sweep, row, k)) + ' --task "$OPSRG_TASK"\n')
+            cmd = "OPSRG_TASK=$((OPSRG_TASK_OFFSET + SLURM_ARRAY_TASK_ID))\n" + \
+                shlex.join(gen_argv(sweep, row, k)) + ' --task "$OPSRG_TASK"'
             for c, chunk in enumerate(split_array(missing, max_array_size)):
                 off = (chunk[0] // max_array_size) * max_array_size
                 key = f"{row.run_id}.RG{k}.gen" + (f"{c}" if c else "")
+                body = wrap(sweep, row, cmd, begin=str(chunk[0] - off) if first else False, end=False)
                 jobs.append(Job(key, "gen", f"OPSRG_TASK_OFFSET={off}\n" + body, [row.run_id], list(prev),
                                 [i - off for i in chunk], timeout))
                 gen_keys.append(key)
-            mbody = _exports(run_env(sweep, row)) + shlex.join(merge_argv(sweep, row, k)) + "\n"
+                first = False
             final = k == steps
-            if final:
-                mbody += shlex.join(loop_argv(sweep, row)) + "\n"
-            jobs.append(Job(f"{row.run_id}.RG{k}.merge", "merge", mbody, [row.run_id], gen_keys or list(prev),
-                            None, timeout, final_for=row.run_id if final else ""))
+            mcmd = shlex.join(merge_argv(sweep, row, k)) + ("\n" + shlex.join(loop_argv(sweep, row)) if final else "")
+            jobs.append(Job(f"{row.run_id}.RG{k}.merge", "merge", wrap(sweep, row, mcmd, begin=first, end=final),
+                            [row.run_id], gen_keys or list(prev), None, timeout, final_for=row.run_id if final else ""))
+            first = False
             prev = [jobs[-1].key]
         if not prev or prev == dep_keys:  # every step done but no ok summary: finalise only
-            jobs.append(Job(f"{row.run_id}.final", "merge", _exports(run_env(sweep, row))
-                            + shlex.join(loop_argv(sweep, row)) + "\n", [row.run_id], dep_keys, None, timeout,
-                            final_for=row.run_id))
+            jobs.append(Job(f"{row.run_id}.final", "merge", wrap(sweep, row, shlex.join(loop_argv(sweep, row))),
+                            [row.run_id], dep_keys, None, timeout, final_for=row.run_id))
             prev = [jobs[-1].key]
         last[row.run_id] = prev[0]
     return jobs

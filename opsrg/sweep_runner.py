@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import ledger, runs, supervisor
+from . import ledger, localsync, runs, supervisor
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import InputError, OpsError, TaskError
 from .hosts import Host, LocalHost
 from .runs import FINAL, SweepPaths
 from .slurm import REQUEUEABLE, JobInfo, Slurm, SlurmOptions, load_template, render, time_directive
-from .sweep import Job, RunProgress, Sweep, new_campaign_id, plan_slurm, row_command
+from .sweep import Job, RunProgress, Sweep, new_campaign_id, plan_slurm, row_command, row_identity
 from .sweep_csv import SweepRow, parse_file
 from .tracked import TaskManager, TaskState
 from .watcher import Watcher, expected_elements
@@ -44,6 +44,9 @@ class SweepEnv:
     stale_secs: float = 30.0
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     max_requeue: int = 2
+    out_mode: str = "direct"       # RUN_OUT_MODE
+    local_root: str = ""           # RUN_OUT_LOCAL_ROOT, as a path on the pod / compute node
+    sync_interval: int = 60        # SYNC_INTERVAL_SECS
     host: Host = field(default_factory=LocalHost, repr=False)
 
     @classmethod
@@ -53,7 +56,7 @@ class SweepEnv:
                     s.task_kill_grace_secs, s.task_heartbeat_stale_secs,
                     SlurmOptions(s.slurm_partition, s.slurm_account, s.slurm_time, s.slurm_cpus_per_task,
                                  s.slurm_mem, s.slurm_gres, s.slurm_array_parallelism), s.slurm_max_requeue,
-                    ctx.host)
+                   s.run_out_mode, ctx.pod_path(s.run_out_local_root), s.sync_interval_secs, ctx.host)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SweepEnv:
@@ -64,7 +67,24 @@ class SweepEnv:
     def to_json(self) -> dict[str, Any]:
         return {"outputs": self.outputs, "python": self.python, "tmux_socket": self.tmux_socket,
                 "tmux_session": self.tmux_session, "run_timeout": self.run_timeout, "kill_grace": self.kill_grace,
-                "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue}
+                "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue,
+                "out_mode": self.out_mode, "local_root": self.local_root, "sync_interval": self.sync_interval}
+
+    @property
+    def local_sync(self) -> bool:
+        return self.out_mode == "local_sync"
+
+    def scratch_dir(self, run_id: str) -> str:
+        return f"{self.local_root.rstrip('/')}/{run_id}"
+
+    def start_sync(self, run_id: str) -> str:
+        return localsync.start_loop(self.host, self.tasks(), run_id, self.scratch_dir(run_id),
+                                    str(self.paths.run_dir(run_id)), localsync.stop_path(self.outputs, run_id),
+                                    self.sync_interval)
+
+    def final_sync(self, run_id: str) -> str:
+        return localsync.finish_loop(self.host, self.tasks(), run_id, self.scratch_dir(run_id),
+                                     str(self.paths.run_dir(run_id)), localsync.stop_path(self.outputs, run_id))
 
     @property
     def paths(self) -> SweepPaths:
@@ -80,7 +100,8 @@ def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
     return parse_file(csv_path, bases)
 
 
-def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str) -> dict[str, Any]:
+def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str,
+                identities: dict[str, str] | None = None, reused: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy the CSV (latest + campaign copy) and write the sweep manifest; returns it."""
     p = env.paths
     p.manifests.mkdir(parents=True, exist_ok=True)
@@ -92,7 +113,7 @@ def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str) -> dic
     m = {"campaign": sweep.campaign, "backend": backend, "created_at": runs.now_iso(),
          "source_csv": str(Path(csv_path).resolve()), "csv_copy": str(p.csv_copy(sweep.campaign)),
          "env": env.to_json(), "rows": [r.to_json() for r in sweep.rows], "jobs": {}, "todo": [],
-         "resumes": []}
+         "resumes": [], "identities": identities or {}, "reused": reused or {}}
     write_manifest(env, m)
     atomic_write_text(p.latest, sweep.campaign + "\n")
     return m
@@ -117,7 +138,14 @@ def load_manifest(paths: SweepPaths, campaign: str | None = None) -> dict[str, A
 
 def sweep_of(m: dict[str, Any]) -> Sweep:
     rows = [SweepRow(**r) for r in m["rows"]]
-    return Sweep(m["campaign"], rows, m["env"]["outputs"], m["env"]["python"])
+    e = m["env"]
+    scratch = e.get("local_root", "") if e.get("out_mode") == "local_sync" else ""
+    return Sweep(m["campaign"], rows, e["outputs"], e["python"], m["backend"], scratch, e.get("sync_interval", 60))
+
+
+def _identity_extra(m: dict[str, Any], rid: str, **extra: Any) -> dict[str, Any]:
+    ident = m.get("identities", {}).get(rid)
+    return {**extra, "identity": ident} if ident else extra
 
 
 # ------------------------------------------------------------------ run progress
@@ -170,6 +198,65 @@ def create_manifests(paths: SweepPaths, items: list[tuple[str, str, str, dict[st
         list(ex.map(one, items))
 
 
+# ------------------------------------------------------------------ identity: reuse, refuse, force
+def check_reuse(env: SweepEnv, sweep: Sweep, force: bool = False) -> tuple[dict[str, str], dict[str, Any]]:
+    """(identity of every row, the rows to reuse) for a new campaign; nothing is written.
+
+    A row whose durable folder holds a completed run (summary ok) with the same identity in its
+    meta.json is reused; a different identity there is refused, naming the runs, unless
+    ``force``. A completed folder without meta.json is recomputed (the engine's run.json still
+    refuses a different RG configuration).
+    """
+    paths = env.paths
+    idents = {r.run_id: row_identity(sweep, r) for r in sweep.rows}
+    reused: dict[str, Any] = {}
+    clash = []
+    for r in [] if force else sweep.rows:
+        rid = r.run_id
+        if runs.summary_ok(paths, rid) is not True:
+            continue
+        meta = runs.read_json(paths.run_dir(rid) / "meta.json") or {}
+        old = meta.get("identity")
+        if old == idents[rid]:
+            reused[rid] = {"identity": old, "campaign": meta.get("campaign"), "ended_at": meta.get("ended_at")}
+        elif old is not None:
+            clash.append(f"{rid}: {paths.run_dir(rid)} holds a completed run of identity {old} "
+                         f"(campaign {meta.get('campaign')}); this row's identity is {idents[rid]}")
+    if clash:
+        raise InputError(f"{len(clash)} run{'s' if len(clash) > 1 else ''} would mix results with a different "
+                         "completed run; nothing was started:\n  " + "\n  ".join(clash),
+                         hint="give the row a new run_id to keep both, or pass --force to recompute into the "
+                              "same run_id (the old folder is kept under _replaced/<campaign>/)")
+    return idents, reused
+
+
+def set_aside(env: SweepEnv, campaign: str, run_ids: list[str]) -> dict[str, str]:
+    """--force: move existing run folders (and their scratch folders) to ``_replaced/<campaign>/``."""
+    moved = {}
+    for rid in run_ids:
+        places = [(env.paths.run_dir(rid), Path(env.outputs) / "_replaced" / campaign / rid)]
+        if env.local_sync:
+            places.append((Path(env.scratch_dir(rid)), Path(env.local_root) / "_replaced" / campaign / rid))
+        for src, dst in places:
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), str(dst))
+                moved.setdefault(rid, str(dst))
+    return moved
+
+
+def record_reused(paths: SweepPaths, m: dict[str, Any]) -> None:
+    """Run manifests of the reused rows: completed at once, with the identity and where it was computed."""
+    rows = {r["run_id"]: r for r in m["rows"]}
+    now = runs.now_iso()
+    create_manifests(paths, [(rid, m["campaign"], m["backend"], rows[rid],
+                              {"state": "completed", "completed_at": now, "summary_ok": True, "reused": True,
+                               "identity": u["identity"], "reused_from": u["campaign"],
+                               "reason": f"reused: identical completed run (identity {u['identity']}, "
+                                         f"campaign {u['campaign']})"})
+                             for rid, u in m.get("reused", {}).items()])
+
+
 def verdict(paths: SweepPaths, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
     """(all runs final, failed run ids, unfinished run ids) from the run manifests."""
     failed, live = [], []
@@ -205,8 +292,12 @@ class TmuxBackend:
     def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
         paths = env.paths
         rows = {r["run_id"]: r for r in m["rows"]}
-        create_manifests(paths, [(rid, m["campaign"], "tmux", rows[rid], {"tasks": [rid]}) for rid in todo])
+        create_manifests(paths, [(rid, m["campaign"], "tmux", rows[rid], _identity_extra(m, rid, tasks=[rid]))
+                                 for rid in todo])
         m["todo"] = todo
+        if not todo:  # every row reused: nothing to drive
+            write_manifest(env, m)
+            return
         driver = DRIVER_PREFIX + m["campaign"]
         m["driver_task"] = driver
         write_manifest(env, m)
@@ -228,8 +319,12 @@ class TmuxBackend:
                 rec = tasks.status(rid)
             except TaskError:
                 rec = None
-            if rec is not None and rec.state.is_terminal and (rm["state"] != "submitted" or
-                                                                (driver is not None and driver.state.is_terminal)):
+            driver_done = driver is not None and driver.state.is_terminal
+            if env.local_sync and driver_done:
+                _stop_sync(env, rid)  # a loop the driver did not stop
+            if rec is not None and rec.state.is_terminal and (driver_done or rm["state"] != "submitted"
+                                                               and not env.local_sync):
+                # with local_sync a live driver finishes the run itself, after its final sync
                 finish_run(paths, rid, rec.state == TaskState.SUCCESS, _task_reason(rec), exit_code=rec.exit_code)
             elif driver is not None and driver.state.is_terminal and rm["state"] == "submitted":
                 runs.update(paths, rid, "failed", f"sweep driver ended ({driver.state}"
@@ -240,6 +335,8 @@ class TmuxBackend:
         everything = set(run_ids) >= {r for r in m.get("todo", [])}
         for rid in run_ids:
             runs.update(paths, rid, "cancelled", "cancelled by sweep-cancel")
+            if env.local_sync:
+                _stop_sync(env, rid)  # its loop makes one last pass and ends
         if everything and m.get("driver_task"):
             try:
                 tasks.kill(m["driver_task"])
@@ -254,6 +351,13 @@ class TmuxBackend:
     def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
         rm = runs.read(env.paths, run_id)
         return rm is not None and rm["state"] not in FINAL
+
+
+def _stop_sync(env: SweepEnv, run_id: str) -> None:
+    """Ask a run's sync loop, if it has one, for its last pass (it ends by itself)."""
+    stop = localsync.stop_path(env.outputs, run_id)
+    if not Path(stop).exists() and Path(env.tasks().paths(localsync.task_id(run_id)).root).is_dir():
+        atomic_write_text(stop, "stop\n")
 
 
 def _task_reason(rec) -> str:
@@ -288,15 +392,23 @@ def drive(manifest_path: str) -> int:
         Path(sweep.run_dir(rid)).mkdir(parents=True, exist_ok=True)
         timeout = row.spec.get("timeout_secs") or env.run_timeout
         try:
+            if env.local_sync:
+                env.start_sync(rid)
             tasks.run(rid, row_command(sweep, row), timeout_secs=float(timeout), replace=True, cwd=sweep.run_dir(rid))
-        except TaskError as e:
+        except (TaskError, OpsError) as e:
             runs.update(paths, rid, "failed", f"could not start: {e}")
             failed.append(rid)
             continue
         runs.update(paths, rid, "running")
         print(f"[sweep] {rid}: started", flush=True)
         rec, _ = tasks.wait(rid, poll=0.2)
-        finish_run(paths, rid, rec.state == TaskState.SUCCESS, _task_reason(rec), exit_code=rec.exit_code)
+        ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
+        if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
+            try:
+                print(f"[sweep] {env.final_sync(rid)}", flush=True)
+            except OpsError as e:
+                ok, reason = False, reason or str(e)
+        finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
         final = (runs.read(paths, rid) or {}).get("state")
         print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
         if final != "completed":
@@ -389,7 +501,8 @@ class SlurmBackend:
                 per_run[rid]["tasks"].append(job.key)
                 entries.append(ledger.entry(m["campaign"], rid, job.key, jref, "submitted"))
             ledger.append(paths, entries)  # the durable record, one append per submission
-        create_manifests(paths, [(rid, m["campaign"], "slurm", rows[rid], per_run[rid]) for rid in todo])
+        create_manifests(paths, [(rid, m["campaign"], "slurm", rows[rid], _identity_extra(m, rid, **per_run[rid]))
+                                 for rid in todo])
         write_manifest(env, m)
 
     # ---------------------------------------------------------- observe
@@ -568,8 +681,12 @@ def _bases(ctx) -> list[Path]:
 
 
 def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bool = False,
-          dry_run: bool = False) -> dict[str, Any]:
-    """sweep-start: validate, copy the CSV, write manifests, launch. Returns what was done (or planned)."""
+          dry_run: bool = False, force: bool = False) -> dict[str, Any]:
+    """sweep-start: validate, copy the CSV, write manifests, launch. Returns what was done (or planned).
+
+    A row identical to a completed run in its folder is reused, not recomputed (``force``:
+    recompute every row, setting existing folders aside); a different one is refused.
+    """
     from . import fsm
 
     env = SweepEnv.from_context(ctx)
@@ -605,16 +722,22 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     be = backend_for(backend)
     csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
     rows = load_rows(csv, _bases(ctx))
-    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python)
+    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend)
+    idents, reused = check_reuse(env, sweep, force)
+    todo = [r.run_id for r in sweep.ordered() if r.run_id not in reused]
     if dry_run:
         fsm.check("sweep-start", ctx.store.read().state)
         m = {"campaign": sweep.campaign + " (dry run)", "backend": backend, "env": env.to_json(),
              "rows": [r.to_json() for r in rows], "jobs": {}}
-        return _dry_plan(env, m, be, [r.run_id for r in rows])
+        return {**_dry_plan(env, m, be, todo), "reused": {k: u["identity"] for k, u in reused.items()}}
     with ctx.transition("sweep-start"):
-        m = save_launch(env, sweep, csv, backend)
-        be.start(env, m, [r.run_id for r in sweep.ordered()])
-    return {"campaign": sweep.campaign, "backend": backend, "runs": [r.run_id for r in sweep.ordered()],
+        replaced = set_aside(env, sweep.campaign, todo) if force else {}
+        m = save_launch(env, sweep, csv, backend, idents, reused)
+        m["replaced"] = replaced
+        record_reused(paths, m)
+        be.start(env, m, todo)
+    return {"campaign": sweep.campaign, "backend": backend, "runs": todo,
+            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": replaced,
             "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m["csv_copy"],
             "jobs": {k: j["job_id"] for k, j in m.get("jobs", {}).items()}}
 

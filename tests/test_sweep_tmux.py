@@ -139,6 +139,13 @@ def test_dry_run_and_bad_csv_write_nothing(project):
     assert wait().returncode == 0
     assert inv("fsm-reset", "CHECKED_OUT").returncode == 0
     before = snapshot(project / "outputs")
+    r = inv("sweep-start", "--csv", csv, "--dry-run", "--json")
+    plan = json.loads(r.stdout)
+    assert plan["runs"] == [] and sorted(plan["reused"]) == ["a", "e"], r.stdout + r.stderr  # identical rows
+    assert snapshot(project / "outputs") == before
+    for rid in ("a", "e"):  # not completed any more: planned again
+        (project / "outputs" / rid / "summary.json").unlink()
+    before = snapshot(project / "outputs")
     for backend in ("tmux", "slurm"):
         r = inv("sweep-start", "--csv", csv, "--backend", backend, "--dry-run", "--json")
         assert r.returncode == 0, r.stderr
@@ -178,3 +185,92 @@ def test_histograms_are_those_of_the_engine_run_directly(project, tmp_path):
     a = np.load(project / "outputs" / "a" / "sym_z_hist_RG2.npz")
     b = np.load(ref / "sym_z_hist_RG2.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+# ------------------------------------------------------------------ provenance, identity, local_sync
+def test_meta_json_identity_reuse_force_and_refusal(project):
+    checked_out(project)
+    out = project / "outputs"
+    csv = write_csv(project, f"a,{FP},5,,\nsh,{SH},1,\"command='echo hi > hi.txt'\",\n")
+    started = json.loads(inv("sweep-start", "--csv", csv, "--json").stdout)
+    assert started["runs"] == ["a", "sh"] and started["reused"] == {}
+    assert wait().returncode == 0
+    meta = json.loads((out / "a" / "meta.json").read_text())
+    assert meta["run_id"] == "a" and meta["seed"] == 5 and meta["campaign"] == started["campaign"]
+    assert meta["git"]["commit"] and isinstance(meta["git"]["dirty"], bool)
+    assert meta["packages"]["numpy"] and meta["python"] and meta["host"] and meta["backend"] == "tmux"
+    assert meta["device"].startswith(("cpu:", "gpu:")) and meta["out_mode"] == "direct"
+    cfg = Path(meta["config_file"])
+    assert cfg.name == "fp_tiny.toml" and meta["config_sha256"] == hashlib.sha256(cfg.read_bytes()).hexdigest()
+    assert meta["config"]["samples"] == 4000 and meta["overrides"] == {}
+    assert meta["started_at"] <= meta["ended_at"] and meta["ok"] is True and meta["exit_code"] == 0
+    man = json.loads((out / "a" / "run_manifest.json").read_text())
+    assert man["identity"] == meta["identity"]
+    assert json.loads((out / "sh" / "meta.json").read_text())["overrides"] == {"command": "echo hi > hi.txt"}
+    # the same rows again: recognised, nothing recomputed or started
+    r = inv("sweep-start", "--csv", csv, "--json")
+    again = json.loads(r.stdout)
+    sh_identity = json.loads((out / "sh" / "meta.json").read_text())["identity"]
+    assert again["runs"] == [] and again["reused"] == {"a": meta["identity"], "sh": sh_identity}
+    assert not (out / "_tasks" / f"sweep-driver.{again['campaign']}").exists()
+    assert wait(10).returncode == 0
+    man = json.loads((out / "a" / "run_manifest.json").read_text())
+    assert man["state"] == "completed" and man["reused"] and man["identity"] == meta["identity"]
+    assert man["campaign"] == again["campaign"] and man["reused_from"] == started["campaign"]
+    assert json.loads((out / "a" / "meta.json").read_text()) == meta  # untouched
+    # a different row under the same run id is refused, naming the run, both identities and the ways out
+    changed = write_csv(project, f"a,{FP},6,,\nsh,{SH},1,\"command='echo hi > hi.txt'\",\n", "changed.csv")
+    before = snapshot(out)
+    r = inv("sweep-start", "--csv", changed)
+    assert r.returncode == 2 and "a:" in r.stderr and meta["identity"] in r.stderr and "--force" in r.stderr
+    assert "run_id" in r.stderr and "sh:" not in r.stderr
+    assert snapshot(out) == before
+    # --force recomputes into the same run ids; the old folders are kept aside
+    r = inv("sweep-start", "--csv", changed, "--force", "--json")
+    forced = json.loads(r.stdout)
+    assert forced["runs"] == ["a", "sh"] and forced["reused"] == {}, r.stderr
+    assert wait().returncode == 0
+    new = json.loads((out / "a" / "meta.json").read_text())
+    assert new["seed"] == 6 and new["identity"] != meta["identity"] and new["campaign"] == forced["campaign"]
+    kept = out / "_replaced" / forced["campaign"] / "a"
+    assert json.loads((kept / "meta.json").read_text())["identity"] == meta["identity"]
+    assert json.loads((out / "a" / "run_manifest.json").read_text())["identity"] == new["identity"]
+
+
+def test_local_sync_outputs_reach_the_durable_folder_and_resume_starts_from_it(project):
+    scratch = project / "scratch"
+    with (project / "workflow.env").open("a") as f:
+        f.write(f"RUN_OUT_MODE=local_sync\nRUN_OUT_LOCAL_ROOT={scratch}\nSYNC_INTERVAL_SECS=1\n")
+    checked_out(project)
+    out, flag = project / "outputs", project / "flag"
+    # `count` survives a lost scratch disk only through the durable folder
+    cmd = f"n=$(cat count 2>/dev/null || echo 0); echo $((n + 1)) > count; test -f {flag} || exit 4"
+    csv = write_csv(project, f"a,{FP},5,,\nflaky,{SH},1,\"command='{cmd}'\",\ne,{EXP},6,{TINY_EXP},\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    assert wait().returncode == 1
+    st = by_run(status())
+    assert st["a"]["state"] == st["e"]["state"] == "completed" and st["flaky"]["state"] == "failed"
+    for rid in ("a", "e"):  # everything the run wrote is in the durable folder, byte for byte
+        files = {p.relative_to(scratch / rid) for p in (scratch / rid).rglob("*") if p.is_file()}
+        assert {Path("summary.json"), Path("DONE_RG1.json")} <= files
+        for rel in files:
+            if not rel.name.endswith(".lock"):
+                assert (out / rid / rel).read_bytes() == (scratch / rid / rel).read_bytes(), (rid, rel)
+        assert not list((out / rid).rglob(".*.tmp"))
+        man = json.loads((out / rid / "run_manifest.json").read_text())
+        assert [h["state"] for h in man["history"]] == ["submitted", "running", "synced", "completed"]
+        assert json.loads((out / rid / "meta.json").read_text())["out_mode"] == "local_sync"
+        assert json.loads((out / "_tasks" / f"sync-{rid}" / "status.json").read_text())["state"] == "success"
+        assert not (scratch / rid / "run_manifest.json").exists()
+    assert (out / "a" / "sym_z_hist_RG2.npz").exists() and (out / "e" / "nu.json").exists()
+    assert (out / "flaky" / "count").read_text().strip() == "1"
+    # the fast disk is lost; resume redoes the failed row from what the durable folder holds
+    import shutil
+
+    shutil.rmtree(scratch)
+    flag.write_text("x")
+    r = inv("sweep-start", "--resume", "--json")
+    assert json.loads(r.stdout)["resumed"] == ["flaky"], r.stdout + r.stderr
+    assert wait().returncode == 0
+    assert (out / "flaky" / "count").read_text().strip() == "2"
+    assert by_run(status())["flaky"]["summary_ok"] is True
