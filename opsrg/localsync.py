@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from .hosts import Host
     from .tracked import TaskManager
 
-EXCLUDES = ("--exclude=.rsync-partial", "--exclude=.*.tmp", "--exclude=*.lock")  # temp files, locks
+# Never copied: temp files of atomic writes (``.NAME.XXXX.tmp``) and of a concurrent rsync
+# (``.NAME.XXXXXX``: a mirror pass and a fill run at once), lock files.
+EXCLUDES = ("--exclude=.rsync-partial", "--exclude=.*.tmp", "--exclude=.*." + "[A-Za-z0-9]" * 6,
+            "--exclude=*.lock")
 LOOP_SH = r"""src={src}; dst={dst}; stop={stop}; every={every}
 mkdir -p "$src" "$dst"
 pass_() {{ rsync -a --partial {excludes} "$src/" "$dst/"; }}

@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -143,6 +143,13 @@ def sweep_of(m: dict[str, Any]) -> Sweep:
     return Sweep(m["campaign"], rows, e["outputs"], e["python"], m["backend"], scratch, e.get("sync_interval", 60))
 
 
+def _as_launched(env: SweepEnv, m: dict[str, Any]) -> SweepEnv:
+    """``env`` with the output mode the campaign was launched with (settings may have changed since)."""
+    e = m["env"]
+    return replace(env, out_mode=e.get("out_mode", "direct"), local_root=e.get("local_root", ""),
+                   sync_interval=e.get("sync_interval", 60))
+
+
 def _identity_extra(m: dict[str, Any], rid: str, **extra: Any) -> dict[str, Any]:
     ident = m.get("identities", {}).get(rid)
     return {**extra, "identity": ident} if ident else extra
@@ -231,7 +238,11 @@ def check_reuse(env: SweepEnv, sweep: Sweep, force: bool = False) -> tuple[dict[
 
 
 def set_aside(env: SweepEnv, campaign: str, run_ids: list[str]) -> dict[str, str]:
-    """--force: move existing run folders (and their scratch folders) to ``_replaced/<campaign>/``."""
+    """--force: move existing run folders (and their scratch folders) to ``_replaced/<campaign>/``.
+
+    The run manifest is copied back, so the new attempt keeps the earlier ones under ``previous``
+    (and the Slurm ledger still finds their jobs).
+    """
     moved = {}
     for rid in run_ids:
         places = [(env.paths.run_dir(rid), Path(env.outputs) / "_replaced" / campaign / rid)]
@@ -242,6 +253,9 @@ def set_aside(env: SweepEnv, campaign: str, run_ids: list[str]) -> dict[str, str
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(src), str(dst))
                 moved.setdefault(rid, str(dst))
+        old = runs.read_json(Path(moved.get(rid, "-")) / "run_manifest.json")
+        if old is not None:
+            atomic_write_json(env.paths.run_manifest(rid), old)
     return moved
 
 
@@ -305,6 +319,7 @@ class TmuxBackend:
         env.tasks().run(driver, cmd, replace=True, cwd=env.outputs)
 
     def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        env = _as_launched(env, m)
         paths, tasks = env.paths, env.tasks()
         driver = None
         try:
@@ -320,17 +335,22 @@ class TmuxBackend:
             except TaskError:
                 rec = None
             driver_done = driver is not None and driver.state.is_terminal
-            if env.local_sync and driver_done:
-                _stop_sync(env, rid)  # a loop the driver did not stop
             if rec is not None and rec.state.is_terminal and (driver_done or rm["state"] != "submitted"
                                                                and not env.local_sync):
                 # with local_sync a live driver finishes the run itself, after its final sync
-                finish_run(paths, rid, rec.state == TaskState.SUCCESS, _task_reason(rec), exit_code=rec.exit_code)
+                ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
+                if env.local_sync:  # the driver ended before its final sync: do it here
+                    try:
+                        env.final_sync(rid)
+                    except OpsError as e:
+                        ok, reason = False, reason or str(e)
+                finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
             elif driver is not None and driver.state.is_terminal and rm["state"] == "submitted":
                 runs.update(paths, rid, "failed", f"sweep driver ended ({driver.state}"
                             + (f": {driver.reason}" if driver.reason else "") + ") before this run finished")
 
     def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+        env = _as_launched(env, m)
         paths, tasks = env.paths, env.tasks()
         everything = set(run_ids) >= {r for r in m.get("todo", [])}
         for rid in run_ids:
@@ -436,6 +456,7 @@ class SlurmBackend:
     def __init__(self, slurm: Slurm | None = None) -> None:
         self.slurm = slurm
         self.watcher: Watcher | None = None
+        self.unreachable = ""  # why slurmctld did not answer the last refresh: states are kept meanwhile
 
     def _slurm(self, env: SweepEnv) -> Slurm:
         if self.slurm is None:
@@ -511,6 +532,7 @@ class SlurmBackend:
         live = {k: j for k, j in m["jobs"].items() if not self._record_final(env, k)}
         expected = {j["job_id"]: expected_elements(j["job_id"], j["tasks"]) for j in live.values()}
         infos = self.watcher.poll(expected) if expected else {}
+        self.unreachable = self.slurm.unreachable if expected else ""
         changed = False
         for key, j in live.items():
             elems = expected_elements(j["job_id"], j["tasks"])
@@ -522,7 +544,7 @@ class SlurmBackend:
             requeued = self._requeue(env, m, key, j, got)
             changed |= requeued
             if not requeued:
-                self._update_record(env, key, j, elems, got)
+                self._update_record(env, key, j, elems, got, self.unreachable)
         if changed:
             write_manifest(env, m)
         self._advance_runs(env, m)
@@ -563,7 +585,7 @@ class SlurmBackend:
         return did
 
     def _update_record(self, env: SweepEnv, key: str, j: dict[str, Any], elems: list[str],
-                       got: dict[str, JobInfo]) -> None:
+                       got: dict[str, JobInfo], down: str = "") -> None:
         tdir = str(_task_dir(env, key))
         states = [got[e].task_state() for e in elems if e in got]
         known = len(states) == len(elems)
@@ -572,7 +594,8 @@ class SlurmBackend:
         changes: dict[str, Any] = {"slurm": {**(supervisor.read_status(tdir).get("slurm") or {}),
                                              "elements": elements, "source": ",".join(sources),
                                              "requeues": j.get("requeues", [])},
-                                   "evidence": f"scheduler state from {','.join(sources) or 'nobody'}"}
+                                   "evidence": f"scheduler state from {','.join(sources) or 'nobody'}"
+                                   + (f"; scheduler unreachable ({down}): last known state kept" if down else "")}
         starts = [i.start for i in got.values() if i.start]
         if starts:
             changes["started_at"] = min(starts)
@@ -766,7 +789,8 @@ def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict
 
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths, campaign)
-    backend_for(m["backend"]).refresh(env, m)
+    be = backend_for(m["backend"])
+    be.refresh(env, m)
     done, failed, live = verdict(env.paths, m)
     fsm_state = ctx.store.read().state
     if done and fsm_state == State.SWEEP_RUNNING:
@@ -777,7 +801,8 @@ def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict
             ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
                           note=f"campaign {m['campaign']}: {len(m['rows'])} runs ok")
     return m, status_rows(env, m), {"done": done, "failed": failed, "running": live,
-                                    "fsm": ctx.store.read().state.value}
+                                    "fsm": ctx.store.read().state.value,
+                                    "scheduler_unreachable": getattr(be, "unreachable", "")}
 
 
 def cancel(ctx, run_id: str | None = None) -> list[str]:

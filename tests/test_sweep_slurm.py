@@ -25,11 +25,11 @@ SH = "sweeps/configs/shell.toml"
 TINY_EXP = '"fp_run=a steps=1 samples=2000 shards=2 backend=numpy"'
 
 
-def make_project(root: Path, name: str = "outputs") -> dict[str, str]:
+def make_project(root: Path, name: str = "outputs", extra: str = "") -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
     env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/{name}\nOPS_TMUX_SOCKET=opsrg-sw-{root.name}\n"
-                        "SWEEP_BACKEND=slurm\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n")
+                        "SWEEP_BACKEND=slurm\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n" + extra)
     env = {"OPSRG_ENV_FILE": str(env_file)}
     assert inv("fsm-reset", "CHECKED_OUT", env=env).returncode == 0
     return env
@@ -95,6 +95,12 @@ def test_tiny_sweep_on_slurm_gives_the_tmux_histograms(timeout_sweep, slurm_clus
     recs = [record(tmp_path / "s", k) for k in chain]
     for before, after in zip(recs, recs[1:]):
         assert after["started_at"] >= before["ended_at"], (before["id"], after["id"])
+    # meta.json, written on the compute node: same identity as the tmux run of the same row
+    for rid in ("a", "e"):
+        ms, mt = (json.loads((d / rid / "meta.json").read_text()) for d in (s, t))
+        assert ms["backend"] == "slurm" and mt["backend"] == "tmux" and ms["slurm_job_id"]
+        assert ms["identity"] == mt["identity"] == json.loads((s / rid / "run_manifest.json").read_text())["identity"]
+        assert ms["ok"] is True and ms["ended_at"] and ms["git"]["commit"] and ms["device"].startswith(("cpu:", "gpu:"))
     r = inv("slurm-ledger", "--verify", env=slurm_env)
     assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout
     assert json.loads(inv("fsm-status", "--json", env=slurm_env).stdout)["state"] == "SWEEP_COMPLETED"
@@ -152,6 +158,25 @@ def test_resume_resubmits_only_missing_shards(timeout_sweep, slurm_cluster, tmp_
     assert wait(env).returncode == 0
     assert np.array_equal(np.load(run / "sym_z_hist_RG2.npz")["histval"], want)
     assert runs_of(env)["a"]["attempt"] == 2
+
+
+def test_local_sync_on_slurm_then_identical_rows_are_reused(timeout_sweep, slurm_cluster, tmp_path):
+    scratch = tmp_path / "scratch"
+    env = make_project(tmp_path, extra=f"RUN_OUT_MODE=local_sync\nRUN_OUT_LOCAL_ROOT={scratch}\nSYNC_INTERVAL_SECS=1\n")
+    rows = f"a,{FP},5,steps=1,\nsh,{SH},1,\"command='sleep 2; echo hi > hi.txt'\",\n"
+    start(env, rows, tmp_path)
+    assert wait(env).returncode == 0
+    out = tmp_path / "outputs"
+    assert (out / "a" / "summary.json").exists() and (out / "a" / "sym_z_hist_RG1.npz").exists()
+    assert (out / "a" / "shards" / "RG1" / "part_00001.READY").exists()  # each gen job synced its part
+    assert (out / "sh" / "hi.txt").read_text() == "hi\n" and (scratch / "sh" / "hi.txt").exists()
+    meta = json.loads((out / "a" / "meta.json").read_text())
+    assert meta["out_mode"] == "local_sync" and meta["out_dir"] == str(scratch / "a") and meta["ok"] is True
+    assert not (scratch / "a" / "meta.json").exists()
+    assert inv("fsm-reset", "CHECKED_OUT", env=env).returncode == 0
+    again = start(env, rows, tmp_path)
+    assert again["runs"] == [] and again["jobs"] == {} and set(again["reused"]) == {"a", "sh"}
+    assert wait(env, 10).returncode == 0
 
 
 def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):

@@ -234,7 +234,8 @@ def test_meta_json_identity_reuse_force_and_refusal(project):
     assert new["seed"] == 6 and new["identity"] != meta["identity"] and new["campaign"] == forced["campaign"]
     kept = out / "_replaced" / forced["campaign"] / "a"
     assert json.loads((kept / "meta.json").read_text())["identity"] == meta["identity"]
-    assert json.loads((out / "a" / "run_manifest.json").read_text())["identity"] == new["identity"]
+    man = json.loads((out / "a" / "run_manifest.json").read_text())
+    assert man["identity"] == new["identity"] and man["attempt"] == 3 and man["previous"][-1]["reused"]
 
 
 def test_local_sync_outputs_reach_the_durable_folder_and_resume_starts_from_it(project):
