@@ -115,8 +115,15 @@ def test_killed_driver_is_detected_and_resume_reruns_only_what_is_missing(projec
     campaign = json.loads(r.stdout)["campaign"]
     drv = project / "outputs" / "_tasks" / f"sweep-driver.{campaign}" / "status.json"
     deadline = time.monotonic() + 20
-    while json.loads(drv.read_text()).get("state") != "running" or \
-            not (project / "outputs" / "_tasks" / "r1" / "status.json").exists():
+    r1 = project / "outputs" / "_tasks" / "r1" / "status.json"
+
+    def r1_running() -> bool:  # its supervisor has started: killing the driver now cannot strand it
+        try:
+            return json.loads(r1.read_text()).get("state") == "running"
+        except (OSError, ValueError):
+            return False
+
+    while json.loads(drv.read_text()).get("state") != "running" or not r1_running():
         assert time.monotonic() < deadline
         time.sleep(0.1)
     rec = json.loads(drv.read_text())
