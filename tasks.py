@@ -425,6 +425,9 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     t0, delays, seen = time.monotonic(), backoff(slow=10.0, cap=30.0), None
     while True:
         m, rows, verdict = sweep_runner.monitor(ctx, campaign)
+        if verdict.get("scheduler_unreachable"):
+            print(f"scheduler unreachable ({verdict['scheduler_unreachable']}): runs keep their last known "
+                  "state; polling on", file=sys.stderr, flush=True)
         if not wait or verdict["done"]:
             break
         now = [(r["state"], r["step"]) for r in rows]

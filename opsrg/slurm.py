@@ -205,6 +205,22 @@ def parse_config(text: str) -> dict[str, str]:
     return out
 
 
+def parse_conf_file(text: str) -> dict[str, str]:
+    """slurm.conf itself: ``Key=Value`` lines (comments dropped); used while slurmctld is down."""
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line and " " not in line.split("=", 1)[0]:
+            k, v = line.split("=", 1)
+            out.setdefault(k.strip(), v.strip().split()[0] if v.strip() else "")
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [x.strip() for x in (text or "").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else ""
+
+
 def base_of(job_id: str) -> str:
     return job_id.split("_", 1)[0]
 
@@ -255,6 +271,7 @@ class Slurm:
     host: Host
     env: dict[str, str] = field(default_factory=dict)
     _config: dict[str, str] | None = None
+    unreachable: str = ""  # why slurmctld did not answer the last query ("" when it did)
 
     def _run(self, argv: list[str], check: bool = True, timeout: float = 60):
         try:
@@ -267,8 +284,19 @@ class Slurm:
         return r
 
     def config(self) -> dict[str, str]:
+        """``scontrol show config``; while slurmctld is down, the keys of slurm.conf itself (not cached)."""
         if self._config is None:
-            self._config = parse_config(self._run(["scontrol", "show", "config"]).stdout)
+            r = None if self.unreachable else self._run(["scontrol", "show", "config"], check=False)
+            if r is not None and r.ok:
+                self._config = parse_config(r.stdout)
+            else:
+                if r is not None:
+                    self.unreachable = _last_line(r.stderr) or f"scontrol show config: exit {r.exited}"
+                f = self._run(["sh", "-c", 'cat "${SLURM_CONF:-/etc/slurm/slurm.conf}"'], check=False)
+                if not f.ok:
+                    raise SlurmError(f"slurmctld unreachable ({self.unreachable}) and slurm.conf unreadable: "
+                                     f"{f.stderr.strip()[-400:]}")
+                return parse_conf_file(f.stdout)
         return self._config
 
     def max_array_size(self) -> int:
@@ -312,6 +340,7 @@ class Slurm:
             found.update(parse_sacct(r.stdout))
         # Active jobs are best seen by slurmctld itself (sacct can lag or be absent).
         r = self._run(["scontrol", "show", "job", "-o"], check=False)
+        self.unreachable = "" if r.ok else (_last_line(r.stderr) or f"scontrol show job: exit {r.exited}")
         if r.ok:
             for jid, info in parse_scontrol(r.stdout).items():
                 if base_of(jid) in bases:
