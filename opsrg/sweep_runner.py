@@ -532,7 +532,7 @@ class SlurmBackend:
         live = {k: j for k, j in m["jobs"].items() if not self._record_final(env, k)}
         expected = {j["job_id"]: expected_elements(j["job_id"], j["tasks"]) for j in live.values()}
         infos = self.watcher.poll(expected) if expected else {}
-        self.unreachable = self.slurm.unreachable if expected else ""
+        self.unreachable = getattr(self.slurm, "unreachable", "") if expected else ""
         changed = False
         for key, j in live.items():
             elems = expected_elements(j["job_id"], j["tasks"])
