@@ -71,6 +71,7 @@ class JobInfo:
     reason: str = ""
     raw_state: str = ""
     source: str = ""
+    restarts: int = 0        # times the scheduler requeued it (scontrol's Restarts)
 
     @property
     def final(self) -> bool:
@@ -82,7 +83,7 @@ class JobInfo:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "exit_code": self.exit_code, "signal": self.signal,
                 "start": self.start, "end": self.end, "reason": self.reason, "raw_state": self.raw_state,
-                "source": self.source}
+                "source": self.source, "restarts": self.restarts}
 
 
 def map_state(state: str, reason: str = "", exit_code: int | None = None, raw: str = "") -> tuple[TaskState, str]:
@@ -179,9 +180,11 @@ def _records(text: str, source: str) -> dict[str, JobInfo]:
             ids = expand_ids(f"{kv['ArrayJobId']}_[{kv['ArrayTaskId']}]")
         else:
             ids = [kv["JobId"]]
+        restarts = int(kv["Restarts"]) if kv.get("Restarts", "").isdigit() else 0
         for jid in ids:
             out[jid] = JobInfo(jid, normalise_state(kv["JobState"]), code, sig, _clean(kv.get("StartTime", "")),
-                               _clean(kv.get("EndTime", "")), _clean(kv.get("Reason", "")), kv["JobState"], source)
+                               _clean(kv.get("EndTime", "")), _clean(kv.get("Reason", "")), kv["JobState"], source,
+                               restarts)
     return out
 
 
@@ -327,6 +330,30 @@ class Slurm:
 
     def requeue(self, job_id: str) -> bool:
         return self._run(["scontrol", "requeue", job_id], check=False).ok
+
+    def endings(self, job_ids: Iterable[str]) -> dict[str, list[JobInfo]]:
+        """Every ending the scheduler recorded for these jobs/elements, oldest first.
+
+        A job the scheduler requeued by itself (``JobRequeue``: a batch job on a failed node) ended
+        once per run; scontrol then shows only ``PENDING``/``Restarts=N``. The jobcomp file keeps a
+        line per ending; with accounting, ``sacct -D`` does.
+        """
+        ids = set(job_ids)
+        out: dict[str, list[JobInfo]] = {}
+        path = self.jobcomp_file()
+        if path:
+            for line in (self.host.read_text(path) or "").splitlines():
+                for jid, info in parse_jobcomp(line).items():
+                    if jid in ids:
+                        out.setdefault(jid, []).append(info)
+        if not out and self.accounting():
+            r = self._run(["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Start,End,Reason",
+                           "-j", ",".join(sorted({base_of(i) for i in ids}))], check=False)
+            for line in r.stdout.splitlines() if r.ok else []:
+                for jid, info in parse_sacct(line).items():
+                    if jid in ids:
+                        out.setdefault(jid, []).append(info)
+        return out
 
     def query(self, base_ids: Iterable[str]) -> dict[str, JobInfo]:
         """Every job/element of these jobs, from the first source that knows it."""

@@ -541,6 +541,7 @@ class SlurmBackend:
                 info = infos.get(e) or self._from_markers(env, m, j, e)
                 if info is not None:
                     got[e] = info
+            changed |= self._slurm_requeues(env, m, key, j, got)
             requeued = self._requeue(env, m, key, j, got)
             changed |= requeued
             if not requeued:
@@ -571,6 +572,37 @@ class SlurmBackend:
             return JobInfo(elem, "COMPLETED", 0, 0, source="markers", raw_state="COMPLETED (marker files)")
         return None
 
+    def _slurm_requeues(self, env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any],
+                        got: dict[str, JobInfo]) -> bool:
+        """Requeues the scheduler did by itself (with ``JobRequeue=1``, Slurm's default, a batch job on
+        a failed node is requeued, never seen ending ``NODE_FAIL``): each is recorded with its cause;
+        past SLURM_MAX_REQUEUE the job is cancelled and reported as ended by that cause."""
+        did = False
+        for e, info in list(got.items()):
+            known = sum(1 for r in j["requeues"] if r["element"] == e and r.get("ok"))
+            if info.restarts <= known:
+                continue
+            ends = self._slurm(env).endings([e]).get(e, [])
+            cause = None
+            for n in range(known, info.restarts):
+                cause = ends[n] if n < len(ends) else None
+                state = cause.state if cause else "unknown cause"
+                j["requeues"].append({"element": e, "state": state, "at": runs.now_iso(), "ok": True, "by": "slurm",
+                                      "attempt": n + 2, "ended_at": cause.end if cause else ""})
+                ledger.append(env.paths, [ledger.entry(m["campaign"], rid, key, e,
+                                                       f"requeued by Slurm after {state} (attempt {n + 2})")
+                                          for rid in j["runs"]])
+            did = True
+            if len(j["requeues"]) > env.max_requeue and not info.final:
+                self._slurm(env).cancel([e])
+                c = cause if cause is not None and cause.final else JobInfo(e, "CANCELLED", raw_state="CANCELLED")
+                got[e] = replace(c, id=e, restarts=info.restarts, source=c.source or info.source,
+                                 reason=f"requeued by Slurm {info.restarts}x, over SLURM_MAX_REQUEUE="
+                                        f"{env.max_requeue}: cancelled")
+                if self.watcher:
+                    self.watcher.final[e] = got[e]
+        return did
+
     def _requeue(self, env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any], got: dict[str, JobInfo]) -> bool:
         did = False
         for e, info in got.items():
@@ -593,7 +625,8 @@ class SlurmBackend:
         elements = {e: {**got[e].to_json(), "task_state": got[e].task_state()[0].value} for e in got}
         changes: dict[str, Any] = {"slurm": {**(supervisor.read_status(tdir).get("slurm") or {}),
                                              "elements": elements, "source": ",".join(sources),
-                                             "requeues": j.get("requeues", [])},
+                                             "requeues": j.get("requeues", []),
+                                             "attempt": 1 + max((i.restarts for i in got.values()), default=0)},
                                    "evidence": f"scheduler state from {','.join(sources) or 'nobody'}"
                                    + (f"; scheduler unreachable ({down}): last known state kept" if down else "")}
         starts = [i.start for i in got.values() if i.start]
@@ -631,7 +664,7 @@ class SlurmBackend:
                     st = el["task_state"] if el else "pending"
                     if st in supervisor.TERMINAL:
                         finish_run(paths, rid, st == "success", "" if st == "success" else
-                                   f"{k} [{e}]: {JobInfo(**{x: el[x] for x in JobInfo.__dataclass_fields__}).task_state()[1]}",
+                                   f"{k} [{e}]: {JobInfo(**{x: el[x] for x in JobInfo.__dataclass_fields__ if x in el}).task_state()[1]}",
                                    exit_code=el.get("exit_code"))
                         break
                     started |= st == "running"

@@ -282,3 +282,27 @@ def test_local_sync_outputs_reach_the_durable_folder_and_resume_starts_from_it(p
     assert wait().returncode == 0
     assert (out / "flaky" / "count").read_text().strip() == "2"
     assert by_run(status())["flaky"]["summary_ok"] is True
+
+
+def test_sweep_status_watch_refreshes_until_every_run_is_final_then_exits_with_the_verdict(project):
+    checked_out(project)
+    csv = write_csv(project, f"ok,{SH},1,\"command='sleep 3'\",\nbad,{SH},2,\"command='sleep 1; exit 3'\",\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    t0 = time.monotonic()
+    r = inv("sweep-status", "--watch", timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.count("campaign ") >= 2 and r.stdout.count("\033[2J") >= 2  # it refreshed the table
+    final = r.stdout.rsplit("\033[2J\033[H", 1)[1]  # the last table printed: every run final
+    cells = [ln.replace("│", " ").split() for ln in final.splitlines()]
+    lines = {c[0]: " ".join(c) for c in cells if c and c[0] in ("ok", "bad")}
+    assert "completed" in lines["ok"] and "failed" in lines["bad"] and "exit code 3" in lines["bad"], final
+    assert "SWEEP_FAILED" in final and "failed runs: bad" in r.stderr and took < 45
+    # every run ok: exit 0
+    assert inv("fsm-reset", "CHECKED_OUT").returncode == 0
+    csv = write_csv(project, f"ok2,{SH},1,\"command='sleep 2'\",\n", "ok.csv")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    r = inv("sweep-status", "--watch", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    final = r.stdout.rsplit("\033[2J\033[H", 1)[1]
+    assert "ok2" in final and "completed" in final and "SWEEP_COMPLETED" in final, final
