@@ -126,9 +126,9 @@ def fsm_check(c, command):
     """Exit 0 when COMMAND may run now; else exit 2 with the message the command would give."""
     from opsrg import fsm
 
-    ctx = _ctx()
-    fsm.check(command, ctx.store.read().state)
-    print(f"'{command}' may run in state {ctx.store.read().state.value}")
+    state = _ctx().store.read().state
+    fsm.check(command, state)
+    print(f"'{command}' may run in state {state.value}")
 
 
 # ------------------------------------------------------------------ pod lifecycle

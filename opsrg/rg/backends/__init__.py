@@ -16,6 +16,7 @@ Counting convention (all backends): z' < -zmax (including -inf) is ``underflow``
 
 from __future__ import annotations
 
+import abc
 import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -113,6 +114,37 @@ class Backend(Protocol):
     def sample_step(self, table: AliasTable | InverseCDF | None, grid: Grid, n: int, key: int, *,
                     shift: float = 0.0, dtype: str = "float32",
                     batch_size: int = 1_000_000) -> StepResult: ...
+
+
+class OptionalBackend(abc.ABC):
+    """A backend that needs something this machine may lack (numba, a GPU).
+
+    Subclasses say what is missing in ``_probe``; availability, its reason and the refusal are
+    shared, so every optional backend explains itself the same way.
+    """
+
+    name = "?"
+    install_hint = ""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+
+    @abc.abstractmethod
+    def _probe(self) -> str | None:
+        """Why this backend cannot run here, or None when it can."""
+
+    def available(self) -> bool:
+        self._reason = self._probe()
+        return self._reason is None
+
+    def unavailable_reason(self) -> str:
+        self.available()
+        return self._reason or ""
+
+    def _require_available(self) -> None:
+        if not self.available():
+            raise BackendUnavailableError(f"backend {self.name!r} cannot run here: {self._reason}",
+                                          hint=self.install_hint)
 
 
 def _load(name: str) -> Backend:

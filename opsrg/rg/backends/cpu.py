@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from opsrg.errors import BackendUnavailableError, InputError
+from opsrg.errors import InputError
+from opsrg.rg.backends import OptionalBackend
 
 if TYPE_CHECKING:
     from opsrg.rg.backends import StepResult
@@ -98,37 +99,26 @@ def sampler_arrays(table: AliasTable | InverseCDF | None, grid: Grid,
     return kern.MODE_ALIAS, packed_table(table, grid), dummy_f, dummy_i
 
 
-class CpuBackend:
+class CpuBackend(OptionalBackend):
     """Multi-threaded numba backend (float32 or float64 arithmetic, all cores)."""
 
     name = "cpu"
     samplers = ("alias", "icdf")
     default_batch_size = MAX_CHUNK
 
-    def __init__(self) -> None:
-        self._reason: str | None = None
+    install_hint = "install numba, or use --backend numpy"
 
-    def available(self) -> bool:
+    def _probe(self) -> str | None:
         if importlib.util.find_spec("numba") is None:
-            self._reason = "numba is not installed"
-            return False
+            return "numba is not installed"
         try:
             import numba  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - a broken numba install makes the backend unavailable
-            self._reason = f"numba cannot be imported: {exc}"
-            return False
-        self._reason = None
-        return True
-
-    def unavailable_reason(self) -> str:
-        if self._reason is None and not self.available():
-            return self._reason or "unknown"
-        return self._reason or ""
+            return f"numba cannot be imported: {exc}"
+        return None
 
     def _require(self) -> Any:
-        if not self.available():
-            raise BackendUnavailableError(f"backend 'cpu' cannot run here: {self._reason}",
-                                          hint="install numba, or use --backend numpy")
+        self._require_available()
         return _kernels()
 
     @staticmethod

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from opsrg.errors import BackendUnavailableError, InputError
+from opsrg.rg.backends import OptionalBackend
 from opsrg.rg.backends.cpu import check_dtype, compact_guide, packed_table, split_key
 
 if TYPE_CHECKING:
@@ -61,44 +62,33 @@ def kernel_source() -> str:
     return kernel_path().read_text(encoding="utf-8")
 
 
-class CupyBackend:
+class CupyBackend(OptionalBackend):
     """Fused GPU backend (CuPy + NVRTC); float32 by default, float64 on request."""
 
     name = "cupy"
     samplers = ("alias", "icdf")
 
+    install_hint = "use --backend cpu or --backend numpy"
+
     def __init__(self) -> None:
-        self._reason: str | None = None
+        super().__init__()
         self._module: Any = None
         self._shared_ok: dict[str, bool] = {}
 
     # ------------------------------------------------------------------------- availability
-    def available(self) -> bool:
+    def _probe(self) -> str | None:
         try:
             import cupy
         except Exception as exc:  # noqa: BLE001 - ImportError, or a broken CUDA install
-            self._reason = f"cupy cannot be imported ({exc.__class__.__name__}: {exc})"
-            return False
+            return f"cupy cannot be imported ({exc.__class__.__name__}: {exc})"
         try:
             ok = bool(cupy.cuda.is_available())
         except Exception as exc:  # noqa: BLE001 - CUDA errors on odd setups
-            self._reason = f"CUDA error while looking for a GPU: {exc}"
-            return False
-        if not ok:
-            self._reason = "cupy is installed but no CUDA GPU (or driver) is available"
-            return False
-        self._reason = None
-        return True
-
-    def unavailable_reason(self) -> str:
-        if self._reason is None and not self.available():
-            return self._reason or "unknown"
-        return self._reason or ""
+            return f"CUDA error while looking for a GPU: {exc}"
+        return None if ok else "cupy is installed but no CUDA GPU (or driver) is available"
 
     def _require(self) -> Any:
-        if not self.available():
-            raise BackendUnavailableError(f"backend 'cupy' cannot run here: {self._reason}",
-                                          hint="use --backend cpu or --backend numpy")
+        self._require_available()
         import cupy
 
         if self._module is None:
