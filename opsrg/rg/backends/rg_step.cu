@@ -1,0 +1,1 @@
+../../../kernels/rg_step.cu
