@@ -11,6 +11,10 @@ direct rsync when the loop is gone::
 
 The tmux sweep driver, which has its launch snapshot rather than a Context, calls the same pair
 with explicit places (:func:`start_loop`, :func:`finish_loop`).
+
+A pass is resumable and shows a file under its own name only once it is complete: an interrupted
+pass keeps what it copied in ``.rsync-partial/`` next to the file (the next pass goes on from it),
+never a truncated file under the real name. The final pass removes partial folders left behind.
 """
 
 from __future__ import annotations
@@ -25,18 +29,28 @@ if TYPE_CHECKING:
     from .hosts import Host
     from .tracked import TaskManager
 
-# Never copied: temp files of atomic writes (``.NAME.XXXX.tmp``) and of a concurrent rsync
-# (``.NAME.XXXXXX``: a mirror pass and a fill run at once), lock files.
-EXCLUDES = ("--exclude=.rsync-partial", "--exclude=.*.tmp", "--exclude=.*." + "[A-Za-z0-9]" * 6,
-            "--exclude=*.lock")
+PARTIAL_DIR = ".rsync-partial"
+# Never results, so never mirrored nor fetched (rsync exclude patterns; each matches a file or
+# folder name): rsync's partial folder, temp files of atomic writes (``.NAME.XXXXXXXX.tmp``,
+# opsrg/atomic.py) and of an rsync writing at the same moment or killed (``.NAME.XXXXXX``: a
+# mirror pass and a fill run at once), lock files.
+NOT_RESULTS = (PARTIAL_DIR, ".*.tmp", ".*." + "[A-Za-z0-9]" * 6, "*.lock")
+EXCLUDES = tuple(f"--exclude={x}" for x in NOT_RESULTS)
+# One mirror pass. ``--partial-dir`` (not ``--partial``): a killed pass leaves its partial copy in
+# the partial folder, where the next pass resumes from it, not under the file's own name.
+RSYNC_PASS = ("rsync", "-a", f"--partial-dir={PARTIAL_DIR}", *EXCLUDES)
+# After the final pass every file is complete: a partial copy still there belongs to a file the
+# run removed meanwhile.
+CLEAN_SH = "find {dst} -type d -name " + PARTIAL_DIR + " -prune -exec rm -rf {{}} +"
 LOOP_SH = r"""src={src}; dst={dst}; stop={stop}; every={every}
 mkdir -p "$src" "$dst"
-pass_() {{ rsync -a --partial {excludes} "$src/" "$dst/"; }}
+pass_() {{ {rsync} "$src/" "$dst/"; }}
 while [ ! -e "$stop" ]; do
   pass_ || echo "sync pass failed ($?), retrying in ${{every}}s"
   for _ in $(seq "$every"); do [ -e "$stop" ] && break; sleep 1; done
 done
-pass_
+pass_ || {{ rc=$?; echo "final sync pass failed ($rc)"; exit "$rc"; }}
+{clean}
 echo "final sync done"
 """
 
@@ -82,7 +96,7 @@ def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, 
     host.run(["mkdir", "-p", src, dst, stop.rsplit("/", 1)[0]])
     host.run(["rm", "-f", stop])
     cmd = LOOP_SH.format(src=shlex.quote(src), dst=shlex.quote(dst), stop=shlex.quote(stop), every=int(every),
-                         excludes=shlex.join(EXCLUDES))
+                         rsync=shlex.join(RSYNC_PASS), clean=CLEAN_SH.format(dst='"$dst"'))
     tasks.run(task_id(run_id), cmd, replace=True)
     return task_id(run_id)
 
@@ -100,10 +114,11 @@ def finish_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str,
     if rec is not None and not waited_out and rec.state == TaskState.SUCCESS:
         return f"{run_id}: final sync done by task {tid}"
     # The loop died, was killed or is stuck: do the final pass here, directly.
-    r = host.run(["rsync", "-a", "--partial", *EXCLUDES, f"{src}/", f"{dst}/"], check=False, timeout=timeout)
+    r = host.run(f"{shlex.join([*RSYNC_PASS, f'{src}/', f'{dst}/'])} && {CLEAN_SH.format(dst=shlex.quote(dst))}",
+                 check=False, timeout=timeout)
     if not r.ok:
         raise HostError(f"{run_id}: final sync {src} -> {dst} failed ({r.exited}): {r.stderr.strip()[-500:]}",
                         hint=f"the run's files are still in {src}; copy them with "
-                             f"`rsync -a {shlex.quote(src + '/')} {shlex.quote(dst + '/')}`")
+                             f"`{shlex.join([*RSYNC_PASS, src + '/', dst + '/'])}`")
     why = "no sync task" if rec is None else f"task {tid} {'did not stop in time' if waited_out else rec.state}"
     return f"{run_id}: final sync done directly ({why})"
