@@ -4,6 +4,9 @@ All three are rsync through :meth:`Host.sync` (resumable: ``--partial``), so an 
 transfer continues where it stopped when the command is run again. ``fetch-run`` adds a
 manifest (size and sha256 of every file) computed on the pod, checked after the transfer;
 only a run whose every file matches gets its ``FETCHED.json`` marker.
+
+Only results travel home: lock files, temp files of atomic writes and rsync's partial folders
+(:data:`opsrg.localsync.NOT_RESULTS`) are left out of the manifest and the copy alike.
 """
 
 from __future__ import annotations
@@ -18,27 +21,31 @@ from typing import Any
 from .atomic import atomic_write_json
 from .context import Context
 from .errors import HostError, InputError
+from .localsync import NOT_RESULTS
 from .settings import REPO_ROOT
 from .ssh import LinkDropped
 
 FETCHED = "FETCHED.json"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PUSH_EXCLUDES = (".git", ".venv", ".opsrg", "artifacts", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
-PULL_EXCLUDES = ("*.lock", ".rsync-partial")
+PULL_EXCLUDES = NOT_RESULTS
 
-# Runs on the pod with any Python 3 (stdlib only). Hashes every file under the run folder,
-# reusing the previous manifest's sha256 for a file whose size and mtime did not change.
+# Runs on the pod with any Python 3 (stdlib only). Hashes every file under the run folder except
+# those whose name (or a folder's) matches an rsync exclude pattern of argv[3] (as the copy skips
+# them), reusing the previous manifest's sha256 for a file whose size and mtime did not change.
 MANIFEST_PY = r"""
-import hashlib, json, os, sys, tempfile
-root, out = sys.argv[1], sys.argv[2]
+import fnmatch, hashlib, json, os, sys, tempfile
+root, out, skip = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+def kept(name):
+    return not any(fnmatch.fnmatchcase(name, pat) for pat in skip)
 try:
     old = {f["path"]: f for f in json.load(open(out))["files"]}
 except Exception:
     old = {}
 files = []
 for d, dirs, names in os.walk(root):
-    dirs[:] = sorted(x for x in dirs if x != ".rsync-partial")
-    for n in sorted(names):
+    dirs[:] = sorted(x for x in dirs if kept(x))
+    for n in sorted(filter(kept, names)):
         p = os.path.join(d, n)
         if os.path.islink(p) or not os.path.isfile(p):
             continue
@@ -105,7 +112,7 @@ def push(ctx: Context, *, src: str | None = None, dry_run: bool = False, delete:
 
 
 def pull(ctx: Context, *, dry_run: bool = False) -> str:
-    """The pod's outputs folder -> LOCAL_ARTIFACTS_DIR (everything; use fetch-run for a verified run)."""
+    """The pod's outputs folder -> LOCAL_ARTIFACTS_DIR (all results; use fetch-run for a verified run)."""
     dst = ctx.artifacts_dir
     r = ctx.host.sync(ctx.outputs_dir, str(dst), to_host=False, dry_run=dry_run, excludes=PULL_EXCLUDES)
     files = _changed(r.stdout)
@@ -135,7 +142,7 @@ def manifest(ctx: Context, run_id: str) -> dict[str, Any]:
     """Write (or refresh) the run's manifest on the pod, under ``_control/manifests``; return it."""
     host = ctx.host
     out = f"{ctx.control_dir}/manifests/{run_id}.json"
-    cmd = [host.python, "-c", MANIFEST_PY, f"{ctx.outputs_dir}/{run_id}", out]
+    cmd = [host.python, "-c", MANIFEST_PY, f"{ctx.outputs_dir}/{run_id}", out, json.dumps(NOT_RESULTS)]
     try:
         r = host.run(cmd, timeout=3600)
     except LinkDropped:  # hashing is safe to repeat: once more, within the host's reconnect budget
@@ -192,7 +199,7 @@ def fetch_run(ctx: Context, run_id: str) -> FetchResult:
     # From here on the local copy is in flux: it is complete only when the marker says so.
     marker.unlink(missing_ok=True)
     try:
-        r = host.sync(remote, str(local), to_host=False, excludes=(FETCHED, ".rsync-partial"))
+        r = host.sync(remote, str(local), to_host=False, excludes=(FETCHED, *NOT_RESULTS))
     except HostError as e:
         raise type(e)(f"fetch-run {run_id}: transfer interrupted ({e.message}); the partial copy in {local} "
                       f"is not marked complete", hint=f"it resumes where it stopped; run: {resume}") from None

@@ -160,6 +160,48 @@ def test_push_and_pull_with_dry_run(ssh_project):
     assert (ssh_project / "artifacts" / "r1" / "o.txt").stat().st_size == 5
 
 
+def make_non_results(run: Path) -> set[str]:
+    """What a live run folder also holds: a lock, an atomic write's temp file (named as
+    opsrg.atomic names it), a killed rsync's temp file, partial folders. None of it is a result."""
+    import tempfile
+
+    (run / "sub" / ".rsync-partial").mkdir(parents=True)
+    (run / "sub" / ".rsync-partial" / "mid.npz").write_bytes(b"p" * 10)
+    (run / ".rsync-partial").mkdir()
+    (run / ".rsync-partial" / "small.json").write_bytes(b"{")
+    (run / "sub" / ".mid.npz.Ab12Cd").write_bytes(b"t" * 300)
+    fd, tmp = tempfile.mkstemp(prefix=".small.json.", suffix=".tmp", dir=run)
+    os.write(fd, b"{half")
+    os.close(fd)
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_fetch_run_and_pull_bring_home_only_results(provider, request):
+    from opsrg.atomic import locked
+
+    root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
+    outputs = root / "pod" / "outputs" if provider == "ssh" else root / "outputs"
+    digests = make_run(outputs, "run-r", {"small.json": 700, "sub/mid.npz": 5000, "out.lock.json": 3})
+    run = outputs / "run-r"
+    ctx = Context.load()
+    with locked(run / "small.json"):  # a writer holds the run's lock (flock) while it is fetched
+        junk = make_non_results(run) - set(digests)
+        assert "small.json.lock" in junk and len(junk) == 5
+        res = transfer.fetch_run(ctx, "run-r")
+        local = ctx.artifacts_dir / "run-r"
+        assert res.files == 3 and local_digests(local) == digests  # outputs only, each verified
+        marker = json.loads((local / transfer.FETCHED).read_text())
+        pod_manifest = json.loads((Path(ctx.control_dir) / "manifests" / "run-r.json").read_text())
+        assert sorted(f["path"] for f in marker["files"]) == sorted(f["path"] for f in pod_manifest["files"]) \
+            == sorted(digests)
+        assert transfer.fetch_run(Context.load(), "run-r").already_complete
+        transfer.pull(ctx)
+    pulled = [p for p in ctx.artifacts_dir.rglob("*") if p.name.endswith((".lock", ".tmp", ".Ab12Cd"))
+              or p.name == ".rsync-partial"]
+    assert pulled == [] and local_digests(local) == digests
+
+
 def test_fetch_run_local_provider(project):
     make_run(project / "outputs", "loc", {"a": 10, "d/b": 2000})
     ctx = Context.load()
