@@ -6,6 +6,11 @@ so it works on any pod with a Python 3, before opsrg is installed there. It runs
 group), heartbeats, and writes the final status even when it is signalled. Every change to a
 status file, from here or from opsrg, goes through :func:`update_status`: locked, atomic,
 forward-only.
+
+``run`` forks first: the parent is a small guardian (a Linux child subreaper, so orphans of the
+task are re-parented to it) that waits for the supervisor child. If the supervisor dies without
+recording an end (``kill -9``, a crash), the guardian kills the orphaned process tree and records
+the task ``failed``/``lost`` at once, instead of leaving that to a later observer.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ KILL_REQUEST = "kill_requested"
 LOG = "stdout.log"
 COMMAND = "command.sh"
 HEARTBEAT_EVERY = 2.0
+ORPHAN_KILL_GRACE = 1.0  # TERM, then KILL, for the processes of a task whose supervisor died
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def now_iso() -> str:
@@ -114,6 +123,14 @@ def proc_cmdline(pid: int) -> str:
         return ""
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip() or "?"
+    except OSError:
+        return "?"
+
+
 def descendants(root: int) -> list[int]:
     """All live descendants of ``root`` (even ones that left its process group)."""
     children: dict[int, list[int]] = {}
@@ -134,11 +151,12 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def kill_tree(pid: int | None, pgid: int | None, grace: float) -> None:
-    """TERM the process group and every descendant, wait ``grace`` s, then KILL what is left."""
+def kill_tree(pid: int | None, pgid: int | None, grace: float, extra: tuple[int, ...] | list[int] = ()) -> None:
+    """TERM the process group, every descendant and ``extra``, wait ``grace`` s, then KILL what is left."""
     targets = set(descendants(pid)) if pid else set()
     if pid:
         targets.add(pid)
+    targets.update(extra)
 
     def send(sig: int) -> None:
         if pgid:
@@ -164,23 +182,55 @@ def _group_alive(pgid: int | None) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    # A group whose members are all zombies is gone for our purposes.
+    return bool(group_members(pgid))  # a group whose members are all zombies is gone for our purposes
+
+
+def group_members(pgid: int | None) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    if not pgid:
+        return []
+    out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 if os.getpgid(int(name)) == pgid and proc_state(int(name)) not in (None, "Z"):
-                    return True
+                    out.append(int(name))
             except (ProcessLookupError, PermissionError):
                 continue
-    return False
+    return out
 
 
-def _set_pdeathsig() -> None:
-    """Die with the supervisor: a kill -9 of it must not leave the command unsupervised."""
-    with contextlib.suppress(Exception):
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
+def _prctl(option: int, arg: int) -> bool:
+    """prctl(2) through ctypes; False where there is none (not Linux, no ctypes)."""
+    try:
+        return _libc().prctl(option, arg, 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+def _pdeathsig_setter():
+    """A preexec_fn: die with the supervisor, so a kill -9 of it never leaves ``bash`` unsupervised."""
+    parent = os.getpid()
+    with contextlib.suppress(ImportError, OSError):
+        _libc()  # loaded here, not in the forked child
+
+    def set_it() -> None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the supervisor died before the line above: follow it
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_it
 
 
 # ---------------------------------------------------------------- supervise
@@ -196,7 +246,7 @@ class _Signals:
             self.received = signum
 
 
-def supervise(task_dir: str) -> int:
+def supervise(task_dir: str, guardian: int | None = None) -> int:
     task_dir = os.path.abspath(task_dir)
     rec = read_status(task_dir)
     if rec.get("state") != "pending":
@@ -213,7 +263,7 @@ def supervise(task_dir: str) -> int:
         proc = subprocess.Popen(
             ["bash", os.path.join(task_dir, COMMAND)], cwd=rec.get("cwd") or task_dir,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_set_pdeathsig,
+            start_new_session=True, preexec_fn=_pdeathsig_setter(),
         )
     except OSError as e:
         update_status(task_dir, state="failed", reason=f"could not start: {e}", ended_at=now_iso(),
@@ -221,7 +271,8 @@ def supervise(task_dir: str) -> int:
         return 1
     t0 = time.monotonic()
     update_status(task_dir, state="running", pid=os.getpid(), child_pid=proc.pid, pgid=proc.pid,
-                  host=socket.gethostname(), started_at=now_iso(), supervisor=sys.executable)
+                  host=socket.gethostname(), started_at=now_iso(), supervisor=sys.executable,
+                  **({"guardian_pid": guardian} if guardian else {}))
     last_hb = t0
     state, reason, rc = None, "", None
     while True:
@@ -262,6 +313,93 @@ def supervise(task_dir: str) -> int:
                   f"{' (' + reason + ')' if reason else ''} after {elapsed:.1f}s\n".encode())
         log.close()
     return 0 if state == "success" else 1
+
+
+# ---------------------------------------------------------------- guardian
+
+def guard(task_dir: str) -> int:
+    """Run the supervisor in a forked child and outlive it (what ``supervise.py run`` does).
+
+    The parent stays in the tmux window as the child's guardian: it forwards TERM/HUP/INT to the
+    supervisor, reaps orphans re-parented to it (it is a child subreaper), and when the supervisor
+    dies without recording an end it settles the task at once (:func:`settle_orphaned`). It never
+    writes while the supervisor lives, so the supervisor stays the single writer of a live task.
+    """
+    task_dir = os.path.abspath(task_dir)
+    subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # none is lost between fork and handlers
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            code = supervise(task_dir, guardian=os.getppid())
+        except BaseException:  # noqa: BLE001  (any crash: recorded in the log, then settled below)
+            import traceback
+
+            with contextlib.suppress(OSError), open(os.path.join(task_dir, LOG), "a") as fh:
+                fh.write("\n[opsrg] supervisor crashed:\n" + traceback.format_exc())
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+    def forward(signum, _frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    while True:  # also reaps orphans re-parented to us while the supervisor runs
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            break
+    for sig in FORWARDED:  # the child's pid may be reused now; and settling must not be cut short
+        signal.signal(sig, signal.SIG_IGN)
+    code = settle_orphaned(task_dir, child, status, subreaper)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    return code
+
+
+def settle_orphaned(task_dir: str, sup_pid: int, wait_status: int, subreaper: bool) -> int:
+    """After supervisor ``sup_pid`` ended: if it left its task unfinished, kill what is left and record it lost.
+
+    What an observer's :func:`check` would do, done by the supervisor's guardian the moment the
+    supervisor dies. Refused (by :func:`update_status`) if the record is already terminal.
+    """
+    if os.WIFSIGNALED(wait_status):
+        how, code = f"was killed by {signal.Signals(os.WTERMSIG(wait_status)).name}", 1
+    else:
+        code = os.WEXITSTATUS(wait_status)
+        how = f"exited with code {code}"
+    try:
+        rec = read_status(task_dir)
+    except (OSError, ValueError):
+        rec = None
+    if rec is None:  # no record to settle; still, a killed supervisor's processes must not live on
+        if os.WIFSIGNALED(wait_status) and subreaper:
+            kill_tree(None, None, ORPHAN_KILL_GRACE, extra=descendants(os.getpid()))
+        return code
+    state = rec.get("state")
+    ours = rec.get("pid") == sup_pid or (state == "pending" and not rec.get("pid"))
+    if not ours or state in TERMINAL:
+        return code  # ended properly, or another supervisor's task (ours refused to start it)
+    orphans = descendants(os.getpid()) if subreaper else []
+    pgid = rec.get("pgid")
+    victims = sorted(set(orphans) | set(group_members(pgid)))
+    named = ", ".join(f"{p} {_comm(p)}" for p in victims[:8])
+    kill_tree(None, pgid, ORPHAN_KILL_GRACE, extra=victims)
+    evidence = (f"supervisor pid {sup_pid} {how} before recording an end; its guardian pid {os.getpid()} "
+                + (f"killed the orphaned process tree ({len(victims)}: {named}{', ...' if len(victims) > 8 else ''})"
+                   if victims else "found no process of the task left"))
+    update_status(task_dir, state="failed", reason="lost", evidence=evidence, ended_at=now_iso(), exit_code=None)
+    with contextlib.suppress(OSError), open(os.path.join(task_dir, LOG), "ab") as fh:
+        fh.write(f"\n[opsrg] task {rec.get('id')} lost: {evidence}\n".encode())
+    return 1
 
 
 # ---------------------------------------------------------------- liveness
@@ -361,7 +499,7 @@ def main(argv: list[str]) -> int:
     cmd, task_dir = argv[0], argv[1]
     extra = float(argv[2]) if len(argv) > 2 else None
     if cmd == "run":
-        return supervise(task_dir)
+        return guard(task_dir)
     if cmd == "probe":
         out = probe(task_dir, extra or 30.0)
     elif cmd == "check":

@@ -20,7 +20,9 @@ def test_doctor_finds_and_fixes(project):
     while not (pid := json.load(open(ctx.tasks.paths("dead").status)).get("pid")):
         assert time.monotonic() - t0 < 10
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    # The supervisor and its guardian at once (their own process group), as a crash would: a supervisor
+    # killed alone is settled by its guardian, leaving nothing for the doctor.
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
     time.sleep(0.2)
     # a temp file left by a killed writer, a DONE marker without its histograms, a READY without its part
     run = os.path.join(out, "fp1")

@@ -6,7 +6,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,17 +63,73 @@ def test_wait_returns_soon_after_the_end(tasks):
     assert time.time() - parse_iso(rec.raw["ended_at"]) < 0.5
 
 
-def test_kill9_of_supervisor_is_detected_as_lost(tasks, tmp_path):
+def _status(tasks, task_id: str) -> dict:
+    """status.json as it is on disk: no observer (no probe, no check) runs."""
+    return json.loads(Path(tasks.paths(task_id).status).read_text())
+
+
+def _gone(pid: int) -> bool:
+    return proc_state(pid) in (None, "Z")
+
+
+def _deep_tree_command(marker) -> str:
+    """A command whose processes outlive a killed ``bash``: a background sleep, a nested bash with its
+    own background sleep, a python grandchild, and a python grandchild that leaves the process group."""
+    py = sys.executable
+    note = f"open({str(marker)!r}, 'a').write(str(os.getpid()) + chr(10))"
+    return (f"sleep 1000 & echo $! >> {marker}; "
+            f"bash -c 'sleep 1000 & echo $! >> {marker}; wait' & "
+            f"{py} -c \"import os, time; {note}; time.sleep(1000)\" & "
+            f"{py} -c \"import os, time; os.setsid(); {note}; time.sleep(1000)\" & "
+            "wait")
+
+
+def test_kill9_of_supervisor_kills_the_tree_and_records_lost_at_once(tasks, tmp_path):
+    """No observer runs: the supervisor's guardian settles the task the moment it dies."""
+    marker = tmp_path / "pids"
+    tasks.run("victim", _deep_tree_command(marker))
+    st = retry_until(lambda: (s := _status(tasks, "victim"))["state"] == "running" and s, what="running")
+    retry_until(lambda: marker.exists() and len(marker.read_text().split()) == 4, what="all grandchildren started")
+    grandchildren = [int(x) for x in marker.read_text().split()]
+    pids = [st["child_pid"], *grandchildren]
+    assert not any(_gone(p) for p in pids)
+    t0 = time.monotonic()
+    os.kill(st["pid"], signal.SIGKILL)
+    st = retry_until(lambda: (s := _status(tasks, "victim"))["state"] != "running" and s, timeout=5,
+                     interval=0.02, what="status.json to leave running")
+    settled = time.monotonic() - t0
+    assert st["state"] == "failed" and st["reason"] == "lost" and st["exit_code"] is None
+    assert f"supervisor pid {st['pid']} was killed by SIGKILL" in st["evidence"]
+    assert f"guardian pid {st['guardian_pid']} killed the orphaned process tree" in st["evidence"]
+    # Every process was killed before the record said lost.
+    assert [p for p in pids if not _gone(p)] == []
+    retry_until(lambda: _gone(st["guardian_pid"]), timeout=5, what="the guardian to exit")
+    sock = st["tmux"]["socket"]
+    retry_until(lambda: "victim" not in subprocess.run(
+        ["tmux", "-L", sock, "list-windows", "-a", "-F", "#{window_name}"], capture_output=True, text=True,
+        check=False).stdout, timeout=5, what="the task's tmux window to close")
+    assert "lost: supervisor pid" in Path(tasks.paths("victim").log).read_text()
+    assert settled < 3.0, f"took {settled:.2f}s"
+    # An observer now agrees and changes nothing.
+    before = Path(tasks.paths("victim").status).read_text()
+    assert tasks.status("victim").reason == "lost"
+    assert Path(tasks.paths("victim").status).read_text() == before
+
+
+def test_supervisor_and_guardian_killed_together_is_left_to_observers(tasks, tmp_path):
+    """Both killed at once (as a crash of the host's process tree would): an observer records it lost."""
     marker = tmp_path / "grandchild.pid"
-    tasks.run("victim", f"sleep 60 & echo $! > {marker}; wait")
-    rec = retry_until(lambda: (r := tasks.read("victim")).state == TaskState.RUNNING and r, what="running")
+    tasks.run("victim2", f"sleep 60 & echo $! > {marker}; wait")
+    rec = retry_until(lambda: (r := tasks.read("victim2")).state == TaskState.RUNNING and r, what="running")
     retry_until(marker.exists, what="grandchild started")
-    os.kill(rec.pid, signal.SIGKILL)
-    rec, _ = tasks.wait("victim", timeout=20)
+    guardian = rec.raw["guardian_pid"]
+    assert os.getpgid(guardian) == os.getpgid(rec.pid)  # the group holds exactly these two
+    os.killpg(os.getpgid(rec.pid), signal.SIGKILL)
+    rec, _ = tasks.wait("victim2", timeout=20)
     assert rec.state == TaskState.FAILED and rec.reason == "lost"
-    assert f"supervisor pid {rec.pid}" in rec.evidence
+    assert f"supervisor pid {rec.pid}" in rec.evidence and "guardian" not in rec.evidence
     grandchild = int(marker.read_text())
-    retry_until(lambda: proc_state(grandchild) in (None, "Z"), what="orphan killed")
+    retry_until(lambda: _gone(grandchild), what="orphan killed")
 
 
 def test_killing_tmux_server_never_leaves_running(tasks, project):
@@ -96,7 +154,8 @@ def test_task_kill_stops_whole_tree(tasks, tmp_path):
 
 def test_observers_do_not_change_a_live_record(tasks):
     tasks.run("live", "echo started; sleep 3")
-    retry_until(lambda: "started" in open(tasks.paths("live").log).read(), what="running and logging")
+    retry_until(lambda: "started" in Path(tasks.paths("live").log).read_text()
+                and tasks.read("live").state == TaskState.RUNNING, what="running and logging")
     before = open(tasks.paths("live").status).read()
     tasks.status("live")
     tasks.list()
@@ -171,8 +230,6 @@ def test_stale_heartbeat_is_evidence_of_loss(tmp_path):
 
     (tmux sends SIGCONT to stopped pane processes, so the hang is staged outside tmux.)
     """
-    import sys
-
     from opsrg import supervisor as sv
 
     d = tmp_path / "hung"

@@ -12,12 +12,14 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from opsrg import supervisor as sv
 from opsrg.context import Context
 from opsrg.tracked import TaskState
+from support import retry_until
 
 pytestmark = pytest.mark.tmux
 
@@ -35,36 +37,66 @@ def _all_json_valid(root: str) -> tuple[int, int]:
     return files, corrupt
 
 
-def test_kill9_supervisor_at_random_moments(project):
+def _status_on_disk(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError:
+        pytest.fail("torn status.json observed by a reader")
+
+
+def test_kill9_supervisor_at_random_moments(project, tmp_path):
+    """Each task leaves a grandchild behind its bash; the supervisor is killed at a random moment.
+
+    With no observer running, every record must become terminal within seconds (the guardian
+    settles a killed supervisor's task) and no grandchild may survive, whatever the outcome.
+    """
     tasks = Context.load().tasks
     rng = random.Random(1234)
-    trials, killed = 16, 0
+    trials, killed, kill_at = 16, 0, {}
     for i in range(trials):
-        tasks.run(f"k{i}", "sleep 0.4; echo done")
+        tasks.run(f"k{i}", f"sleep 30 & echo $! > {tmp_path}/k{i}.pid; sleep 0.4; echo done")
         time.sleep(rng.uniform(0.0, 0.6))
-        pid = None
-        try:
-            pid = json.load(open(tasks.paths(f"k{i}").status)).get("pid")
-        except ValueError:
-            pytest.fail("torn status.json observed by a reader")
+        pid = _status_on_disk(tasks.paths(f"k{i}").status).get("pid")
         if pid:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
+                kill_at[i] = time.monotonic()
             except ProcessLookupError:
                 pass
+    # No observer: read the files and /proc only.
+    settle = []
+    deadline = time.monotonic() + 15
+    for i in range(trials):
+        path = tasks.paths(f"k{i}").status
+        while (st := _status_on_disk(path))["state"] not in sv.TERMINAL:
+            assert time.monotonic() < deadline, f"k{i} still {st['state']} with no observer: {st}"
+            time.sleep(0.02)
+        if i in kill_at and st.get("reason") == "lost":
+            settle.append(sv.parse_iso(st["ended_at"]) - (time.time() - (time.monotonic() - kill_at[i])))
+    survivors = []
+    for i in range(trials):
+        marker = tmp_path / f"k{i}.pid"
+        if marker.exists() and marker.read_text().strip():
+            gc = int(marker.read_text())
+            try:
+                retry_until(lambda gc=gc: sv.proc_state(gc) in (None, "Z"), timeout=3, what=f"k{i} grandchild gone")
+            except TimeoutError:
+                survivors.append(gc)
     states = {}
     for i in range(trials):
         rec, waited_out = tasks.wait(f"k{i}", timeout=30)
         assert not waited_out
         states[rec.state] = states.get(rec.state, 0) + 1
         if rec.state == TaskState.FAILED:
-            assert rec.reason == "lost" and rec.evidence
+            assert rec.reason == "lost" and "its guardian pid" in rec.evidence, rec.evidence
     files, corrupt = _all_json_valid(tasks.root)
     running = sum(1 for r in tasks.list() if not r.state.is_terminal)
+    worst = f"{max(settle):.2f}s" if settle else "-"
     print(f"\nFIGURE kill-9 supervisor: trials={trials} faults={killed} left_running={running} "
-          f"corrupt_json={corrupt}/{files} outcomes={ {k.value: v for k, v in states.items()} }")
-    assert running == 0 and corrupt == 0
+          f"corrupt_json={corrupt}/{files} outcomes={ {k.value: v for k, v in states.items()} } "
+          f"surviving_grandchildren={len(survivors)} kill_to_lost_max={worst} (no observer)")
+    assert running == 0 and corrupt == 0 and not survivors
 
 
 def test_tmux_server_killed_with_tasks_in_flight(project):
