@@ -37,7 +37,7 @@ class Watch(threading.Thread):
                 pass
             time.sleep(0.001)
 
-    def __enter__(self) -> Watch:
+    def __enter__(self):
         self.start()
         return self
 

@@ -170,7 +170,7 @@ def make_non_results(run: Path) -> set[str]:
     (run / ".rsync-partial").mkdir()
     (run / ".rsync-partial" / "small.json").write_bytes(b"{")
     (run / "sub" / ".mid.npz.Ab12Cd").write_bytes(b"t" * 300)
-    fd, tmp = tempfile.mkstemp(prefix=".small.json.", suffix=".tmp", dir=run)
+    fd, _ = tempfile.mkstemp(prefix=".small.json.", suffix=".tmp", dir=run)
     os.write(fd, b"{half")
     os.close(fd)
     return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
