@@ -111,8 +111,12 @@ class LocalHost:
 
     def sync(self, src: str, dst: str, *, to_host: bool = True, delete: bool = False,
              dry_run: bool = False, excludes: Sequence[str] = ()) -> RunResult:
-        """rsync between two folders of this machine (direction is moot locally)."""
-        args = ["rsync", "-a", "--partial", "--itemize-changes"]
+        """rsync between two folders of this machine (direction is moot locally).
+
+        A cut transfer keeps its partial copy in ``.rsync-partial/`` (resumed by the next call),
+        never as a truncated file under the real name, as on the SSH host.
+        """
+        args = ["rsync", "-a", "--partial-dir=.rsync-partial", "--itemize-changes"]
         if delete:
             args.append("--delete")
         if dry_run:

@@ -92,6 +92,21 @@ def test_sync_both_directions(host, tmp_path):
     assert not Path(pod, "a.txt").exists()
 
 
+def test_sync_resumes_a_cut_transfer_from_the_partial_folder(host, tmp_path):
+    # a cut pass leaves its copy in .rsync-partial/, never a truncated file under the real name;
+    # the next pass finishes the file from there and removes the folder
+    local = tmp_path / "local"
+    local.mkdir()
+    data = os.urandom(3_000_000)
+    (local / "big.bin").write_bytes(data)
+    pod = Path(tmp_path, "pod")
+    (pod / ".rsync-partial").mkdir(parents=True)
+    (pod / ".rsync-partial" / "big.bin").write_bytes(data[:1_000_000])
+    host.sync(str(local), str(pod), to_host=True)
+    assert (pod / "big.bin").read_bytes() == data
+    assert not (pod / ".rsync-partial").exists()
+
+
 @pytest.mark.tmux
 def test_tracked_tasks_contract(host, tmp_path, tmux_socket):
     tm = TaskManager(host, f"{tmp_path}/outputs", tmux_socket=tmux_socket, tmux_session="t", kill_grace=1)
