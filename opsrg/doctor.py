@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 from .context import Context
 
 TMP_AGE_SECS = 300.0
+# rsync's own temp file (``.NAME.XXXXXX``) of a pass that was killed (SIGKILL: it cannot clean up)
+RSYNC_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
 DONE_RE = re.compile(r"^DONE_RG(\d+)\.json$")
 READY_RE = re.compile(r"^part_(\d+)\.READY$")
 
@@ -54,17 +56,23 @@ def check_tasks(ctx: Context, fix: bool) -> Iterator[Finding]:
 
 
 def check_temp_files(root: Path, fix: bool) -> Iterator[Finding]:
-    """Temp files of atomic writers that were killed mid-write."""
+    """Temp files of atomic writers and of rsync passes that were killed mid-write."""
     now = time.time()
     for dirpath, _, names in os.walk(root):
         for n in names:
             if n.startswith(".") and n.endswith(".tmp"):
-                path = Path(dirpath) / n
+                what = "an interrupted write (the file it was meant to replace is intact)"
+            elif RSYNC_TMP_RE.match(n):
+                what = "a killed rsync pass (never a result; the next pass copies the file again)"
+            else:
+                continue
+            path = Path(dirpath) / n
+            try:
                 age = now - path.stat().st_mtime
-                if age < TMP_AGE_SECS:
-                    continue
-                f = Finding("temp", str(path), f"leftover of an interrupted write, {age:.0f}s old "
-                            "(the file it was meant to replace is intact)", "delete it")
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
+            if age >= TMP_AGE_SECS:
+                f = Finding("temp", str(path), f"{age:.0f}s old leftover of {what}", "delete it")
                 if fix:
                     path.unlink(missing_ok=True)
                     f.fixed = True

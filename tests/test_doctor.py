@@ -91,3 +91,22 @@ def test_doctor_reconciles_a_sweep_whose_driver_and_run_died(project):
     assert json.load(open(out / "slow" / "run_manifest.json"))["state"] == "failed"
     assert json.loads(inv("fsm-status", "--json").stdout)["state"] == "SWEEP_FAILED"
     assert inv("doctor").returncode == 0
+
+
+def test_old_temp_files_of_writers_and_killed_rsync_passes(tmp_path):
+    old = time.time() - 3600
+    names = {".summary.json.k3j2.tmp": True,      # atomic write
+             ".z_hist_RG3.npz.Ab12Cd": True,      # rsync temp of a killed pass
+             ".fresh.npz.Zz99Yy": False,          # too young: maybe a pass running now
+             "result.json": False, ".hidden": False, ".x.lock": False, "out.abcdef": False}
+    for name, is_old in names.items():
+        p = tmp_path / name
+        p.write_text("x")
+        if is_old or name != ".fresh.npz.Zz99Yy":
+            os.utime(p, (old, old))
+    found = sorted(os.path.basename(f.subject) for f in doctor.check_temp_files(tmp_path, fix=False))
+    assert found == [".summary.json.k3j2.tmp", ".z_hist_RG3.npz.Ab12Cd"]
+    assert all((tmp_path / n).exists() for n in names)  # looking changed nothing
+    fixed = list(doctor.check_temp_files(tmp_path, fix=True))
+    assert all(f.fixed for f in fixed) and len(fixed) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, o in names.items() if not o)
