@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import re
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .context import Context
 from .errors import ConfigError, HostError, UnreachableError
+from .hosts import LocalHost
 from .settings import REPO_ROOT
 
 PREREQS = ("tmux", "rsync", "git")
@@ -190,15 +194,40 @@ def bootstrap(ctx: Context) -> str:
 
 
 # ------------------------------------------------------------------ checkout
-def default_repo_url(ctx: Context) -> str:
-    """REPO_URL, or this project's own git repository (so the local demo works)."""
-    if ctx.s.repo_url:
-        return ctx.s.repo_url
+def local_repository(ctx: Context) -> str:
+    """The git repository this project is in (the checkout's source when REPO_URL is empty)."""
     for base in (ctx.loaded.root, REPO_ROOT):
         p = subprocess.run(["git", "-C", str(base), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
         if p.returncode == 0:
             return p.stdout.strip()
     raise ConfigError("REPO_URL is empty and the project is not in a git repository: set REPO_URL")
+
+
+def default_repo_url(ctx: Context) -> str:
+    """REPO_URL, or this project's own git repository (so the local demo works)."""
+    return ctx.s.repo_url or local_repository(ctx)
+
+
+def ship_bundle(ctx: Context, repo: str, ref: str) -> str:
+    """With no REPO_URL, a pod that is not this machine cannot read the local repository: send
+    it the committed history of ``ref`` as a git bundle and clone from that file."""
+    if ctx.s.checkout_pr:
+        raise ConfigError("CHECKOUT_PR needs REPO_URL: a pull request lives on the remote, not in this repository",
+                          hint="set REPO_URL in workflow.env (or unset CHECKOUT_PR), then run: inv checkout")
+    source = local_repository(ctx)
+    remote = f"{posixpath.dirname(repo.rstrip('/'))}/.{posixpath.basename(repo.rstrip('/'))}.bundle"
+    with tempfile.TemporaryDirectory(prefix="opsrg-bundle-") as tmp:
+        bundle = Path(tmp) / "checkout.bundle"
+        p = subprocess.run(["git", "-C", source, "bundle", "create", "-q", str(bundle), ref],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise ConfigError(f"REPO_URL is empty and `git bundle create` of {ref!r} in {source} failed: "
+                              f"{p.stderr.strip()}",
+                              hint="set CHECKOUT_BRANCH to a branch of this repository, or REPO_URL; "
+                                   "then run: inv checkout")
+        ctx.host.run(["mkdir", "-p", posixpath.dirname(remote)])
+        ctx.host.put(bundle, remote)
+    return remote
 
 
 def project_dependencies() -> list[str]:
@@ -274,8 +303,9 @@ def checkout(ctx: Context) -> str:
     host = ctx.host
     s = ctx.s
     repo = ctx.pod_path(s.ops_remote_repo)
-    url = default_repo_url(ctx)
     ref = f"refs/pull/{s.checkout_pr}/head" if s.checkout_pr else s.checkout_branch
+    shipped = not s.repo_url and not isinstance(host, LocalHost)
+    url = ship_bundle(ctx, repo, ref) if shipped else default_repo_url(ctx)
     if s.data_dir and not host.exists(ctx.pod_path(s.data_dir)):
         raise ConfigError(f"DATA_DIR={s.data_dir}: no such folder on {host.name}",
                           hint="fix DATA_DIR in workflow.env (or copy the data there), then run: inv checkout")
@@ -293,4 +323,5 @@ def checkout(ctx: Context) -> str:
     cupy = r.stdout.strip() if r.ok else "not usable (" + (r.stderr.strip().splitlines() or ["?"])[-1][:160] + ")"
     if hasattr(host, "venv_python"):
         host.python = None  # look again: the venv exists now
-    return f"{commit} ({ref}) into {repo}; venv {install}; CuPy {cupy}"
+    source = f" from a bundle of {local_repository(ctx)} (REPO_URL is empty)" if shipped else ""
+    return f"{commit} ({ref}){source} into {repo}; venv {install}; CuPy {cupy}"

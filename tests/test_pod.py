@@ -69,6 +69,24 @@ def test_fsm_walk_to_checked_out_over_ssh(ssh_project, bare_repo):
     assert inv("pod-down").returncode == 0 and fsm_state() == "INIT"
 
 
+def test_checkout_without_repo_url_ships_a_bundle_to_a_remote_pod(ssh_project):
+    # a real remote pod cannot read this machine's repository: the committed HEAD travels as a bundle
+    add_env(ssh_project, REPO_URL="", CHECKOUT_BRANCH="HEAD", WF_FSM_ENFORCE="0")
+    r = inv("checkout", timeout=180)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "from a bundle of" in r.stdout
+    repo = ssh_project / "pod" / "repo"
+    git = ["git", "-C", str(repo)]
+    origin = subprocess.run([*git, "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
+    assert origin == str(ssh_project / "pod" / ".repo.bundle")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout == head
+    # a branch that is not in this repository is a configuration error, before anything runs
+    add_env(ssh_project, CHECKOUT_BRANCH="no-such-branch-here")
+    r = inv("checkout", timeout=60)
+    assert r.returncode == 2 and "git bundle create" in r.stderr and "CHECKOUT_BRANCH" in r.stderr, r.stderr
+
+
 def test_checkout_failure_names_the_resume_command(ssh_project, tmp_path):
     add_env(ssh_project, REPO_URL=str(tmp_path / "no-such-repo.git"), WF_FSM_ENFORCE="0")
     r = inv("checkout", timeout=60)
