@@ -240,7 +240,7 @@ def exp_run(args: argparse.Namespace, root: Path, fp_file: str) -> dict[str, Any
             "backend": args.fp_backend, "dtype": cfg.dtype, "run_seconds": wall,
             "samples_per_s": cfg.samples * len(cfg.shifts) * args.exp_steps / wall,
             "slope_n": slopes, "spec_slope_n": SPEC_SLOPES[: len(slopes)],
-            "slope_rel_diff": [s / p - 1 for s, p in zip(slopes, SPEC_SLOPES)],
+            "slope_rel_diff": [s / p - 1 for s, p in zip(slopes, SPEC_SLOPES, strict=False)],
             "fit_nu": mean["fit_nu"], "fit_n": mean["fit_n"], "nu_err": entry.get("nu_err"),
             "cumulative_nu_n": mean["cumulative_nu_n"], "ratio_nu_n": mean["ratio_nu_n"], "spec_nu": SPEC_NU,
             "fp_file": fp_file, "loadavg": [la0, loadavg()]}

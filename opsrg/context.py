@@ -18,7 +18,7 @@ class Context:
     loaded: LoadedSettings
 
     @classmethod
-    def load(cls, env_file: str | None = None) -> "Context":
+    def load(cls, env_file: str | None = None) -> Context:
         return cls(load_settings(env_file))
 
     @property

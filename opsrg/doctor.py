@@ -12,9 +12,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .context import Context
 
@@ -139,7 +139,8 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
 
 def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
     """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
-    from . import runs, sweep_runner as sr
+    from . import runs
+    from . import sweep_runner as sr
     from .errors import OpsError
     from .fsm import State
 

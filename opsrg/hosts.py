@@ -11,9 +11,10 @@ import shlex
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from .atomic import atomic_write_text
 from .errors import HostError

@@ -20,7 +20,7 @@ import json
 import secrets
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -35,7 +35,7 @@ DURABLE_ONLY = ("run_manifest.json", "meta.json")
 
 
 def new_campaign_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 @dataclass
@@ -315,7 +315,7 @@ def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list
     for r in rows:
         by_timeout.setdefault(r.spec.get("timeout_secs"), []).append(r)
     for timeout, group in by_timeout.items():
-        for c, chunk in enumerate(split_array(list(range(len(group))), max_array_size)):
+        for chunk in split_array(list(range(len(group))), max_array_size):
             members = [group[i] for i in chunk]
             lines = ['case "$SLURM_ARRAY_TASK_ID" in']
             for i, r in enumerate(members):

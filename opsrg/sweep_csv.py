@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import InputError
 
@@ -282,7 +281,7 @@ def parse_text(text: str, source: str, bases: list[Path]) -> list[SweepRow]:
         if header is None:
             names = [f.strip().lower() for f, _ in fields]
             header = {}
-            for idx, ((_, col), nm) in enumerate(zip(fields, names)):
+            for idx, ((_, col), nm) in enumerate(zip(fields, names, strict=True)):
                 if nm not in COLUMNS:
                     bad(lineno, col, nm or "(empty)", f"unknown column; expected {','.join(COLUMNS)}")
                 elif nm in header:

@@ -13,9 +13,10 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import supervisor
 from .errors import InputError, TaskError
@@ -100,7 +101,7 @@ class TaskRecord:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TaskRecord":
+    def from_json(cls, data: dict[str, Any]) -> TaskRecord:
         return cls(
             id=data["id"], state=TaskState(data["state"]), command=data.get("command", ""),
             exit_code=data.get("exit_code"), reason=data.get("reason", ""), evidence=data.get("evidence", ""),

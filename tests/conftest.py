@@ -7,9 +7,7 @@ turned into a failure, so a missing component can never pass silently.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 

@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
 from support import retry_until
 
 SSHD_BIN = "/usr/sbin/sshd"

@@ -4,9 +4,10 @@ import time
 
 import pytest
 
-from support import inv
 from opsrg import artifacts
 from opsrg.context import Context
+
+from support import inv
 
 
 def _age(path, days):

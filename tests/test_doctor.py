@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from support import inv
 from opsrg import doctor
 from opsrg.context import Context
+
+from support import inv
 
 
 @pytest.mark.tmux

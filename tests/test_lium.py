@@ -10,11 +10,12 @@ import stat
 import sys
 
 import pytest
-from support import inv
-from sshd import write_ssh_env
 
 from opsrg import lium
 from opsrg.errors import HostError
+
+from sshd import write_ssh_env
+from support import inv
 
 FAKE = r'''#!{python}
 import json, os, sys

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support import retry_until
 
 from opsrg import artifacts, doctor, localsync
 from opsrg.context import Context
 from opsrg.errors import HostError
+
+from support import retry_until
 
 PARTIAL = localsync.PARTIAL_DIR
 

@@ -7,10 +7,11 @@ import json
 import subprocess
 
 import pytest
-from sshd import free_port, write_ssh_env
-from support import REPO, inv
 
 from opsrg.context import Context
+
+from sshd import free_port, write_ssh_env
+from support import REPO, inv
 
 pytestmark = [pytest.mark.ssh, pytest.mark.tmux]
 

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support import inv, require
 
 from opsrg.errors import HostError, UnreachableError
 from opsrg.hosts import LocalHost
 from opsrg.ssh import SSHHost, SSHTarget
 from opsrg.tracked import TaskManager, TaskState
+
+from support import inv, require
 
 
 def make_ssh_host(server, known_hosts: Path, retry: float = 3.0) -> SSHHost:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from opsrg import supervisor as sv
+
 from support import REPO, retry_until
 
 

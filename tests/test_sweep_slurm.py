@@ -6,6 +6,7 @@ other tests and asserted by the last test, so the whole module stays near the TI
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from support import REPO, inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
@@ -93,7 +95,7 @@ def test_tiny_sweep_on_slurm_gives_the_tmux_histograms(timeout_sweep, slurm_clus
     # the dependency chain: each job started after the one it waits for ended
     chain = ["a.RG1.gen", "a.RG1.merge", "a.RG2.gen", "a.RG2.merge", "e.RG1.gen", "e.RG1.merge"]
     recs = [record(tmp_path / "s", k) for k in chain]
-    for before, after in zip(recs, recs[1:]):
+    for before, after in itertools.pairwise(recs):
         assert after["started_at"] >= before["ended_at"], (before["id"], after["id"])
     # meta.json, written on the compute node: same identity as the tmux run of the same row
     for rid in ("a", "e"):

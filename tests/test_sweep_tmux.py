@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from support import inv
 
 pytestmark = pytest.mark.tmux

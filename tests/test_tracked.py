@@ -16,6 +16,7 @@ from opsrg.context import Context
 from opsrg.errors import InputError, TaskError
 from opsrg.supervisor import proc_state
 from opsrg.tracked import TaskState, validate_id
+
 from support import retry_until
 
 pytestmark = pytest.mark.tmux
@@ -149,7 +150,7 @@ def test_task_kill_stops_whole_tree(tasks, tmp_path):
     rec = tasks.kill("tree")
     assert rec.state == TaskState.FAILED and rec.reason == "killed by task-kill"
     for pid in map(int, marker.read_text().split()):
-        retry_until(lambda: proc_state(pid) in (None, "Z"), what=f"pid {pid} killed")
+        retry_until(lambda pid=pid: proc_state(pid) in (None, "Z"), what=f"pid {pid} killed")
 
 
 def test_observers_do_not_change_a_live_record(tasks):

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd import write_ssh_env
-from support import inv
 
 from opsrg import localsync, transfer
 from opsrg.context import Context
 from opsrg.errors import HostError, InputError, UnreachableError
+
+from sshd import write_ssh_env
+from support import inv
 
 SIZES = {"empty.txt": 0, "one.bin": 1, "small.json": 700, "sub/mid.npz": 100_000, "sub/deep/big.bin": 3_000_000}
 

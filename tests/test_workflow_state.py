@@ -1,3 +1,4 @@
+import itertools
 import json
 import multiprocessing as mp
 
@@ -85,6 +86,6 @@ def test_twenty_concurrent_writers_lose_nothing(tmp_path):
     for i in range(20):
         assert sum(h["command"] == f"writer-{i}" for h in data["history"]) == n
     # every entry's "from" is the previous entry's "to": no update was lost in between
-    for a, b in zip(data["history"], data["history"][1:]):
+    for a, b in itertools.pairwise(data["history"]):
         assert b["from"] == a["to"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -22,9 +22,9 @@ from opsrg.atomic import atomic_save_npz, atomic_write_json, locked
 from opsrg.errors import IllegalStateError, InputError
 from opsrg.rg.backends import Backend, StepResult, get_backend
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, load_histogram, save_histogram, symmetrise
+from opsrg.rg.streams import stream_key
 
 Sampler = AliasTable | InverseCDF | None
-from opsrg.rg.streams import stream_key
 
 SCALARS = ("n", "underflow", "overflow", "nonfinite", "sum_z", "sum_z2", "sum_g", "sum_g2")
 
@@ -205,7 +205,7 @@ def gen_shard(cfg: RunConfig, paths: RunPaths, k: int, i: int, backend: Backend,
         kw["batch_size"] = int(batch_size)
     t0 = time.perf_counter()
     results: list[StepResult] = []
-    for table, shift in zip(tables, cfg.shifts):
+    for table, shift in zip(tables, cfg.shifts, strict=True):
         results.append(backend.sample_step(table, cfg.grid, n, key, shift=shift if k == 1 else 0.0, **kw))
     seconds = time.perf_counter() - t0
     meta = {"config_hash": cfg.config_hash, "step": k, "task": i, "ntasks": cfg.shards, "key": key,

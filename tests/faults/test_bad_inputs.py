@@ -5,7 +5,6 @@ Each gets a clear error naming the file, a non-zero exit, and nothing is run or 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

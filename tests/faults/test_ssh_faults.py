@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd import write_ssh_env
-from support import REPO
 
 from opsrg import transfer
 from opsrg.context import Context
 from opsrg.errors import UnreachableError
 from opsrg.ssh import LinkDropped, SSHHost, SSHTarget
 from opsrg.tracked import TaskState
+
+from sshd import write_ssh_env
+from support import REPO
 
 pytestmark = pytest.mark.ssh
 
@@ -206,7 +207,7 @@ def test_sshd_down_while_tasks_run(sshd_private, tmp_path, monkeypatch, tmux_soc
     before = {t: Path(ctx.tasks.paths(t).status).read_bytes() for t in expect}
     status = {t: start_inv("task-status", "--id", t, env={"OPS_SSH_RETRY_SECS": "1"}) for t in expect}
     unreachable = changed = 0
-    for t, p in status.items():
+    for p in status.values():
         _, err = p.communicate(timeout=30)
         unreachable += clear_failure((p.returncode, err), sshd_private.spec, "inv pod-status")
     still_running = sum(_pod_state(ctx, t)["state"] == "running" for t in expect)

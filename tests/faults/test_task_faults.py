@@ -19,6 +19,7 @@ import pytest
 from opsrg import supervisor as sv
 from opsrg.context import Context
 from opsrg.tracked import TaskState
+
 from support import retry_until
 
 pytestmark = pytest.mark.tmux

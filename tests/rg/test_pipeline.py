@@ -80,7 +80,7 @@ def test_from_step_recomputes_identically(tmp_path):
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["steps_run"] == [2, 3]
     assert (tmp_path / "DONE_RG1.json").read_text() == t1
-    for k, h in zip((1, 2, 3), before):
+    for k, h in zip((1, 2, 3), before, strict=True):
         np.testing.assert_array_equal(_hist(tmp_path, k), h)
 
 

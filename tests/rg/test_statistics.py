@@ -57,7 +57,7 @@ def test_exp_smoke(fp_run, tmp_path):
     nu = json.loads((tmp_path / "nu.json").read_text())
     entry = nu["by_shift"]["0.01"]
     slopes = entry["mean"]["slope_n"]
-    for got, want in zip(slopes, EXP_SLOPES):
+    for got, want in zip(slopes, EXP_SLOPES, strict=False):
         assert got == pytest.approx(want, rel=0.03)
     for obs in ("mean", "median", "peak"):
         assert entry[obs]["observable"] == obs
