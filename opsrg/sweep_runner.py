@@ -448,6 +448,30 @@ def _step_of(key: str) -> int | None:
     return int(mt.group(1)) if mt else None
 
 
+def _runs_of(j: dict[str, Any], elem: str) -> list[str]:
+    """The runs a job element works for: its own row in a packed shell array, else the job's runs."""
+    if j.get("kind") == "shell" and "_" in elem and len(j["runs"]) > 1:
+        return [j["runs"][int(elem.split("_")[1])]]
+    return list(j["runs"])
+
+
+def _requeues_of(j: dict[str, Any], elem: str) -> int:
+    """Requeues of one element so far: SLURM_MAX_REQUEUE is a budget per element, not per array."""
+    return sum(1 for r in j.get("requeues", []) if r["element"] == elem)
+
+
+def _note_requeue(env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any], q: dict[str, Any],
+                  status: str) -> None:
+    """Record a requeue on the job (launch manifest), in the ledger and on the run manifests of its runs."""
+    j["requeues"].append(q)
+    rids = _runs_of(j, q["element"])
+    ledger.append(env.paths, [ledger.entry(m["campaign"], rid, key, q["element"], status) for rid in rids])
+    for rid in rids:
+        rm = runs.read(env.paths, rid)
+        if rm is not None:
+            runs.update(env.paths, rid, None, requeues=rm.get("requeues", []) + [{**q, "job": key}])
+
+
 class SlurmBackend:
     """sbatch scripts per job; arrays of RG shards with afterok merges; one batched query per refresh."""
 
@@ -556,8 +580,7 @@ class SlurmBackend:
 
     def _from_markers(self, env: SweepEnv, m: dict[str, Any], j: dict[str, Any], elem: str) -> JobInfo | None:
         """Evidence when no scheduler source knows the job: READY/DONE markers and summary.json."""
-        rid = j["runs"][int(elem.split("_")[1])] if j["kind"] == "shell" and "_" in elem and len(j["runs"]) > 1 \
-            else j["runs"][0]
+        rid = _runs_of(j, elem)[0]
         rd = env.paths.run_dir(rid)
         k = _step_of(j["key"])
         ok = False
@@ -580,22 +603,26 @@ class SlurmBackend:
         did = False
         for e, info in list(got.items()):
             known = sum(1 for r in j["requeues"] if r["element"] == e and r.get("ok"))
-            if info.restarts <= known:
-                continue
-            ends = self._slurm(env).endings([e]).get(e, [])
             cause = None
-            for n in range(known, info.restarts):
-                cause = ends[n] if n < len(ends) else None
-                state = cause.state if cause else "unknown cause"
-                j["requeues"].append({"element": e, "state": state, "at": runs.now_iso(), "ok": True, "by": "slurm",
-                                      "attempt": n + 2, "ended_at": cause.end if cause else ""})
-                ledger.append(env.paths, [ledger.entry(m["campaign"], rid, key, e,
-                                                       f"requeued by Slurm after {state} (attempt {n + 2})")
-                                          for rid in j["runs"]])
-            did = True
-            if len(j["requeues"]) > env.max_requeue and not info.final:
-                self._slurm(env).cancel([e])
-                c = cause if cause is not None and cause.final else JobInfo(e, "CANCELLED", raw_state="CANCELLED")
+            if info.restarts > known:
+                ends = self._slurm(env).endings([e]).get(e, [])
+                for n in range(known, info.restarts):
+                    cause = ends[n] if n < len(ends) else None
+                    state = cause.state if cause else "unknown cause"
+                    _note_requeue(env, m, key, j, {"element": e, "state": state, "at": runs.now_iso(), "ok": True,
+                                                   "by": "slurm", "attempt": n + 2,
+                                                   "ended_at": cause.end if cause else ""},
+                                  f"requeued by Slurm after {state} (attempt {n + 2})")
+                did = True
+            # over the budget: cancel Slurm's requeue and report the element as ended by its cause (also on
+            # later passes, which see the CANCELLED of that cancel)
+            if _requeues_of(j, e) > env.max_requeue and (not info.final or info.state == "CANCELLED"):
+                if not info.final:
+                    self._slurm(env).cancel([e])
+                if cause is None or not cause.final:
+                    last = [r["state"] for r in j["requeues"] if r["element"] == e][-1]
+                    cause = JobInfo(e, last, end=info.end, raw_state=last)
+                c = cause if cause.final else JobInfo(e, "CANCELLED", raw_state="CANCELLED")
                 got[e] = replace(c, id=e, restarts=info.restarts, source=c.source or info.source,
                                  reason=f"requeued by Slurm {info.restarts}x, over SLURM_MAX_REQUEUE="
                                         f"{env.max_requeue}: cancelled")
@@ -606,11 +633,11 @@ class SlurmBackend:
     def _requeue(self, env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any], got: dict[str, JobInfo]) -> bool:
         did = False
         for e, info in got.items():
-            if info.state in REQUEUEABLE and len(j["requeues"]) < env.max_requeue:
+            if info.state in REQUEUEABLE and _requeues_of(j, e) < env.max_requeue:
                 ok = self._slurm(env).requeue(e)
-                j["requeues"].append({"element": e, "state": info.state, "at": runs.now_iso(), "ok": ok})
-                for rid in j["runs"]:
-                    ledger.append(env.paths, [ledger.entry(m["campaign"], rid, key, e, f"requeued after {info.state}")])
+                _note_requeue(env, m, key, j, {"element": e, "state": info.state, "at": runs.now_iso(), "ok": ok,
+                                               "by": "opsrg", "attempt": _requeues_of(j, e) + 2},
+                              f"requeued after {info.state}" + ("" if ok else " (scontrol requeue failed)"))
                 if self.watcher:
                     self.watcher.final.pop(e, None)
                 did = did or ok
@@ -724,10 +751,16 @@ def status_rows(env: SweepEnv, m: dict[str, Any]) -> list[dict[str, Any]]:
         elapsed = None
         if start:
             elapsed = (supervisor.parse_iso(end) if end else time.time()) - supervisor.parse_iso(start)
+        requeues = rm.get("requeues", [])
+        reason = rm.get("reason", "")
+        if requeues and not reason:  # a live run whose job the scheduler requeued (PREEMPTED, NODE_FAIL)
+            q = requeues[-1]
+            reason = f"{q['element']} requeued after {q['state']} ({len(requeues)}x)"
         out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.get("state", "not started"),
                     "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
-                    "job_ids": rm.get("job_ids", []), "exit_code": rm.get("exit_code"), "reason": rm.get("reason", ""),
-                    "summary_ok": runs.summary_ok(paths, r.run_id), "attempt": rm.get("attempt")})
+                    "job_ids": rm.get("job_ids", []), "exit_code": rm.get("exit_code"), "reason": reason,
+                    "summary_ok": runs.summary_ok(paths, r.run_id), "attempt": rm.get("attempt"),
+                    "requeues": requeues})
     return out
 
 

@@ -135,10 +135,13 @@ def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
     env = SweepEnv(outputs=str(tmp_path), max_requeue=2)
     be._slurm(env)
     m = {"campaign": "c"}
-    j = {"key": "a.RG1.gen", "runs": ["a"], "requeues": []}
+    j = {"key": "a.RG1.gen", "kind": "gen", "runs": ["a"], "requeues": []}
     assert be._requeue(env, m, "a.RG1.gen", j, {"5_0": JobInfo("5_0", "NODE_FAIL")})
     assert be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})
+    assert be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # the budget is per element
     assert not be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # limit reached
     assert not be._requeue(env, m, "a.RG1.gen", j, {"6": JobInfo("6", "FAILED", 1)})
-    assert fake.requeued == ["5_0", "5_1"] and [r["state"] for r in j["requeues"]] == ["NODE_FAIL", "PREEMPTED"]
+    assert fake.requeued == ["5_0", "5_1", "5_1"]
+    assert [(r["state"], r["attempt"]) for r in j["requeues"]] == [("NODE_FAIL", 2), ("PREEMPTED", 2), ("PREEMPTED", 3)]
     assert "requeued after NODE_FAIL" in (tmp_path / "docs" / "slurm_job_list.md").read_text()
+
