@@ -609,6 +609,8 @@ class SlurmBackend:
                 for n in range(known, info.restarts):
                     cause = ends[n] if n < len(ends) else None
                     state = cause.state if cause else "unknown cause"
+                    if cause is not None and not cause.final:
+                        state = "launch failure"  # Slurm requeued (and held) a job it could not start: jobcomp says PENDING
                     _note_requeue(env, m, key, j, {"element": e, "state": state, "at": runs.now_iso(), "ok": True,
                                                    "by": "slurm", "attempt": n + 2,
                                                    "ended_at": cause.end if cause else ""},
@@ -726,8 +728,13 @@ class SlurmBackend:
             if rm is None or rm["state"] in FINAL:
                 continue
             ids = self._cancel_jobs(env, m, rid)
-            runs.update(env.paths, rid, "cancelled", "cancelled by sweep-cancel")
             ledger.append(env.paths, [ledger.entry(m["campaign"], rid, "-", i, "cancelled") for i in ids])
+            if runs.summary_ok(env.paths, rid) is True:
+                # it finished before anyone saw it (no refresh since, or the scheduler lost the state
+                # of its last job): --resume skips a run whose summary is ok, so never leave it cancelled
+                finish_run(env.paths, rid, True)
+            else:
+                runs.update(env.paths, rid, "cancelled", "cancelled by sweep-cancel")
 
     def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
         rm = runs.read(env.paths, run_id)
@@ -885,7 +892,7 @@ def cancel(ctx, run_id: str | None = None) -> list[str]:
     alive = [r for r in todo if be.alive(env, m, r)]
     with ctx.transition("sweep-cancel"):
         be.cancel(env, m, todo)
-    return alive
+    return [r for r in alive if (runs.read(env.paths, r) or {}).get("state") == "cancelled"]
 
 
 def main(argv: list[str]) -> int:

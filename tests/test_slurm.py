@@ -145,3 +145,14 @@ def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
     assert [(r["state"], r["attempt"]) for r in j["requeues"]] == [("NODE_FAIL", 2), ("PREEMPTED", 2), ("PREEMPTED", 3)]
     assert "requeued after NODE_FAIL" in (tmp_path / "docs" / "slurm_job_list.md").read_text()
 
+
+def test_ledger_verify_accepts_an_element_of_a_listed_array(tmp_path):
+    """A requeue row names the element (587_0); the run manifest lists its array (587)."""
+    from opsrg import ledger, runs
+
+    paths = runs.SweepPaths(str(tmp_path))
+    runs.create(paths, "a", "c", "slurm", {}, job_ids=["587"], tasks=["a.RG1.gen"])
+    ledger.append(paths, [ledger.entry("c", "a", "a.RG1.gen", "587", "submitted"),
+                          ledger.entry("c", "a", "a.RG1.gen", "587_0", "requeued by Slurm after PREEMPTED (attempt 2)"),
+                          ledger.entry("c", "a", "a.RG1.gen", "588_0", "requeued by Slurm after PREEMPTED (attempt 2)")])
+    assert ledger.verify(paths) == ["row 3: a: job 588_0 (a.RG1.gen) not in its run manifest"]

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support import REPO, inv, require
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
