@@ -8,9 +8,11 @@ locally, failed in CI, when the Slurm binaries are missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +74,53 @@ def slurm_cluster():
         os.environ["SLURM_CONF"] = old
     if os.environ.get("OPSRG_TEST_SLURM_KEEP", "") != "1":
         subprocess.run(["bash", str(DOWN)], env=base, capture_output=True, timeout=120, check=False)
+
+
+# ------------------------------------------------------------- a module's own cluster
+@dataclass
+class PrivateCluster:
+    """A cluster of one test module that breaks it (kills its daemons, fails its node, preempts)."""
+
+    dir: Path
+    env: dict[str, str]  # for the up/down scripts
+
+    @property
+    def conf(self) -> str:
+        return str(self.dir / "etc" / "slurm.conf")
+
+    def up(self) -> float:
+        """Bring up (or back) whatever of it is down, as the fixture did; seconds taken."""
+        t0 = time.monotonic()
+        r = _up(self.env, 90)
+        assert r.returncode == 0, r.stderr
+        return time.monotonic() - t0
+
+    def ctld_pid(self) -> int:
+        return int((self.dir / "run" / "slurmctld.pid").read_text())
+
+
+def scheduler(d: Path, *argv: str) -> subprocess.CompletedProcess:
+    """A Slurm command against the cluster in folder ``d``."""
+    return subprocess.run(list(argv), env={**os.environ, "SLURM_CONF": str(d / "etc" / "slurm.conf")},
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+@contextlib.contextmanager
+def private_cluster(name: str, port: int, **knobs: str) -> Iterator[PrivateCluster]:
+    """Its own folder and port (``OPSRG_TEST_SLURM_<NAME>_DIR``/``_PORT`` override them), no
+    accounting, ``slurm-local-up.sh`` knobs as keywords; purged at the end."""
+    from support import require
+
+    for tool in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol", "sinfo"):
+        require(tool, f"the slurm {name} tests need a real single-node cluster")
+    var = "OPSRG_TEST_SLURM_" + name.upper().replace("-", "_")
+    d = Path(os.environ.get(var + "_DIR", f"/tmp/opsrg-test-slurm-{name}"))
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": os.environ.get(var + "_PORT", str(port)),
+           "SLURM_LOCAL_ACCT": "none", "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0", **knobs}
+    c = PrivateCluster(d, env)
+    c.up()
+    try:
+        yield c
+    finally:
+        if os.environ.get("OPSRG_TEST_SLURM_KEEP", "") != "1":
+            subprocess.run(["bash", str(DOWN), "--purge"], env=env, capture_output=True, timeout=120, check=False)

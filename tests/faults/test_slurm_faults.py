@@ -16,54 +16,27 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support import REPO, inv, require
+from slurm_cluster import PrivateCluster, private_cluster
+from support import REPO, inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
-UP, DOWN = REPO / "scripts" / "slurm-local-up.sh", REPO / "scripts" / "slurm-local-down.sh"
 HEAD = "run_id,config,seed,overrides,notes\n"
 FP = "sweeps/configs/fp_tiny.toml"
 MAX_ARRAY = 4
 
 
-@dataclass
-class Cluster:
-    dir: Path
-    env: dict[str, str]   # for the up/down scripts
-    conf: str
-
-    def up(self) -> float:
-        t0 = time.monotonic()
-        r = subprocess.run(["bash", str(UP)], env=self.env, capture_output=True, text=True, timeout=90)
-        assert r.returncode == 0, r.stderr
-        return time.monotonic() - t0
-
-    def ctld_pid(self) -> int:
-        return int((self.dir / "run" / "slurmctld.pid").read_text())
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    for tool in ("sbatch", "slurmctld", "slurmd", "munged"):
-        require(tool, "the slurm fault tests need a real single-node cluster")
-    d = Path(os.environ.get("OPSRG_TEST_SLURM_FAULTS_DIR", "/tmp/opsrg-test-slurm-faults"))
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": os.environ.get("OPSRG_TEST_SLURM_FAULTS_PORT",
-                                                                                       "7117"),
-           "SLURM_LOCAL_ACCT": "none", "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0",
-           "SLURM_LOCAL_MAX_ARRAY_SIZE": str(MAX_ARRAY)}
-    c = Cluster(d, env, str(d / "etc" / "slurm.conf"))
-    c.up()
-    yield c
-    if os.environ.get("OPSRG_TEST_SLURM_KEEP", "") != "1":
-        subprocess.run(["bash", str(DOWN), "--purge"], env=env, capture_output=True, timeout=120, check=False)
+    with private_cluster("faults", 7117, SLURM_LOCAL_MAX_ARRAY_SIZE=str(MAX_ARRAY)) as c:
+        yield c
 
 
-def make_project(root: Path, cluster: Cluster | None, backend: str = "slurm") -> dict[str, str]:
+def make_project(root: Path, cluster: PrivateCluster | None, backend: str = "slurm") -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
     env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET=opsrg-sf-{root.name}\n"

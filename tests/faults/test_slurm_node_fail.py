@@ -16,17 +16,15 @@ Each test prints its figure; docs/reliability.md summarises them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from support import REPO, inv, require
+from slurm_cluster import private_cluster, scheduler
+from support import inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
-UP, DOWN = REPO / "scripts" / "slurm-local-up.sh", REPO / "scripts" / "slurm-local-down.sh"
 HEAD = "run_id,config,seed,overrides,notes\n"
 SH = "sweeps/configs/shell.toml"
 # each execution appends to `tries`; only a run that lives 12 s writes `marker`
@@ -35,23 +33,8 @@ ROW = f"nf,{SH},1,\"command='echo x >> tries; sleep 12; echo ok > marker'\",\n"
 
 @pytest.fixture(scope="module")
 def cluster():
-    for tool in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol", "sinfo"):
-        require(tool, "the node failure tests need a real single-node cluster")
-    d = Path(os.environ.get("OPSRG_TEST_SLURM_NODE_FAIL_DIR", "/tmp/opsrg-test-slurm-node-fail"))
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(d),
-           "SLURM_LOCAL_PORT": os.environ.get("OPSRG_TEST_SLURM_NODE_FAIL_PORT", "7137"),
-           "SLURM_LOCAL_ACCT": "none", "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0",
-           "SLURM_LOCAL_CRED_EXPIRE": "5"}
-    r = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=90, check=False)
-    assert r.returncode == 0, r.stderr
-    yield d
-    if os.environ.get("OPSRG_TEST_SLURM_KEEP", "") != "1":
-        subprocess.run(["bash", str(DOWN), "--purge"], env=env, capture_output=True, timeout=120, check=False)
-
-
-def scheduler(d: Path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), env={**os.environ, "SLURM_CONF": str(d / "etc" / "slurm.conf")},
-                          capture_output=True, text=True, timeout=30, check=False)
+    with private_cluster("node-fail", 7137, SLURM_LOCAL_CRED_EXPIRE="5") as c:
+        yield c.dir
 
 
 def fail_node(d: Path) -> list[str]:

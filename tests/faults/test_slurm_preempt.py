@@ -16,17 +16,15 @@ Each test prints its figure; docs/reliability.md summarises it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from support import REPO, inv, require
+from slurm_cluster import private_cluster, scheduler
+from support import inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
-UP, DOWN = REPO / "scripts" / "slurm-local-up.sh", REPO / "scripts" / "slurm-local-down.sh"
 HEAD = "run_id,config,seed,overrides,notes\n"
 SH = "sweeps/configs/shell.toml"
 # One array of three elements (SLURM_ARRAY_PARALLELISM=2): q ends at once; a and b each append to
@@ -38,23 +36,8 @@ ROWS = (f"q,{SH},1,\"command='echo x >> tries; echo ok > marker'\",\n"
 
 @pytest.fixture(scope="module")
 def cluster():
-    for tool in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol"):
-        require(tool, "the preemption tests need a real single-node cluster")
-    d = Path(os.environ.get("OPSRG_TEST_SLURM_PREEMPT_DIR", "/tmp/opsrg-test-slurm-preempt"))
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(d),
-           "SLURM_LOCAL_PORT": os.environ.get("OPSRG_TEST_SLURM_PREEMPT_PORT", "7157"),
-           "SLURM_LOCAL_ACCT": "none", "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0",
-           "SLURM_LOCAL_CRED_EXPIRE": "5", "SLURM_LOCAL_PREEMPT": "1"}
-    r = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=90, check=False)
-    assert r.returncode == 0, r.stderr
-    yield d
-    if os.environ.get("OPSRG_TEST_SLURM_KEEP", "") != "1":
-        subprocess.run(["bash", str(DOWN), "--purge"], env=env, capture_output=True, timeout=120, check=False)
-
-
-def scheduler(d: Path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), env={**os.environ, "SLURM_CONF": str(d / "etc" / "slurm.conf")},
-                          capture_output=True, text=True, timeout=30, check=False)
+    with private_cluster("preempt", 7157, SLURM_LOCAL_CRED_EXPIRE="5", SLURM_LOCAL_PREEMPT="1") as c:
+        yield c.dir
 
 
 def preempt(d: Path, out: Path, cpus: str) -> str:

@@ -24,7 +24,8 @@ def backend_or_skip(name: str):
         pytest.skip(f"backend {name} unavailable: {exc}")
 
 
-@pytest.fixture(params=BACKENDS)
+# the cupy case carries the gpu mark, so `pytest -m gpu` on a GPU machine runs it too
+@pytest.fixture(params=[pytest.param(b, marks=pytest.mark.gpu) if b == "cupy" else b for b in BACKENDS])
 def backend(request):
     return backend_or_skip(request.param)
 
