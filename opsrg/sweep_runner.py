@@ -489,9 +489,11 @@ class SlurmBackend:
             self.watcher = Watcher(self.slurm.query)
         return self.slurm
 
-    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str], max_array: int) -> list[Job]:
+    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str], max_array: int,
+             fresh: frozenset[str] = frozenset()) -> list[Job]:
+        """``fresh``: runs planned from nothing, whatever their folders hold (--force sets those aside)."""
         sweep = sweep_of(m)
-        prog = {r.run_id: progress(env.paths, r) for r in sweep.rows}
+        prog = {r.run_id: RunProgress() if r.run_id in fresh else progress(env.paths, r) for r in sweep.rows}
         for rid in todo:
             prog[rid].ok = False
         return plan_slurm(sweep, max_array_size=max_array, progress=prog, only=set(todo))
@@ -825,7 +827,8 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
         fsm.check("sweep-start", ctx.store.read().state)
         m = {"campaign": sweep.campaign + " (dry run)", "backend": backend, "env": env.to_json(),
              "rows": [r.to_json() for r in rows], "jobs": {}}
-        return {**_dry_plan(env, m, be, todo), "reused": {k: u["identity"] for k, u in reused.items()}}
+        fresh = frozenset(todo) if force else frozenset()  # the real start sets their folders aside
+        return {**_dry_plan(env, m, be, todo, fresh), "reused": {k: u["identity"] for k, u in reused.items()}}
     with ctx.transition("sweep-start"):
         replaced = set_aside(env, sweep.campaign, todo) if force else {}
         m = save_launch(env, sweep, csv, backend, idents, reused)
@@ -838,7 +841,8 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
             "jobs": {k: j["job_id"] for k, j in m.get("jobs", {}).items()}}
 
 
-def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str]) -> dict[str, Any]:
+def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str],
+              fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
     sweep = sweep_of(m)
     out: dict[str, Any] = {"campaign": m["campaign"], "backend": be.name, "dry_run": True, "runs": todo}
     if be.name == "tmux":
@@ -850,7 +854,7 @@ def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str]) ->
         max_array = Slurm(env.host).max_array_size()
     except (OpsError, OSError, ValueError):  # no scheduler reachable: plan with Slurm's default
         max_array = 1001
-    jobs = be.plan(env, m, todo, max_array)
+    jobs = be.plan(env, m, todo, max_array, fresh)
     out["max_array_size"] = max_array
     out["jobs"] = [{**j.to_json(), "script": be.script(env, m, j)} for j in jobs]
     return out

@@ -162,6 +162,11 @@ def test_dry_run_and_bad_csv_write_nothing(project):
     # Steps already DONE in the run folders are reused, as the engine itself would.
     assert [j["key"] for j in plan["jobs"]] == ["a.final", "e.final"]
     assert plan["jobs"][1]["script"].startswith("#!/bin/bash\n#SBATCH --job-name=e.final")
+    # --force recomputes from nothing (the real start sets the folders aside): every step is planned
+    r = inv("sweep-start", "--csv", csv, "--backend", "slurm", "--dry-run", "--force", "--json")
+    keys = [j["key"] for j in json.loads(r.stdout)["jobs"]]
+    assert keys == ["a.RG1.gen", "a.RG1.merge", "a.RG2.gen", "a.RG2.merge", "e.RG1.gen", "e.RG1.merge"], keys
+    assert snapshot(project / "outputs") == before
     bad = write_csv(project, f"a,{FP},x,,\nb;rm,{FP},1,colour=red,\n", "bad.csv")
     r = inv("sweep-start", "--csv", bad)
     assert r.returncode == 2
