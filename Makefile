@@ -13,7 +13,7 @@ demo: setup
 	@$(PY) -m opsrg.demo
 
 test: setup
-	@$(PY) -m pytest -q -ra
+	@$(PY) -m pytest -q -ra --durations=15
 
 lint: setup
 	@$(VENV)/bin/ruff check opsrg tests tasks.py bench
