@@ -1,6 +1,6 @@
 """Moving files between this machine and the pod: push, pull and a verified fetch-run.
 
-All three are rsync through :meth:`Host.sync` (resumable: ``--partial``), so an interrupted
+All three are rsync through :meth:`Host.sync` (resumable: ``--partial-dir``), so an interrupted
 transfer continues where it stopped when the command is run again. ``fetch-run`` adds a
 manifest (size and sha256 of every file) computed on the pod, checked after the transfer;
 only a run whose every file matches gets its ``FETCHED.json`` marker.
