@@ -42,6 +42,19 @@ def check_dtype(dtype: str) -> str:
     return d
 
 
+def map_inputs(z: np.ndarray, phases: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked inputs of a per-sample ``map_z``: z (5, N) in ``dtype``, and the loop phases (4, N)
+    reduced in float64 to (pi/2)(quad + frac) with frac in [-1/2, 1/2] (in ``dtype``), quad in 0..3."""
+    z = np.asarray(z)
+    ph = np.asarray(phases, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] != 5 or ph.shape != (4, z.shape[1]):
+        raise InputError(f"need z of shape (5, N) and phases of shape (4, N); got {z.shape}, {ph.shape}")
+    ft = np.dtype(check_dtype(dtype))
+    y = ph * (2.0 / np.pi)
+    q = np.rint(y)
+    return np.ascontiguousarray(z, dtype=ft), (y - q).astype(ft), np.mod(q, 4).astype(np.uint32)
+
+
 def split_key(key: int) -> tuple[np.uint64, np.uint64]:
     """The two 32-bit Philox key words (low, high) of a 64-bit stream key."""
     k = int(key)
@@ -173,17 +186,8 @@ class CpuBackend(OptionalBackend):
         """
         kern = self._require()
         dtype = check_dtype(dtype)
-        z = np.asarray(z)
-        ph = np.asarray(phases, dtype=np.float64)
-        if z.ndim != 2 or z.shape[0] != 5 or ph.shape != (4, z.shape[1]):
-            raise InputError(f"need z of shape (5, N) and phases of shape (4, N); got {z.shape}, {ph.shape}")
-        ft = np.dtype(dtype)
-        y = ph.ravel() * (2.0 / np.pi)
-        q = np.rint(y)
-        frac = (y - q).astype(ft)
-        quad = np.mod(q, 4).astype(np.uint64)
+        zz, frac, quad = map_inputs(z, phases, dtype)
         sc = kern.sincos_reduced32 if dtype == "float32" else kern.sincos_reduced64
-        c, s = sc(frac, quad)
-        zz = np.ascontiguousarray(z, dtype=ft)
+        c, s = sc(frac.ravel(), quad.ravel().astype(np.uint64))
         mz = kern.map_z32 if dtype == "float32" else kern.map_z64
         return mz(zz, c.reshape(4, -1), s.reshape(4, -1))

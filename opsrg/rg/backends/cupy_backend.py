@@ -21,7 +21,7 @@ import numpy as np
 
 from opsrg.errors import BackendUnavailableError, InputError
 from opsrg.rg.backends import OptionalBackend
-from opsrg.rg.backends.cpu import check_dtype, compact_guide, packed_table, split_key
+from opsrg.rg.backends.cpu import check_dtype, compact_guide, map_inputs, packed_table, split_key
 
 if TYPE_CHECKING:
     from opsrg.rg.backends import StepResult
@@ -188,18 +188,10 @@ class CupyBackend(OptionalBackend):
         """The kernel's per-sample map: z (5, N), loop phases (4, N) -> z' (N,) in ``dtype``."""
         cp = self._require()
         dtype = check_dtype(dtype)
-        z = np.asarray(z)
-        ph = np.asarray(phases, dtype=np.float64)
-        if z.ndim != 2 or z.shape[0] != 5 or ph.shape != (4, z.shape[1]):
-            raise InputError(f"need z of shape (5, N) and phases of shape (4, N); got {z.shape}, {ph.shape}")
-        ft = np.dtype(dtype)
-        n = z.shape[1]
-        y = ph * (2.0 / np.pi)
-        q = np.rint(y)
-        frac = cp.asarray((y - q).astype(ft))
-        quad = cp.asarray(np.mod(q, 4).astype(np.uint32))
-        zz = cp.asarray(np.ascontiguousarray(z, dtype=ft))
-        out = cp.empty(n, dtype=ft)
+        z_h, frac_h, quad_h = map_inputs(z, phases, dtype)
+        n = z_h.shape[1]
+        zz, frac, quad = cp.asarray(z_h), cp.asarray(frac_h), cp.asarray(quad_h)
+        out = cp.empty(n, dtype=z_h.dtype)
         fn = self._function("map_z_f32" if dtype == "float32" else "map_z_f64")
         blocks = max(1, min((n + 255) // 256, 65535))
         fn((blocks,), (256,), (zz, frac, quad, out, np.int64(n)))
