@@ -18,6 +18,7 @@ from typing import Protocol
 
 from .atomic import atomic_write_text
 from .errors import HostError
+from .supervisor import TAG as TASK_TAG
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,10 @@ class LocalHost:
     def run(self, cmd: Command, *, check: bool = True, timeout: float | None = None,
             env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult:
         shell = as_shell(cmd)
-        full_env = {**os.environ, **(env or {})}
+        # A task's tag marks the task's own processes (the supervisor kills by it): never pass it on
+        # to what opsrg starts for itself (a tmux server, sbatch jobs), even when run inside a task.
+        full_env = {k: v for k, v in os.environ.items() if k != TASK_TAG}
+        full_env.update(env or {})
         try:
             p = subprocess.run(
                 ["bash", "-c", shell], capture_output=True, text=True, timeout=timeout,

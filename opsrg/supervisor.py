@@ -40,6 +40,9 @@ ORPHAN_KILL_GRACE = 1.0  # TERM, then KILL, for the processes of a task whose su
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# Every process of a task inherits TAG=<task dir> in its environment: a process that left the
+# process group and the tree (setsid, a double fork) still carries it, so it can be found and killed.
+TAG = "OPSRG_TASK_TAG"
 
 
 def now_iso() -> str:
@@ -148,6 +151,24 @@ def descendants(root: int) -> list[int]:
         for c in children.get(todo.pop(), []):
             out.append(c)
             todo.append(c)
+    return out
+
+
+def tagged(task_dir: str) -> list[int]:
+    """Live processes started under the task in ``task_dir`` (its :data:`TAG` in their environment)."""
+    needle = f"{TAG}={os.path.abspath(task_dir)}".encode()
+    me = os.getpid()
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:  # gone, or another user's
+            continue
+        if needle in env.split(b"\0") and proc_state(int(name)) not in (None, "Z"):
+            out.append(int(name))
     return out
 
 
@@ -263,7 +284,7 @@ def supervise(task_dir: str, guardian: int | None = None) -> int:
         proc = subprocess.Popen(
             ["bash", os.path.join(task_dir, COMMAND)], cwd=rec.get("cwd") or task_dir,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_pdeathsig_setter(),
+            start_new_session=True, preexec_fn=_pdeathsig_setter(), env={**os.environ, TAG: task_dir},
         )
     except OSError as e:
         update_status(task_dir, state="failed", reason=f"could not start: {e}", ended_at=now_iso(),
@@ -288,7 +309,7 @@ def supervise(task_dir: str, guardian: int | None = None) -> int:
             last_hb = now
         if sigs.received is not None:
             killed = os.path.exists(os.path.join(task_dir, KILL_REQUEST))
-            kill_tree(proc.pid, proc.pid, grace)
+            kill_tree(proc.pid, proc.pid, grace, extra=tagged(task_dir))
             rc = proc.wait()
             state = "failed"
             name = signal.Signals(sigs.received).name
@@ -296,7 +317,7 @@ def supervise(task_dir: str, guardian: int | None = None) -> int:
                 f"supervisor received {name}" + (" (tmux window or server closed)" if name == "SIGHUP" else ""))
             break
         if timeout and now - t0 > timeout:
-            kill_tree(proc.pid, proc.pid, grace)
+            kill_tree(proc.pid, proc.pid, grace, extra=tagged(task_dir))
             rc = proc.wait()
             state, reason = "timed_out", f"exceeded timeout of {timeout:g}s"
             break
@@ -390,7 +411,7 @@ def settle_orphaned(task_dir: str, sup_pid: int, wait_status: int, subreaper: bo
         return code  # ended properly, or another supervisor's task (ours refused to start it)
     orphans = descendants(os.getpid()) if subreaper else []
     pgid = rec.get("pgid")
-    victims = sorted(set(orphans) | set(group_members(pgid)))
+    victims = sorted(set(orphans) | set(group_members(pgid)) | set(tagged(task_dir)))
     named = ", ".join(f"{p} {_comm(p)}" for p in victims[:8])
     kill_tree(None, pgid, ORPHAN_KILL_GRACE, extra=victims)
     evidence = (f"supervisor pid {sup_pid} {how} before recording an end; its guardian pid {os.getpid()} "
@@ -459,10 +480,13 @@ def check(task_dir: str, stale_secs: float = 30.0) -> dict:
     result = probe(task_dir, stale_secs)
     rec = read_status(task_dir)
     if result["alive"] is False and rec.get("state") not in TERMINAL:
-        # The command's group outlived its supervisor only if something left it; stop it.
-        if rec.get("pgid") and _group_alive(rec["pgid"]):
-            kill_tree(rec.get("child_pid"), rec["pgid"], 1.0)
-            result["evidence"] += f"; orphaned process group {rec['pgid']} killed"
+        # Processes outlive their supervisor only if something left them (its group, or ones that
+        # left the group: found by their tag); stop them.
+        strays = tagged(task_dir)
+        if (rec.get("pgid") and _group_alive(rec["pgid"])) or strays:
+            kill_tree(rec.get("child_pid"), rec.get("pgid"), 1.0, extra=strays)
+            result["evidence"] += (f"; orphaned process group {rec.get('pgid')} killed"
+                                   + (f" ({len(strays)} processes of the task, tag included)" if strays else ""))
         rec, _ = update_status(task_dir, state="failed", reason="lost", evidence=result["evidence"],
                                ended_at=now_iso(), exit_code=None)
     result["record"] = rec
@@ -486,7 +510,7 @@ def request_kill(task_dir: str, grace: float = 5.0) -> dict:
                 return rec
             time.sleep(0.05)
     # No live supervisor (or it did not answer): kill what is left ourselves.
-    kill_tree(rec.get("child_pid"), rec.get("pgid"), grace)
+    kill_tree(rec.get("child_pid"), rec.get("pgid"), grace, extra=tagged(task_dir))
     rec, _ = update_status(task_dir, state="failed", reason="killed by task-kill", ended_at=now_iso(),
                            evidence="no live supervisor answered; process tree killed directly")
     return rec

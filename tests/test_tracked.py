@@ -250,3 +250,53 @@ def test_stale_heartbeat_is_evidence_of_loss(tmp_path):
         assert sv.check(str(d), stale_secs=30)["record"]["state"] == "failed"  # terminal stays final
     finally:
         fake.kill()
+
+
+# ------------------------------------------------------- processes that left the group and the tree
+DAEMON_PY = """import os, sys, time
+if os.fork():
+    sys.exit(0)
+os.setsid()
+if os.fork():
+    sys.exit(0)
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(1000)
+"""
+
+
+def _daemonizing_task(tasks, tmp_path, task_id: str, **kw) -> int:
+    """Start a task that double-forks a daemon (its own session, parent gone) and sleeps; the daemon's pid."""
+    script, marker = tmp_path / "daemon.py", tmp_path / f"{task_id}.pid"
+    script.write_text(DAEMON_PY)
+    tasks.run(task_id, f"{sys.executable} {script} {marker}; sleep 60", **kw)
+    retry_until(lambda: marker.exists() and marker.read_text().strip(), what="the daemon to start")
+    pid = int(marker.read_text())
+    assert os.getpgid(pid) != _status(tasks, task_id)["pgid"]  # it left the task's group (and tree)
+    return pid
+
+
+@pytest.mark.parametrize("how", ["task-kill", "timeout", "lost"])
+def test_a_daemon_that_left_the_group_dies_with_its_task(tasks, tmp_path, how):
+    """Found by the task's tag in its environment: task-kill, a timeout and a lost task all kill it."""
+    tid = f"daemon-{how}"
+    daemon = _daemonizing_task(tasks, tmp_path, tid, **({"timeout_secs": 3} if how == "timeout" else {}))
+    if how == "task-kill":
+        rec = tasks.kill(tid)
+        assert rec.reason == "killed by task-kill"
+    elif how == "timeout":
+        rec, _ = tasks.wait(tid, timeout=20)
+        assert rec.state == TaskState.TIMED_OUT
+    else:  # supervisor and guardian die together: the daemon is init's now, only the tag finds it
+        st = _status(tasks, tid)
+        os.killpg(os.getpgid(st["pid"]), signal.SIGKILL)
+        rec, _ = tasks.wait(tid, timeout=20)
+        assert rec.reason == "lost" and "tag included" in rec.evidence, rec.evidence
+    retry_until(lambda: _gone(daemon), timeout=5, what="the daemon killed")
+
+
+def test_opsrg_does_not_pass_a_task_tag_to_what_it_starts(monkeypatch):
+    from opsrg.hosts import LocalHost
+    from opsrg.supervisor import TAG
+
+    monkeypatch.setenv(TAG, "/some/task")
+    assert LocalHost().run(f"echo ${{{TAG}-unset}}").stdout.strip() == "unset"
