@@ -159,7 +159,11 @@ def tagged(task_dir: str) -> list[int]:
     needle = f"{TAG}={os.path.abspath(task_dir)}".encode()
     me = os.getpid()
     out = []
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no procfs: nothing to find this way
+        return out
+    for name in names:
         if not name.isdigit() or int(name) == me:
             continue
         try:
