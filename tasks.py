@@ -7,6 +7,7 @@ code; they are turned into a message and an exit status here, in one place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -18,6 +19,16 @@ def _ctx():
     from opsrg.context import Context
 
     return Context.load()
+
+
+@contextlib.contextmanager
+def _step(command: str, resume: str | None = None):
+    """A pod step: the FSM transition of ``command``, whose host failure ends with how to resume it."""
+    from opsrg import pod
+
+    ctx = _ctx()
+    with ctx.transition(command), pod.resume_hint(resume or f"inv {command}"):
+        yield ctx
 
 
 def ops(fn):
@@ -138,8 +149,7 @@ def pod_up(c):
     """Make the pod ready (local: folders; ssh: it answers; lium: rent it). INIT -> POD_READY."""
     from opsrg import pod
 
-    ctx = _ctx()
-    with ctx.transition("pod-up"), pod.resume_hint("inv pod-up"):
+    with _step("pod-up") as ctx:
         print(pod.up(ctx))
 
 
@@ -163,8 +173,7 @@ def pod_down(c):
     """Forget the pod (lium: give it back with `lium rm`); files on ssh/local pods stay. -> INIT."""
     from opsrg import pod
 
-    ctx = _ctx()
-    with ctx.transition("pod-down"), pod.resume_hint("inv pod-down"):
+    with _step("pod-down") as ctx:
         print(pod.down(ctx))
 
 
@@ -174,8 +183,7 @@ def bootstrap(c):
     """Check/install prerequisites, run BOOTSTRAP_SCRIPT, copy workflow.env. POD_READY -> BOOTSTRAPPED."""
     from opsrg import pod
 
-    ctx = _ctx()
-    with ctx.transition("bootstrap"), pod.resume_hint("inv bootstrap"):
+    with _step("bootstrap") as ctx:
         print(pod.bootstrap(ctx))
 
 
@@ -185,8 +193,7 @@ def checkout(c):
     """Clone/update REPO_URL at CHECKOUT_BRANCH or CHECKOUT_PR on the pod, build its venv. -> CHECKED_OUT."""
     from opsrg import pod
 
-    ctx = _ctx()
-    with ctx.transition("checkout"), pod.resume_hint("inv checkout"):
+    with _step("checkout") as ctx:
         print(pod.checkout(ctx))
 
 
@@ -195,10 +202,9 @@ def checkout(c):
 @ops
 def push(c, dry_run=False, src=None, delete=False):
     """rsync the local working tree to OPS_REMOTE_REPO on the pod (resumable)."""
-    from opsrg import pod, transfer
+    from opsrg import transfer
 
-    ctx = _ctx()
-    with ctx.transition("push"), pod.resume_hint("inv push" + (f" --src {src}" if src else "")):
+    with _step("push", "inv push" + (f" --src {src}" if src else "")) as ctx:
         print(transfer.push(ctx, src=src, dry_run=dry_run, delete=delete))
 
 
@@ -206,10 +212,9 @@ def push(c, dry_run=False, src=None, delete=False):
 @ops
 def pull(c, dry_run=False):
     """rsync the pod's outputs folder to LOCAL_ARTIFACTS_DIR (resumable)."""
-    from opsrg import pod, transfer
+    from opsrg import transfer
 
-    ctx = _ctx()
-    with ctx.transition("pull"), pod.resume_hint("inv pull"):
+    with _step("pull") as ctx:
         print(transfer.pull(ctx, dry_run=dry_run))
 
 
@@ -217,10 +222,9 @@ def pull(c, dry_run=False):
 @ops
 def fetch_run(c, run_id):
     """Fetch one run to LOCAL_ARTIFACTS_DIR/RUN_ID, verified by sha256; FETCHED.json marks it complete."""
-    from opsrg import pod, transfer
+    from opsrg import transfer
 
-    ctx = _ctx()
-    with ctx.transition("fetch-run"), pod.resume_hint(f"inv fetch-run {run_id}"):
+    with _step("fetch-run", f"inv fetch-run {run_id}") as ctx:
         print(transfer.fetch_run(ctx, run_id).describe())
 
 
