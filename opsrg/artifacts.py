@@ -1,18 +1,35 @@
 """Runs on disk: list them with state, size, identity and age; expire old ones safely.
 
-A run is a folder under the outputs folder (names starting with '_' or '.' are opsrg's own).
-Its state comes from ``run_manifest.json`` when a sweep made it, else from ``summary.json``.
+A run is a folder under the outputs folder that carries one of opsrg's run markers
+(:data:`RUN_MARKERS`); names starting with '_' or '.' are opsrg's own and never listed. Its state
+comes from ``run_manifest.json`` when a sweep made it, else from ``summary.json``.
+
+``artifacts-ls`` lists every other entry too, marked as what it is, so nothing is hidden:
+``kind`` is ``run``, ``not a run`` (a folder without a marker: a user's, never removed) or
+``symlink`` (never followed, never removed; ``note`` gives its target). ``artifacts-gc`` removes
+only ``run`` entries, and refuses an outputs folder that is ``/``, the home folder, the project
+folder or a folder above one of them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .context import Context
+from .errors import InputError
+
+# What makes a folder a run, i.e. what opsrg writes into every run it makes: the sweep runner's
+# manifest (opsrg/runs.py), provenance's meta.json (opsrg/provenance.py, first thing a sweep row
+# writes), and the RG engine's run.json / summary.json (opsrg/rg/pipeline.py RunPaths; a sweep's
+# shell row ends with summary.json too). The one list of them.
+RUN_MARKERS = ("run_manifest.json", "meta.json", "run.json", "summary.json")
+RUN, NOT_A_RUN, SYMLINK = "run", "not a run", "symlink"
 
 
 @dataclass
@@ -24,6 +41,8 @@ class RunInfo:
     identity: str | None
     age_days: float
     live_task: str | None = None
+    kind: str = RUN
+    note: str = ""
 
 
 def _read(path: Path) -> dict | None:
@@ -31,6 +50,19 @@ def _read(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def is_run(folder: Path) -> bool:
+    """A real folder (not a symlink) that carries one of opsrg's run markers (as regular files)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    for name in RUN_MARKERS:
+        try:
+            if stat.S_ISREG((folder / name).lstat().st_mode):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def run_state(run: Path) -> str:
@@ -44,14 +76,16 @@ def run_state(run: Path) -> str:
 
 
 def _size_and_mtime(run: Path) -> tuple[int, float]:
-    size, newest = 0, run.stat().st_mtime
-    for p in run.rglob("*"):
-        try:
-            st = p.lstat()
-        except OSError:
-            continue
-        size += st.st_size if p.is_file() else 0
-        newest = max(newest, st.st_mtime)
+    """Bytes of the regular files under ``run`` and the newest mtime, without following a symlink."""
+    size, newest = 0, run.lstat().st_mtime
+    for dirpath, dirs, names in os.walk(run):
+        for n in dirs + names:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except OSError:
+                continue
+            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            newest = max(newest, st.st_mtime)
     return size, newest
 
 
@@ -70,6 +104,8 @@ def _live_writers(ctx: Context) -> dict[str, str]:
 
 
 def list_runs(ctx: Context) -> list[RunInfo]:
+    """Every entry of the outputs folder but opsrg's own ('_', '.') and plain files: runs, and the
+    folders and symlinks that are not runs, marked as such (``kind``)."""
     root = Path(ctx.outputs_dir)
     if not root.is_dir():
         return []
@@ -77,20 +113,58 @@ def list_runs(ctx: Context) -> list[RunInfo]:
     now = time.time()
     runs = []
     for run in sorted(root.iterdir()):
-        if not run.is_dir() or run.name.startswith(("_", ".")) or run.name == "docs":
+        if run.name.startswith(("_", ".")) or run.name == "docs":
             continue
-        size, newest = _size_and_mtime(run)
+        if run.is_symlink():
+            try:
+                target, mtime = os.readlink(run), run.lstat().st_mtime
+            except OSError:
+                continue
+            runs.append(RunInfo(run.name, str(run), SYMLINK, 0, None, round((now - mtime) / 86400, 3),
+                                live.get(run.name), SYMLINK, f"symlink to {target} (never followed nor removed)"))
+            continue
+        if not run.is_dir():
+            continue
+        try:
+            size, newest = _size_and_mtime(run)
+        except OSError:
+            continue
+        age = round((now - newest) / 86400, 3)
+        if not is_run(run):
+            runs.append(RunInfo(run.name, str(run), NOT_A_RUN, size, None, age, live.get(run.name), NOT_A_RUN,
+                                f"no run marker ({', '.join(RUN_MARKERS)}): not opsrg's, never removed"))
+            continue
         meta = _read(run / "meta.json") or {}
-        runs.append(RunInfo(run.name, str(run), run_state(run), size, meta.get("identity"),
-                            round((now - newest) / 86400, 3), live.get(run.name)))
+        runs.append(RunInfo(run.name, str(run), run_state(run), size, meta.get("identity"), age,
+                            live.get(run.name)))
     return runs
 
 
+def check_outputs_root(ctx: Context) -> Path:
+    """The outputs folder, refused (InputError) if removing runs in it could remove what is not a run:
+    ``/``, the home folder, the project folder, or a folder above one of them."""
+    root = Path(ctx.outputs_dir).resolve()
+    guarded = {Path("/"): "the root folder", Path.home().resolve(): "your home folder",
+               ctx.loaded.root.resolve(): "the project folder"}
+    for place, what in guarded.items():
+        if root == place or root in place.parents:
+            name = what if root == place else f"a folder above {what} ({place})"
+            raise InputError(f"OPS_REMOTE_OUTPUTS_DIR is {root}, {name}: artifacts-gc removes runs only from a "
+                             "folder of their own", hint="set OPS_REMOTE_OUTPUTS_DIR to the outputs folder itself "
+                                                         "(e.g. .opsrg/pod/outputs)")
+    return root
+
+
 def gc(ctx: Context, ttl_days: float, dry_run: bool = False) -> tuple[list[RunInfo], list[tuple[RunInfo, str]]]:
-    """Remove runs untouched for ``ttl_days``; never one that a live task is still writing."""
+    """Remove runs untouched for ``ttl_days``; never one that a live task is still writing, never a
+    folder that is not a run, never a symlink (nor what it points to)."""
+    check_outputs_root(ctx)
     removed, kept = [], []
     for r in list_runs(ctx):
         if r.age_days < ttl_days:
+            continue
+        if r.kind != RUN:
+            kept.append((r, r.note))
             continue
         if r.live_task:
             kept.append((r, f"live task {r.live_task} is writing it"))
@@ -99,7 +173,14 @@ def gc(ctx: Context, ttl_days: float, dry_run: bool = False) -> tuple[list[RunIn
             kept.append((r, f"its manifest says {r.state}; run `inv sweep-monitor` or `inv doctor` first"))
             continue
         if not dry_run:
-            shutil.rmtree(r.path)
+            try:
+                if not is_run(Path(r.path)):  # became a link, or lost its marker, since it was listed
+                    kept.append((r, "no longer a run folder"))
+                    continue
+                shutil.rmtree(r.path)
+            except OSError as e:
+                kept.append((r, f"could not remove it: {e}"))
+                continue
         removed.append(r)
     return removed, kept
 

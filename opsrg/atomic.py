@@ -10,10 +10,27 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# Every temp file opsrg writes is named ``.NAME.opsrg-XXXXXXXX.tmp`` (X: [a-z0-9_]): the marker is
+# opsrg's alone, so `inv doctor --fix` can tell a leftover of its own killed writer (deleted) from
+# a user's file that merely looks like a temp file (``.model.pickle``, ``.foo.tmp``: never touched).
+# Spelled once, here; opsrg/supervisor.py (stdlib-only, copied to pods alone) carries a copy of
+# TMP_MARK, which tests/test_doctor.py checks, as it checks every other writer's temp names.
+TMP_MARK = ".opsrg-"
+TMP_SUFFIX = ".tmp"
+TMP_RE = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"[a-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+# The same as an rsync exclude / fnmatch pattern (what is never a result, never fetched).
+TMP_GLOB = ".*" + TMP_MARK + "?" * 8 + TMP_SUFFIX
+
+
+def tmp_prefix(name: str) -> str:
+    """The start of a temp file's name for ``name``: add 8 random characters and TMP_SUFFIX."""
+    return f".{name}{TMP_MARK}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -29,7 +46,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     """Write ``data`` to ``path`` so that readers see either the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

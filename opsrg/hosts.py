@@ -119,17 +119,26 @@ class LocalHost:
         """rsync between two folders of this machine (direction is moot locally).
 
         A cut transfer keeps its partial copy in ``.rsync-partial/`` (resumed by the next call),
-        never as a truncated file under the real name, as on the SSH host.
+        never as a truncated file under the real name, and a killed one its temp file in
+        ``.rsync-partial/.opsrg-tmp/`` (opsrg.localsync.TEMP_DIR), as on the SSH host. Files with
+        holes stay sparse (``--sparse``).
         """
-        args = ["rsync", "-a", "--partial-dir=.rsync-partial", "--itemize-changes"]
+        from .localsync import RSYNC_SAFE, TEMP_DIR, drop_temp_dir
+
+        # rsync refuses a --temp-dir that does not exist, even for a dry run (which writes nothing, so
+        # goes without one); a real transfer makes it first.
+        safe = RSYNC_SAFE if not dry_run else [a for a in RSYNC_SAFE if not a.startswith("--temp-dir=")]
+        args = ["rsync", "-a", "--sparse", *safe, "--itemize-changes"]
         if delete:
             args.append("--delete")
         if dry_run:
             args.append("--dry-run")
         args += [f"--exclude={x}" for x in excludes]
-        Path(dst).mkdir(parents=True, exist_ok=True)
+        Path(dst, TEMP_DIR if not dry_run else "").mkdir(parents=True, exist_ok=True)
         args += [src.rstrip("/") + "/", dst.rstrip("/") + "/"]
         p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
             raise HostError(f"{self.name}: rsync {src} -> {dst} failed ({p.returncode}): {p.stderr.strip()}")
+        if not dry_run:
+            drop_temp_dir(dst)
         return RunResult(shlex.join(args), p.returncode, p.stdout, p.stderr)

@@ -14,14 +14,18 @@ with explicit places (:func:`start_loop`, :func:`finish_loop`).
 
 A pass is resumable and shows a file under its own name only once it is complete: an interrupted
 pass keeps what it copied in ``.rsync-partial/`` next to the file (the next pass goes on from it),
-never a truncated file under the real name. The final pass removes partial folders left behind.
+never a truncated file under the real name; a pass killed outright leaves its temp file in
+``.rsync-partial/.opsrg-tmp/`` (:data:`TEMP_DIR`). The final pass removes partial folders left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 from typing import TYPE_CHECKING
 
+from .atomic import TMP_GLOB
 from .errors import HostError, TaskError
 
 if TYPE_CHECKING:
@@ -30,21 +34,31 @@ if TYPE_CHECKING:
     from .tracked import TaskManager
 
 PARTIAL_DIR = ".rsync-partial"
+# Where every rsync opsrg runs writes its temp files (``--temp-dir``, relative to the destination
+# root, which must hold it before rsync starts: ``mkdir -p DST/TEMP_DIR``). A pass killed with
+# SIGKILL then leaves its temp file there, inside opsrg's own folder, never as ``.NAME.XXXXXX``
+# next to the real file (where it could not be told from a user's ``.model.pickle``). It is a
+# folder *inside* the partial folder, not the partial folder itself: rsync removes the partial
+# folder once it used the last partial copy there, and with it a temp folder of the same name,
+# failing every later file of the pass (rsync 3.5, code 23).
+TEMP_DIR = f"{PARTIAL_DIR}/.opsrg-tmp"
+# ``--partial-dir`` (not ``--partial``): a killed pass leaves its partial copy in the partial
+# folder, where the next pass resumes from it, not under the file's own name.
+RSYNC_SAFE = (f"--partial-dir={PARTIAL_DIR}", f"--temp-dir={TEMP_DIR}")
 # Never results, so never mirrored nor fetched (rsync exclude patterns; each matches a file or
-# folder name): rsync's partial folder, temp files of atomic writes (``.NAME.XXXXXXXX.tmp``,
-# opsrg/atomic.py) and of an rsync writing at the same moment or killed (``.NAME.XXXXXX``: a
-# mirror pass and a fill run at once), lock files.
-NOT_RESULTS = (PARTIAL_DIR, ".*.tmp", ".*." + "[A-Za-z0-9]" * 6, "*.lock")
+# folder name): rsync's partial folder (with its temp folder), temp files of opsrg's atomic
+# writes (``.NAME.opsrg-XXXXXXXX.tmp``, opsrg/atomic.py), lock files. Nothing else: a user's
+# dotfile (``.model.pickle``, ``.foo.tmp``) is a result like any other file.
+NOT_RESULTS = (PARTIAL_DIR, TMP_GLOB, "*.lock")
 EXCLUDES = tuple(f"--exclude={x}" for x in NOT_RESULTS)
-# One mirror pass. ``--partial-dir`` (not ``--partial``): a killed pass leaves its partial copy in
-# the partial folder, where the next pass resumes from it, not under the file's own name.
-RSYNC_PASS = ("rsync", "-a", f"--partial-dir={PARTIAL_DIR}", *EXCLUDES)
+# One mirror pass (run it after ``mkdir -p DST/TEMP_DIR``; :func:`pass_sh` does both).
+RSYNC_PASS = ("rsync", "-a", *RSYNC_SAFE, *EXCLUDES)
 # After the final pass every file is complete: a partial copy still there belongs to a file the
-# run removed meanwhile.
+# run removed meanwhile, a temp file to a pass that was killed.
 CLEAN_SH = "find {dst} -type d -name " + PARTIAL_DIR + " -prune -exec rm -rf {{}} +"
 LOOP_SH = r"""src={src}; dst={dst}; stop={stop}; every={every}
 mkdir -p "$src" "$dst"
-pass_() {{ {rsync} "$src/" "$dst/"; }}
+pass_() {{ mkdir -p "$dst/{temp}" && {rsync} "$src/" "$dst/"; }}
 while [ ! -e "$stop" ]; do
   pass_ || echo "sync pass failed ($?), retrying in ${{every}}s"
   for _ in $(seq "$every"); do [ -e "$stop" ] && break; sleep 1; done
@@ -53,6 +67,20 @@ pass_ || {{ rc=$?; echo "final sync pass failed ($rc)"; exit "$rc"; }}
 {clean}
 echo "final sync done"
 """
+
+
+def pass_sh(src: str, dst: str) -> str:
+    """One mirror pass as a shell command: the temp folder first, then rsync ``src/`` -> ``dst/``."""
+    return (f"mkdir -p {shlex.quote(f'{dst}/{TEMP_DIR}')} && "
+            f"{shlex.join([*RSYNC_PASS, f'{src}/', f'{dst}/'])}")
+
+
+def drop_temp_dir(dst: str | os.PathLike[str]) -> None:
+    """After a successful local rsync into ``dst``: remove its temp folder, and the partial folder
+    if that is then empty (a partial copy in it, kept for the next transfer, keeps it)."""
+    for d in (os.path.join(dst, TEMP_DIR), os.path.join(dst, PARTIAL_DIR)):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
 
 def task_id(run_id: str) -> str:
@@ -96,7 +124,7 @@ def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, 
     host.run(["mkdir", "-p", src, dst, stop.rsplit("/", 1)[0]])
     host.run(["rm", "-f", stop])
     cmd = LOOP_SH.format(src=shlex.quote(src), dst=shlex.quote(dst), stop=shlex.quote(stop), every=int(every),
-                         rsync=shlex.join(RSYNC_PASS), clean=CLEAN_SH.format(dst='"$dst"'))
+                         temp=TEMP_DIR, rsync=shlex.join(RSYNC_PASS), clean=CLEAN_SH.format(dst='"$dst"'))
     tasks.run(task_id(run_id), cmd, replace=True)
     return task_id(run_id)
 
@@ -114,11 +142,9 @@ def finish_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str,
     if rec is not None and not waited_out and rec.state == TaskState.SUCCESS:
         return f"{run_id}: final sync done by task {tid}"
     # The loop died, was killed or is stuck: do the final pass here, directly.
-    r = host.run(f"{shlex.join([*RSYNC_PASS, f'{src}/', f'{dst}/'])} && {CLEAN_SH.format(dst=shlex.quote(dst))}",
-                 check=False, timeout=timeout)
+    r = host.run(f"{pass_sh(src, dst)} && {CLEAN_SH.format(dst=shlex.quote(dst))}", check=False, timeout=timeout)
     if not r.ok:
         raise HostError(f"{run_id}: final sync {src} -> {dst} failed ({r.exited}): {r.stderr.strip()[-500:]}",
-                        hint=f"the run's files are still in {src}; copy them with "
-                             f"`{shlex.join([*RSYNC_PASS, src + '/', dst + '/'])}`")
+                        hint=f"the run's files are still in {src}; copy them with `{pass_sh(src, dst)}`")
     why = "no sync task" if rec is None else f"task {tid} {'did not stop in time' if waited_out else rec.state}"
     return f"{run_id}: final sync done directly ({why})"

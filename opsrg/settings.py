@@ -24,6 +24,21 @@ DEFAULT_ENV_NAME = "workflow.env"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Path-valued keys. Nothing expands ``$VAR`` in a value (neither the file nor the environment is
+# run through a shell), so a ``$`` would make a folder literally named ``${HOME}``: refused. The
+# first kind must be set (an empty path would mean the project folder); the second may be empty.
+PATHS_REQUIRED = ("ops_remote_outputs_dir", "ops_remote_repo", "ops_local_pod_root", "remote_env_path",
+                  "run_out_local_root", "local_artifacts_dir", "ops_known_hosts", "sweep_csv")
+PATHS_OPTIONAL = ("wf_state_file", "data_dir", "bootstrap_script", "wandb_setup_script", "ops_ssh_key")
+
+
+def _literal_path(v: str) -> str:
+    if "$" in v:
+        raise ValueError("'$' is not expanded in settings: write the path out (e.g. /home/me/out), or start it "
+                         "with ~/ for the home folder")
+    return v
+
+
 class Settings(BaseSettings):
     """Every key of ``workflow.env``; docs/configuration.md describes each one."""
 
@@ -82,6 +97,18 @@ class Settings(BaseSettings):
     slurm_gres: str = ""
     slurm_array_parallelism: int = Field(4, gt=0)
     slurm_max_requeue: int = Field(2, ge=0)
+
+    @field_validator(*PATHS_REQUIRED)
+    @classmethod
+    def _required_path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a path, not empty (an empty path would silently mean the project folder)")
+        return _literal_path(v)
+
+    @field_validator(*PATHS_OPTIONAL)
+    @classmethod
+    def _optional_path(cls, v: str) -> str:
+        return _literal_path(v)
 
     @field_validator("wf_tmux_session", "sweep_tmux_session", "ops_tmux_socket")
     @classmethod
@@ -163,10 +190,18 @@ def parse_env_file(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     """KEY=VALUE lines with their line numbers; unknown keys and bad lines raise ConfigError."""
     from dotenv.parser import parse_stream
 
+    if path.is_dir():  # e.g. OPSRG_ENV_FILE naming a folder
+        raise ConfigError(f"{path}: not a file (a folder; {ENV_FILE_VAR} must name a settings file)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: settings file not found") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"{path}: not a file (a folder)") from e
+    except PermissionError as e:
+        raise ConfigError(f"{path}: cannot read the settings file (permission denied)") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the settings file ({e.strerror or e})") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     values: dict[str, str] = {}

@@ -5,21 +5,27 @@ transfer continues where it stopped when the command is run again. ``fetch-run``
 manifest (size and sha256 of every file) computed on the pod, checked after the transfer;
 only a run whose every file matches gets its ``FETCHED.json`` marker.
 
-Only results travel home: lock files, temp files of atomic writes and rsync's partial folders
-(:data:`opsrg.localsync.NOT_RESULTS`) are left out of the manifest and the copy alike.
+Only results travel home: lock files, opsrg's own temp files and rsync's partial folders
+(:data:`opsrg.localsync.NOT_RESULTS`) are left out of the manifest and the copy alike; every other
+file, dotfiles included, is a result. Symlinks are never followed: a link out of the run refuses
+the fetch, a link within it travels as a link, listed and verified by its target. Sparse files
+stay sparse, and a copy that would not fit at home is refused before it starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import stat
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
+from .atomic import TMP_MARK, TMP_SUFFIX, atomic_write_json
 from .context import Context
 from .errors import HostError, InputError
 from .localsync import NOT_RESULTS
@@ -34,23 +40,42 @@ PULL_EXCLUDES = NOT_RESULTS
 # Runs on the pod with any Python 3 (stdlib only). Hashes every file under the run folder except
 # those whose name (or a folder's) matches an rsync exclude pattern of argv[3] (as the copy skips
 # them), reusing the previous manifest's sha256 for a file whose size and mtime did not change.
+# Symlinks are never followed: each is listed with its target (as read, never dereferenced) and
+# whether it resolves inside the run. A run folder that is itself a symlink is reported, not walked.
+# ``alloc`` is what a file takes on disk (less than ``size`` for a sparse file). argv[4]: the start
+# of opsrg's temp-file marker (opsrg.atomic.TMP_MARK), argv[5] its suffix.
 MANIFEST_PY = r"""
 import fnmatch, hashlib, json, os, sys, tempfile
-root, out, skip = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+root, out, skip, mark, suffix = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
 def kept(name):
     return not any(fnmatch.fnmatchcase(name, pat) for pat in skip)
 try:
     old = {f["path"]: f for f in json.load(open(out))["files"]}
 except Exception:
     old = {}
-files = []
-for d, dirs, names in os.walk(root):
-    dirs[:] = sorted(x for x in dirs if kept(x))
+files, links = [], []
+top = root.rstrip("/") or "/"
+real_root = os.path.realpath(top)
+def link(p, rel):
+    real = os.path.realpath(p)
+    inside = real == real_root or real.startswith(real_root.rstrip("/") + "/")
+    links.append({"path": rel, "target": os.readlink(p), "inside": inside})
+if os.path.islink(top):
+    doc = {"root": root, "root_link": os.readlink(top), "files": [], "links": []}
+    print(json.dumps(doc, sort_keys=True))
+    sys.exit(0)
+for d, dirs, names in os.walk(top):
+    for x in sorted(x for x in dirs if kept(x) and os.path.islink(os.path.join(d, x))):
+        link(os.path.join(d, x), os.path.relpath(os.path.join(d, x), top))
+    dirs[:] = sorted(x for x in dirs if kept(x) and not os.path.islink(os.path.join(d, x)))
     for n in sorted(filter(kept, names)):
         p = os.path.join(d, n)
-        if os.path.islink(p) or not os.path.isfile(p):
+        rel = os.path.relpath(p, top)
+        if os.path.islink(p):
+            link(p, rel)
             continue
-        rel = os.path.relpath(p, root)
+        if not os.path.isfile(p):
+            continue
         st = os.stat(p)
         prev = old.get(rel)
         if prev and prev["size"] == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns:
@@ -61,10 +86,11 @@ for d, dirs, names in os.walk(root):
                 for b in iter(lambda: fh.read(1 << 20), b""):
                     h.update(b)
             sha = h.hexdigest()
-        files.append({"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha})
-doc = {"root": root, "files": files}
+        alloc = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        files.append({"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "alloc": alloc})
+doc = {"root": root, "files": files, "links": links}
 os.makedirs(os.path.dirname(out), exist_ok=True)
-fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".manifest.", suffix=".tmp")
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix="." + os.path.basename(out) + mark, suffix=suffix)
 with os.fdopen(fd, "w") as fh:
     json.dump(doc, fh, sort_keys=True)
 os.replace(tmp, out)
@@ -80,12 +106,14 @@ class FetchResult:
     bytes: int
     transferred: int
     already_complete: bool
+    links: int = 0  # symlinks inside the run, copied as links (never followed)
 
     def describe(self) -> str:
+        also = f", {self.links} symlinks within the run kept as links" if self.links else ""
         if self.already_complete:
-            return f"{self.run_id}: already fetched and verified ({self.files} files) in {self.local_dir}"
+            return f"{self.run_id}: already fetched and verified ({self.files} files{also}) in {self.local_dir}"
         return (f"{self.run_id}: {self.files} files, {self.bytes} bytes verified in {self.local_dir} "
-                f"({self.transferred} transferred)")
+                f"({self.transferred} transferred{also})")
 
 
 def project_root(ctx: Context) -> Path:
@@ -143,7 +171,8 @@ def manifest(ctx: Context, run_id: str) -> dict[str, Any]:
     """Write (or refresh) the run's manifest on the pod, under ``_control/manifests``; return it."""
     host = ctx.host
     out = f"{ctx.control_dir}/manifests/{run_id}.json"
-    cmd = [host.python, "-c", MANIFEST_PY, f"{ctx.outputs_dir}/{run_id}", out, json.dumps(NOT_RESULTS)]
+    cmd = [host.python, "-c", MANIFEST_PY, f"{ctx.outputs_dir}/{run_id}", out, json.dumps(NOT_RESULTS),
+           TMP_MARK, TMP_SUFFIX]
     try:
         r = host.run(cmd, timeout=3600)
     except LinkDropped:  # hashing is safe to repeat: once more, within the host's reconnect budget
@@ -151,16 +180,23 @@ def manifest(ctx: Context, run_id: str) -> dict[str, Any]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def verify(local_dir: Path, files: list[dict[str, Any]], recorded: dict[str, Any] | None = None) -> list[str]:
-    """Problems with the local copy; a file already verified with the same size and mtime is trusted."""
+def verify(local_dir: Path, files: list[dict[str, Any]], recorded: dict[str, Any] | None = None,
+           links: list[dict[str, Any]] = ()) -> list[str]:
+    """Problems with the local copy; a file already verified with the same size and mtime is trusted.
+
+    Each of ``links`` must be a symlink with the same target; a file must be a regular file (never
+    a symlink standing in for it), and no other symlink may be in the copy."""
     seen = {f["path"]: f for f in (recorded or {}).get("files", [])}
     problems = []
     for f in files:
         p = local_dir / f["path"]
         try:
-            st = p.stat()
+            st = p.lstat()
         except FileNotFoundError:
             problems.append(f"{f['path']}: missing")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{f['path']}: not a regular file")
             continue
         if st.st_size != f["size"]:
             problems.append(f"{f['path']}: size {st.st_size} != {f['size']}")
@@ -170,11 +206,83 @@ def verify(local_dir: Path, files: list[dict[str, Any]], recorded: dict[str, Any
             continue
         if _sha256(p) != f["sha256"]:
             problems.append(f"{f['path']}: sha256 differs")
+    for ln in links:
+        p = local_dir / ln["path"]
+        if not p.is_symlink():
+            problems.append(f"{ln['path']}: symlink missing")
+        elif os.readlink(p) != ln["target"]:
+            problems.append(f"{ln['path']}: symlink to {os.readlink(p)!r}, not {ln['target']!r}")
+    listed = {ln["path"] for ln in links}
+    problems += [f"{rel}: symlink not in the manifest" for rel in _local_links(local_dir) if rel not in listed]
     return problems
 
 
+def _local_links(local_dir: Path) -> list[str]:
+    """Every symlink in the local copy (relative paths), found without following any."""
+    out = []
+    for d, dirs, names in os.walk(local_dir):
+        for n in dirs + names:
+            if os.path.islink(os.path.join(d, n)):
+                out.append(os.path.relpath(os.path.join(d, n), local_dir))
+    return sorted(out)
+
+
+def _check_links(run_id: str, where: str, man: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's symlinks that stay inside it (copied as links, never followed); refuse the others.
+
+    Refusing is the safe choice for a link that leaves the run (``-> /etc``, ``-> ../../..``): a copy
+    of it at home would point into this machine's own files, where any tool that follows it (a
+    loader, ``du``, a cleanup ``rm -r link/``) reads or deletes what is not the run's; following it on
+    the pod would copy, as a "verified" result, files that are not the run's. A link inside the run
+    (``latest -> step_5.npz``) is harmless: it is copied as a link, listed with its target in the
+    manifest and FETCHED.json, and checked (same target) like a file."""
+    if man.get("root_link") is not None:
+        raise InputError(f"fetch-run {run_id}: {where} is a symlink (to {man['root_link']!r}), not a run folder; "
+                         f"opsrg never follows it, so nothing was fetched",
+                         hint="fetch the run under its real name, or replace the link by the folder")
+    links = man.get("links", [])
+    out = [ln for ln in links if not ln["inside"]]
+    if out:
+        shown = ", ".join(f"{ln['path']} -> {ln['target']}" for ln in out[:10]) + \
+            (f", and {len(out) - 10} more" if len(out) > 10 else "")
+        raise InputError(f"fetch-run {run_id}: {len(out)} symlink(s) in {where} point out of the run ({shown}); "
+                         f"opsrg neither follows nor copies such a link, so nothing was fetched",
+                         hint=f"remove them from the run on the pod (or replace each by a copy of what it points "
+                              f"to), then run: inv fetch-run {run_id}")
+    return [{"path": ln["path"], "target": ln["target"]} for ln in links]
+
+
+def _free_bytes(path: Path) -> int:
+    """Free space (for an unprivileged writer) on the disk that holds, or will hold, ``path``."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def space_needed(local_dir: Path, files: list[dict[str, Any]]) -> int:
+    """Bytes the copy will add at home: a file already there (same size and mtime: rsync skips it)
+    adds nothing, any other its size on the pod's disk (``alloc``: a sparse file is copied sparse)."""
+    need = 0
+    for f in files:
+        try:
+            st = (local_dir / f["path"]).lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_size == f["size"] and st.st_mtime_ns == f.get("mtime_ns"):
+                continue
+        except OSError:
+            pass
+        need += min(f["size"], f.get("alloc", f["size"]))
+    return need
+
+
 def fetch_run(ctx: Context, run_id: str) -> FetchResult:
-    """``<outputs>/RUN_ID/`` -> ``<artifacts>/RUN_ID/``: resumable, verified, idempotent."""
+    """``<outputs>/RUN_ID/`` -> ``<artifacts>/RUN_ID/``: resumable, verified, idempotent.
+
+    Symlinks are never followed: one that points out of the run (or a run folder that is itself a
+    link) refuses the fetch, naming it; one inside the run is copied as a link and verified by its
+    target (see :func:`_check_links`). Sparse files stay sparse (rsync ``--sparse``), and the free
+    space at home is checked against what the copy will take before anything is copied: a run that
+    does not fit fails with nothing marked fetched."""
     if not RUN_ID_RE.match(run_id or "") or ".." in run_id:
         raise InputError(f"invalid run id {run_id!r}: use [A-Za-z0-9._-], starting with a letter or digit")
     host = ctx.host
@@ -193,35 +301,54 @@ def fetch_run(ctx: Context, run_id: str) -> FetchResult:
         except ValueError:
             recorded = None
     man = manifest(ctx, run_id)
+    try:
+        links = _check_links(run_id, f"{host.name}:{remote}", man)
+    except InputError:
+        marker.unlink(missing_ok=True)  # the run changed: the local copy is no longer known complete
+        raise
     files = man["files"]
     if recorded and [(f["path"], f["sha256"]) for f in recorded.get("files", [])] == \
-            [(f["path"], f["sha256"]) for f in files] and not verify(local, files, recorded):
-        return FetchResult(run_id, local, len(files), sum(f["size"] for f in files), 0, True)
+            [(f["path"], f["sha256"]) for f in files] and recorded.get("links", []) == links and \
+            not verify(local, files, recorded, links):
+        return FetchResult(run_id, local, len(files), sum(f["size"] for f in files), 0, True, len(links))
     # From here on the local copy is in flux: it is complete only when the marker says so.
     marker.unlink(missing_ok=True)
+    from .artifacts import human_size
+
+    need, free = space_needed(local, files), _free_bytes(local)
+    if need > free:
+        raise HostError(f"fetch-run {run_id}: the copy needs {human_size(need)} at {local} but only "
+                        f"{human_size(free)} is free there; nothing was copied nor marked fetched",
+                        hint=f"free some space (or set LOCAL_ARTIFACTS_DIR to a larger disk), then run: {resume}")
     try:
         r = host.sync(remote, str(local), to_host=False, excludes=(FETCHED, *NOT_RESULTS))
     except HostError as e:
         raise type(e)(f"fetch-run {run_id}: transfer interrupted ({e.message}); the partial copy in {local} "
                       f"is not marked complete", hint=f"it resumes where it stopped; run: {resume}") from None
     transferred = len(_changed(r.stdout))
-    problems = verify(local, files)
+    problems = verify(local, files, links=links)
     if problems:
+        listed = {ln["path"] for ln in links}
         for f in files:  # drop bad copies, so the next run sends them whole again
             if any(pr.startswith(f["path"] + ":") for pr in problems):
-                (local / f["path"]).unlink(missing_ok=True)
+                p = local / f["path"]
+                if p.is_symlink() or not p.is_dir():
+                    p.unlink(missing_ok=True)
+        for rel in _local_links(local):  # a link that came after the manifest: never left behind
+            if rel not in listed:
+                (local / rel).unlink(missing_ok=True)
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise HostError(f"fetch-run {run_id}: {len(problems)} of {len(files)} files failed verification "
-                        f"({shown}); the run may still be writing, or the copy was damaged",
+        raise HostError(f"fetch-run {run_id}: {len(problems)} of {len(files) + len(links)} entries failed "
+                        f"verification ({shown}); the run may still be writing, or the copy was damaged",
                         hint=f"run: {resume}")
     for f in files:
         f["local_mtime_ns"] = (local / f["path"]).stat().st_mtime_ns
     atomic_write_json(marker, {
         "run_id": run_id, "host": host.name, "remote": remote, "complete": True,
         "fetched_at": _now(), "files": files, "n_files": len(files),
-        "bytes": sum(f["size"] for f in files),
+        "bytes": sum(f["size"] for f in files), "links": links, "n_links": len(links),
     })
-    return FetchResult(run_id, local, len(files), sum(f["size"] for f in files), transferred, False)
+    return FetchResult(run_id, local, len(files), sum(f["size"] for f in files), transferred, False, len(links))
 
 
 def _now() -> str:

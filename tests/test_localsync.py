@@ -47,14 +47,22 @@ class Watch(threading.Thread):
         self.join()
 
 
-def in_flight(folder: Path, name: str) -> int:
-    """Bytes rsync has written to its temp file of ``name`` (``.NAME.XXXXXX``) in ``folder``."""
-    for p in folder.glob(f".{name}.??????"):
+def in_flight(dst: Path, name: str) -> int:
+    """Bytes rsync has written to its temp file of ``name``: ``NAME.XXXXXX`` in the temp folder of the
+    destination root ``dst`` (``--temp-dir``), or, as rsync does without one, ``.NAME.XXXXXX`` next to
+    the file (which opsrg's passes must never do: see :func:`temps_beside`)."""
+    for p in [*(dst / localsync.TEMP_DIR).glob(f"{name}.??????"), *temps_beside(dst, name)]:
         try:
             return p.stat().st_size
         except FileNotFoundError:
             pass
     return 0
+
+
+def temps_beside(folder: Path, name: str) -> list[Path]:
+    """rsync's own temp files of ``name`` next to it (``.NAME.XXXXXX``): indistinguishable from a
+    user's dotfile, so never left there by opsrg."""
+    return list(folder.glob(f".{name}.??????"))
 
 
 def rsync_pids(dst: Path) -> list[int]:
@@ -79,20 +87,32 @@ def test_killed_pass_keeps_the_old_file_and_the_next_pass_completes(tmp_path, si
     dst.mkdir()
     new, old = os.urandom(8_000_000), b"the previous complete version\n"
     (src / "big.bin").write_bytes(new)
+    (src / "later.txt").write_text("sent after big.bin")  # rsync sends in name order
     (dst / "big.bin").write_bytes(old)
     os.utime(dst / "big.bin", (1, 1))
     with Watch(dst / "big.bin") as seen:
-        p = subprocess.Popen([*localsync.RSYNC_PASS, "--bwlimit=20000", f"{src}/", f"{dst}/"],
-                             start_new_session=True, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(["bash", "-c", localsync.pass_sh(str(src), str(dst)).replace(
+            "rsync -a", "rsync --bwlimit=20000 -a", 1)], start_new_session=True, stderr=subprocess.DEVNULL)
         retry_until(lambda: in_flight(dst, "big.bin") > 1_000_000, 10, 0.002, what="rsync mid-file")
+        assert temps_beside(dst, "big.bin") == []  # in opsrg's temp folder, not next to the file
         os.killpg(p.pid, sig)
         p.wait(10)
-        assert (dst / "big.bin").read_bytes() == old
+        retry_until(lambda: not rsync_pids(dst), 10, what="every rsync process of the pass to end")
+        assert (dst / "big.bin").read_bytes() == old and temps_beside(dst, "big.bin") == []
         if sig == signal.SIGTERM:  # kept for the next pass, out of the way
             assert 1_000_000 <= (dst / PARTIAL / "big.bin").stat().st_size < len(new)
-        subprocess.run([*localsync.RSYNC_PASS, f"{src}/", f"{dst}/"], check=True)
+        else:  # SIGKILL: rsync could not clean up; its temp file is in opsrg's folder, where doctor finds it
+            left = list((dst / localsync.TEMP_DIR).iterdir())
+            assert len(left) == 1 and left[0].name.startswith("big.bin.")
+            os.utime(left[0], (1, 1))
+            assert [f.subject for f in doctor.check_temp_files(dst, fix=True) if f.fixed] == [str(left[0])]
+        # The next pass resumes from the partial copy in the root's partial folder, and rsync then
+        # removes that folder: the temp folder inside it keeps it, so the later files still arrive.
+        r = subprocess.run(["bash", "-c", localsync.pass_sh(str(src), str(dst))], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
     assert seen.sizes == {len(old), len(new)}
-    assert (dst / "big.bin").read_bytes() == new and not (dst / PARTIAL).exists()
+    assert (dst / "big.bin").read_bytes() == new and (dst / "later.txt").exists()
+    assert [p for p in (dst / PARTIAL).rglob("*") if p.is_file()] == []  # the partial copy was used up
 
 
 @pytest.mark.tmux

@@ -94,3 +94,51 @@ def test_secret_is_masked(tmp_path):
 def test_relative_paths_are_under_the_env_files_folder(tmp_path):
     ls = load_settings(write(tmp_path, "OPS_REMOTE_OUTPUTS_DIR=out\n"))
     assert ls.local_path(ls.settings.ops_remote_outputs_dir) == tmp_path / "out"
+
+
+@pytest.mark.parametrize("key", ["OPS_REMOTE_OUTPUTS_DIR", "OPS_REMOTE_REPO", "OPS_LOCAL_POD_ROOT", "REMOTE_ENV_PATH",
+                                 "RUN_OUT_LOCAL_ROOT", "LOCAL_ARTIFACTS_DIR", "OPS_KNOWN_HOSTS", "SWEEP_CSV"])
+def test_empty_path_is_an_error_naming_file_line_and_key(tmp_path, key):
+    p = write(tmp_path, f"POD_PROVIDER=local\n{key}=\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    assert f"{p}:2: {key}: " in str(e.value) and "not empty" in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["${HOME}/out", "$HOME/out", "/data/$USER"])
+@pytest.mark.parametrize("key", ["OPS_REMOTE_OUTPUTS_DIR", "LOCAL_ARTIFACTS_DIR", "WF_STATE_FILE", "DATA_DIR",
+                                 "BOOTSTRAP_SCRIPT"])
+def test_unexpanded_path_is_refused_with_a_hint(tmp_path, key, value):
+    p = write(tmp_path, f"{key}={value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    msg = str(e.value)
+    assert f"{p}:1: {key}: " in msg and "'$' is not expanded" in msg and "~/" in msg and repr(value) in msg
+
+
+def test_optional_paths_may_be_empty_and_home_paths_stay_allowed(tmp_path):
+    ls = load_settings(write(tmp_path, "WF_STATE_FILE=\nDATA_DIR=\nBOOTSTRAP_SCRIPT=\n"
+                                       "OPS_REMOTE_OUTPUTS_DIR=~/out\n"))
+    assert ls.settings.data_dir == "" and ls.settings.ops_remote_outputs_dir == "~/out"
+
+
+def test_empty_path_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPS_REMOTE_OUTPUTS_DIR", "")
+    with pytest.raises(ConfigError, match="environment variable OPS_REMOTE_OUTPUTS_DIR: OPS_REMOTE_OUTPUTS_DIR: "):
+        load_settings(write(tmp_path, ""))
+
+
+def test_env_file_that_is_a_folder_or_unreadable(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r": not a file \(a folder"):
+        load_settings(tmp_path)
+    p = write(tmp_path, "POD_PROVIDER=local\n")
+    real = type(p).read_text
+
+    def denied(self, *a, **k):  # tests run as root, for whom chmod 000 changes nothing
+        if self == p:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(p), "read_text", denied)
+    with pytest.raises(ConfigError, match=r"w.env: cannot read the settings file \(permission denied\)"):
+        load_settings(p)

@@ -163,15 +163,18 @@ def test_push_and_pull_with_dry_run(ssh_project):
 
 def make_non_results(run: Path) -> set[str]:
     """What a live run folder also holds: a lock, an atomic write's temp file (named as
-    opsrg.atomic names it), a killed rsync's temp file, partial folders. None of it is a result."""
+    opsrg.atomic names it), a killed rsync's temp file (in opsrg's temp folder), partial folders.
+    None of it is a result."""
     import tempfile
+
+    from opsrg.atomic import TMP_SUFFIX, tmp_prefix
 
     (run / "sub" / ".rsync-partial").mkdir(parents=True)
     (run / "sub" / ".rsync-partial" / "mid.npz").write_bytes(b"p" * 10)
-    (run / ".rsync-partial").mkdir()
+    (run / localsync.TEMP_DIR).mkdir(parents=True)
     (run / ".rsync-partial" / "small.json").write_bytes(b"{")
-    (run / "sub" / ".mid.npz.Ab12Cd").write_bytes(b"t" * 300)
-    fd, _ = tempfile.mkstemp(prefix=".small.json.", suffix=".tmp", dir=run)
+    (run / localsync.TEMP_DIR / "mid.npz.Ab12Cd").write_bytes(b"t" * 300)
+    fd, _ = tempfile.mkstemp(prefix=tmp_prefix("small.json"), suffix=TMP_SUFFIX, dir=run)
     os.write(fd, b"{half")
     os.close(fd)
     return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
@@ -201,6 +204,155 @@ def test_fetch_run_and_pull_bring_home_only_results(provider, request):
     pulled = [p for p in ctx.artifacts_dir.rglob("*") if p.name.endswith((".lock", ".tmp", ".Ab12Cd"))
               or p.name == ".rsync-partial"]
     assert pulled == [] and local_digests(local) == digests
+
+
+# Files of the user's that merely look like temp files: results like any other (once left out of
+# fetch-run and pull by a ".NAME.XXXXXX" pattern).
+USER_DOTFILES = {".model.pickle": 40, ".env.backup": 3, ".results.sqlite": 70, ".notes.tmp": 5,
+                 "sub/.z.npz.Ab12Cd": 9}
+
+
+@pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_user_dotfiles_are_fetched_and_pulled(provider, request):
+    root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
+    outputs = root / "pod" / "outputs" if provider == "ssh" else root / "outputs"
+    digests = make_run(outputs, "run-u", {"a.json": 10, **USER_DOTFILES})
+    ctx = Context.load()
+    res = transfer.fetch_run(ctx, "run-u")
+    local = ctx.artifacts_dir / "run-u"
+    assert res.files == len(digests) and local_digests(local) == digests
+    assert sorted(f["path"] for f in json.loads((local / transfer.FETCHED).read_text())["files"]) == sorted(digests)
+    assert not (local / localsync.PARTIAL_DIR).exists()  # rsync's (empty) temp folder is not left behind
+    import shutil
+
+    shutil.rmtree(ctx.artifacts_dir)
+    transfer.pull(ctx)
+    assert local_digests(ctx.artifacts_dir / "run-u") == digests
+
+
+def _links(outputs: Path, run_id: str) -> None:
+    run = outputs / run_id
+    os.symlink("/etc", run / "etc")
+    os.symlink("../../..", run / "sub" / "up")
+    os.symlink("small.json", run / "latest")       # inside the run: copied as a link
+    os.symlink("sub", run / "subdir")                # a folder inside the run
+    os.symlink("../small.json", run / "sub" / "back")
+    os.symlink("missing.txt", run / "dangling")      # inside, pointing at nothing yet
+
+
+@pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_fetch_run_never_follows_a_symlink_out_of_the_run(provider, request):
+    """Links out of the run refuse the fetch, naming them, with nothing copied nor marked fetched;
+    links within the run are copied as links, listed with their targets and verified."""
+    root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
+    outputs = root / "pod" / "outputs" if provider == "ssh" else root / "outputs"
+    digests = make_run(outputs, "run-l", {"small.json": 70, "sub/mid.npz": 500})
+    _links(outputs, "run-l")
+    ctx = Context.load()
+    local = ctx.artifacts_dir / "run-l"
+    with pytest.raises(InputError) as e:
+        transfer.fetch_run(ctx, "run-l")
+    msg = str(e.value)
+    assert "2 symlink(s)" in msg and "etc -> /etc" in msg and "sub/up -> ../../.." in msg and "latest" not in msg
+    assert not local.exists() or not any(local.rglob("*"))
+    assert inv("pod-up").returncode == 0
+    r = inv("fetch-run", "run-l")
+    assert r.returncode == 2 and "etc -> /etc" in r.stderr and "Traceback" not in r.stderr
+    assert not (local / transfer.FETCHED).exists()
+
+    (outputs / "run-l" / "etc").unlink()
+    (outputs / "run-l" / "sub" / "up").unlink()
+    res = transfer.fetch_run(Context.load(), "run-l")
+    files = {k: v for k, v in local_digests(local).items() if not (local / k).is_symlink()}
+    assert res.files == 2 and res.links == 4 and files == digests
+    want = {"latest": "small.json", "subdir": "sub", "sub/back": "../small.json", "dangling": "missing.txt"}
+    assert {rel: os.readlink(local / rel) for rel in want} == want
+    marker = json.loads((local / transfer.FETCHED).read_text())
+    assert {ln["path"]: ln["target"] for ln in marker["links"]} == want and marker["n_links"] == 4
+    assert transfer.fetch_run(Context.load(), "run-l").already_complete
+    # A link changed at home is noticed and the fetch repairs it.
+    (local / "latest").unlink()
+    os.symlink("/etc/passwd", local / "latest")
+    again = transfer.fetch_run(Context.load(), "run-l")
+    assert not again.already_complete and os.readlink(local / "latest") == "small.json"
+    # A fetched run that later gains a link out of it is no longer marked fetched.
+    os.symlink("/", outputs / "run-l" / "root")
+    with pytest.raises(InputError, match="root -> /"):
+        transfer.fetch_run(Context.load(), "run-l")
+    assert not (local / transfer.FETCHED).exists()
+
+
+@pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_fetch_run_refuses_a_run_folder_that_is_a_symlink(provider, request, tmp_path_factory):
+    root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
+    outputs = root / "pod" / "outputs" if provider == "ssh" else root / "outputs"
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "secret.txt").write_text("not the run's")
+    outputs.mkdir(parents=True, exist_ok=True)
+    os.symlink(elsewhere, outputs / "run-s")
+    ctx = Context.load()
+    with pytest.raises(InputError, match="is a symlink"):
+        transfer.fetch_run(ctx, "run-s")
+    assert not (ctx.artifacts_dir / "run-s" / "secret.txt").exists()
+    assert not (ctx.artifacts_dir / "run-s" / transfer.FETCHED).exists()
+
+
+@pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_fetch_run_copies_a_sparse_file_sparsely(provider, request):
+    root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
+    outputs = root / "pod" / "outputs" if provider == "ssh" else root / "outputs"
+    run = outputs / "run-sp"
+    run.mkdir(parents=True)
+    size = 256 << 20
+    with open(run / "sparse.bin", "wb") as fh:
+        fh.write(b"head")
+        fh.truncate(size)
+    if os.stat(run / "sparse.bin").st_blocks * 512 > 1 << 20:
+        pytest.skip("this filesystem does not keep holes")
+    ctx = Context.load()
+    res = transfer.fetch_run(ctx, "run-sp")
+    copy = ctx.artifacts_dir / "run-sp" / "sparse.bin"
+    assert res.files == 1 and copy.stat().st_size == size
+    assert copy.stat().st_blocks * 512 < 1 << 20  # not 256 MiB of zeros at home
+    entry = json.loads((ctx.artifacts_dir / "run-sp" / transfer.FETCHED).read_text())["files"][0]
+    assert entry["size"] == size and entry["alloc"] < 1 << 20
+
+
+def test_fetch_run_fails_clearly_when_it_would_not_fit(project, monkeypatch):
+    make_run(project / "outputs", "run-big", {"a.bin": 300_000, "b.bin": 5000})
+    ctx = Context.load()
+    with monkeypatch.context() as m, pytest.raises(HostError) as e:
+        m.setattr(transfer, "_free_bytes", lambda path: 100_000)
+        transfer.fetch_run(ctx, "run-big")
+    assert "needs 297.9 KiB" in str(e.value) and "97.7 KiB is free" in str(e.value)
+    assert "nothing was copied" in str(e.value) and "inv fetch-run run-big" in str(e.value)
+    local = ctx.artifacts_dir / "run-big"
+    assert not (local / transfer.FETCHED).exists() and not (local / "a.bin").exists()
+    assert transfer.fetch_run(Context.load(), "run-big").files == 2
+    # Files already at home need no room again.
+    assert transfer.space_needed(local, transfer.manifest(Context.load(), "run-big")["files"]) == 0
+
+
+@pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def test_every_transfer_keeps_rsync_temp_files_in_opsrg_folder(provider, request):
+    """push and pull (and so fetch-run) pass --temp-dir inside .rsync-partial, whose folder they make
+    first (on the pod too, for a push) and remove again once empty."""
+    root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
+    src = root / "code"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "m.py").write_text("x = 1\n")
+    ctx = Context.load()
+    repo = Path(ctx.pod_path(ctx.s.ops_remote_repo))
+    r = ctx.host.sync(str(src), str(repo), to_host=True)
+    assert f"--temp-dir={localsync.TEMP_DIR}" in r.command and f"--partial-dir={localsync.PARTIAL_DIR}" in r.command
+    assert "--sparse" in r.command
+    assert (repo / "pkg" / "m.py").exists() and not (repo / localsync.PARTIAL_DIR).exists()
+    r = ctx.host.sync(str(repo), str(root / "back"), to_host=False, dry_run=True)
+    assert "--temp-dir" not in r.command and not (root / "back" / localsync.PARTIAL_DIR).exists()
+    assert f"--temp-dir={localsync.TEMP_DIR}" in " ".join(localsync.RSYNC_PASS)
+    loop = localsync.LOOP_SH.format(src="s", dst="d", stop="x", every=1, temp=localsync.TEMP_DIR,
+                                    rsync="rsync", clean="")
+    assert f'mkdir -p "$dst/{localsync.TEMP_DIR}" && rsync' in loop
 
 
 def test_fetch_run_local_provider(project):
