@@ -39,8 +39,22 @@ def record_path(ctx) -> Path:
     return ctx.loaded.local_path(RECORD)
 
 
+# A pod name or target reaches `lium` as one argument (never through a shell), but one starting with
+# '-' would be read as an option, and whitespace or control characters are no name at all.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+
+
+def _checked(key: str, value: str) -> str:
+    if not NAME_RE.match(value or ""):
+        raise ConfigError(f"{key}={value!r}: use letters, digits and '._:@-', not starting with '-' or '.'",
+                          hint=f"fix {key} in workflow.env, then run: inv pod-up")
+    return value
+
+
 def up_argv(target: str, name: str) -> list[str]:
     """``lium up``: an executor id/index is positional, a GPU type goes to ``--gpu``."""
+    _checked("LIUM_TARGET", target)
+    _checked("LIUM_POD_NAME", name)
     argv = [EXE, "up"]
     looks_like_gpu = GPU_TYPE_RE.match(target) and not re.match(r"^[0-9a-f]{8}-", target)
     argv += ["--gpu", target] if looks_like_gpu else [target]
@@ -52,7 +66,7 @@ def ps_argv() -> list[str]:
 
 
 def rm_argv(name: str) -> list[str]:
-    return [EXE, "rm", name, "--yes"]
+    return [EXE, "rm", _checked("LIUM_POD_NAME", name), "--yes"]
 
 
 def _call(argv: list[str], timeout: float = 300) -> str:
@@ -91,6 +105,8 @@ def parse_ssh_cmd(cmd: str) -> tuple[str, str, int]:
     while i < len(words):
         w = words[i]
         if w == "-p" and i + 1 < len(words):
+            if not words[i + 1].isdigit():
+                raise HostError(f"lium gave a non-numeric port in its ssh command ({cmd!r})")
             port, i = int(words[i + 1]), i + 2
             continue
         if w.startswith("-") and len(w) == 2 and i + 1 < len(words) and w in ("-i", "-o", "-l"):

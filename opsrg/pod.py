@@ -299,12 +299,33 @@ fi
 CUPY_PY = ("import cupy\nn = cupy.cuda.runtime.getDeviceCount()\nprint('cupy', cupy.__version__, 'devices', n)")
 
 
+# What git would take as something else than a ref: an option (leading '-'), whitespace and control
+# characters, and what `git check-ref-format` refuses.
+BAD_REF = re.compile(r"^-|[\s\x00-\x1f\x7f~^:?*\[\\]|\.\.|@\{|//|/$|\.$|\.lock$|^/|^@$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_git_inputs(ref: str, url: str = "") -> None:
+    """Refuse a branch or URL that git would read as an option or that is no ref/URL at all.
+
+    They reach git quoted (never through a shell unquoted), but a value starting with '-' would
+    still be an option to git itself (``--upload-pack=...`` runs a command)."""
+    if not ref or BAD_REF.search(ref):
+        raise ConfigError(f"CHECKOUT_BRANCH={ref!r} is not a usable git branch name (empty, a leading '-', "
+                          "whitespace, control characters or characters git refuses in refs)",
+                          hint="fix CHECKOUT_BRANCH in workflow.env, then run: inv checkout")
+    if url.startswith("-") or CONTROL.search(url):
+        raise ConfigError(f"REPO_URL={url!r} is not a usable repository URL (a leading '-' or control characters)",
+                          hint="fix REPO_URL in workflow.env, then run: inv checkout")
+
+
 def checkout(ctx: Context) -> str:
     host = ctx.host
     s = ctx.s
     repo = ctx.pod_path(s.ops_remote_repo)
     ref = f"refs/pull/{s.checkout_pr}/head" if s.checkout_pr else s.checkout_branch
     shipped = not s.repo_url and not isinstance(host, LocalHost)
+    check_git_inputs(ref, s.repo_url)
     url = ship_bundle(ctx, repo, ref) if shipped else default_repo_url(ctx)
     if s.data_dir and not host.exists(ctx.pod_path(s.data_dir)):
         raise ConfigError(f"DATA_DIR={s.data_dir}: no such folder on {host.name}",

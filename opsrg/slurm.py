@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HostError, OpsError
+from .errors import ConfigError, HostError, InputError, OpsError
 from .hosts import Host
 from .tracked import TaskState
 
@@ -252,12 +252,55 @@ class SlurmOptions:
                         ("cpus-per-task", str(self.cpus_per_task)), ("mem", self.mem), ("gres", self.gres),
                         ("array", array)):
             if v:
+                why = _unsafe_why(str(v))
+                if why:
+                    raise ConfigError(f"SLURM_{flag.upper().replace('-', '_')}={v!r}: contains {why}, which an "
+                                      f"'#SBATCH --{flag}=' line cannot hold (sbatch parses it itself, unquoted)")
                 d.append(f"#SBATCH --{flag}={v}")
         return d
 
 
+# sbatch reads ``#SBATCH`` lines itself, not through a shell, so their values cannot be shell-quoted:
+# a directive ends at whitespace, ``"`` groups, ``\`` escapes and ``#`` starts a comment there, and a
+# newline would end the line (the rest would run as bash). Such a value is refused, never mangled.
+DIRECTIVE_UNSAFE = re.compile(r"""[\s"'\\#\x00-\x1f\x7f]""")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _unsafe_why(value: str) -> str:
+    m = DIRECTIVE_UNSAFE.search(value)
+    if not m:
+        return ""
+    c = m.group()
+    return {" ": "a space", "\n": "a newline", "\t": "a tab"}.get(c, f"the character {c!r}")
+
+
+def check_log_path(log: str) -> str:
+    """The log path of ``#SBATCH --output=/--error=``, or InputError naming what sbatch cannot take.
+
+    Its folder may hold no ``%`` either: Slurm replaces ``%j``, ``%a``... anywhere in the path (only
+    the file name carries opsrg's own ``%a``)."""
+    why = _unsafe_why(log)
+    if not why and "%" in log.rsplit("/", 1)[0]:
+        why = "the character '%' (Slurm would expand it as a file name pattern)"
+    if why or not log:
+        raise InputError(
+            f"Slurm log path {log!r} cannot be written into an '#SBATCH --output=' line: it contains "
+            f"{why or 'nothing'}; sbatch parses these lines itself, so they cannot be quoted",
+            hint="use an OPS_REMOTE_OUTPUTS_DIR without spaces, quotes, '\\', '#', '%' or control characters")
+    return log
+
+
 def render(template: str, *, key: str, campaign: str, log: str, directives: list[str], body: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:64]
+    check_log_path(log)
+    for what, v in (("campaign id", campaign), ("job key", key)):
+        if CONTROL.search(v):  # a newline would end the comment line they go into
+            raise InputError(f"Slurm script: {what} {v!r} contains a control character (a newline ends the "
+                             "'# opsrg campaign' comment and the rest would run)")
+    for d in directives:
+        if "\n" in d or "\r" in d:
+            raise InputError(f"Slurm script: directive {d!r} contains a newline")
     return string.Template(template).substitute(job_name=name, log=log, directives="\n".join(directives),
                                                 campaign=campaign, key=key, body=body)
 
@@ -312,8 +355,9 @@ class Slurm:
         c = self.config()
         return c.get("JobCompLoc", "") if "filetxt" in c.get("JobCompType", "") else ""
 
-    def submit(self, script: str, deps: Iterable[str] = ()) -> str:
-        argv = ["sbatch", "--parsable"]
+    def submit(self, script: str, deps: Iterable[str] = (), *, hold: bool = False) -> str:
+        """Submit one script; ``hold``: the job waits for :meth:`release` (so it is recorded before it runs)."""
+        argv = ["sbatch", "--parsable"] + (["--hold"] if hold else [])
         deps = [d for d in deps if d]
         if deps:
             argv += [f"--dependency=afterok:{':'.join(deps)}", "--kill-on-invalid-dep=yes"]
@@ -322,6 +366,12 @@ class Slurm:
         if not job_id.isdigit():
             raise SlurmError(f"sbatch printed {out!r}, expected a job id")
         return job_id
+
+    def release(self, job_ids: Iterable[str], check: bool = True) -> None:
+        """Let held jobs run: one scontrol call for all of them."""
+        ids = sorted(set(job_ids), key=lambda x: (len(x), x))
+        if ids:
+            self._run(["scontrol", "release", ",".join(ids)], check=check)
 
     def cancel(self, job_ids: Iterable[str]) -> None:
         ids = sorted(set(job_ids))

@@ -11,9 +11,11 @@ first use, a changed key is refused (for fabric and for rsync/ssh alike).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import re
 import shlex
 import socket
 import stat
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import ConfigError, HostError, UnreachableError
+from .atomic import TMP_SUFFIX, tmp_prefix
+from .errors import ConfigError, HostError, InputError, UnreachableError
 from .hosts import Command, RunResult, as_shell
 
 T = TypeVar("T")
@@ -37,6 +40,9 @@ KEEPALIVE_SECS = 15
 RSYNC_TRANSIENT = {10, 12, 30, 35, 255}
 # paramiko's AuthenticationException when the transport closed during authentication (sshd died).
 AUTH_LINK_DROPPED = "transport shut down or saw EOF"
+HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%][A-Za-z0-9_.:\[\]%-]*$")
+USER_RE = re.compile(r"^[^-\s@:/\x00-\x1f\x7f][^\s@:/\x00-\x1f\x7f]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class LinkDropped(UnreachableError):
@@ -52,6 +58,16 @@ class SSHTarget:
     user: str
     port: int = 22
     key: str = ""
+
+    def __post_init__(self) -> None:
+        # Both reach ssh(1) as arguments (rsync's `-l USER HOST`): a leading '-' would be an option
+        # there (``-oProxyCommand=...`` runs a command), whitespace or control characters no name.
+        if not HOST_RE.match(self.host or ""):
+            raise ConfigError(f"ssh host {self.host!r} is not a host name or address (OPS_DEFAULT_HOST, or the "
+                              "pod lium recorded): letters, digits and '.-_:[]%', not starting with '-'")
+        if not USER_RE.match(self.user or ""):
+            raise ConfigError(f"ssh user {self.user!r} is not a user name (OPS_DEFAULT_HOST): no leading '-', "
+                              "no whitespace, control characters, '@', ':' or '/'")
 
     @property
     def name(self) -> str:
@@ -137,6 +153,9 @@ class SSHHost:
         self._sftp = None
         self._python: str | None = None
         self._home: str | None = None
+        # Why the pod's sshd gave no SFTP session ("" while it does): files then go through
+        # shell commands on exec channels (cat, test -e, cat > tmp && mv), as ``run`` does.
+        self.no_sftp = ""
 
     # ------------------------------------------------------------ connection
     def _connection(self):
@@ -161,11 +180,80 @@ class SSHHost:
         return c
 
     def _sftp_client(self):
+        """The SFTP session, or None when the pod's sshd has no SFTP subsystem (see ``no_sftp``)."""
         conn = self._connection()
-        if self._sftp is None:
-            self._sftp = conn.client.open_sftp()
+        if self._sftp is None and not self.no_sftp:
+            import paramiko
+
+            chan = conn.transport.open_session(timeout=self.connect_timeout)  # fails: the link (retried)
+            try:
+                chan.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(chan)
+            except (paramiko.SSHException, EOFError) as e:
+                # A refused subsystem ("Channel closed.") or a missing sftp-server (EOF during
+                # negotiation) is no dropped link: the link still runs commands. Not retried.
+                chan.close()
+                if not self._link_runs_commands():
+                    raise
+                self.no_sftp = (f"sshd on {self.name} has no SFTP subsystem (no working `Subsystem sftp` "
+                                f"line in its sshd_config; {e.__class__.__name__}: {e}); using shell commands")
+                return None
             self._sftp.get_channel().settimeout(self.command_timeout)
         return self._sftp
+
+    def _link_runs_commands(self) -> bool:
+        try:
+            return self._exec("true", timeout=self.connect_timeout)[0] == 0
+        except Exception:  # whatever it is, the link does not run commands
+            return False
+
+    def _exec(self, script: str, data: bytes | None = None, timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        """Run ``script`` (bash) on an exec channel of the open link: (exit code, stdout, stderr) as bytes,
+        ``data`` on its stdin. A dropped link raises EOFError (for ``_retry``)."""
+        limit = timeout if timeout is not None else self.command_timeout
+        chan = self._connection().transport.open_session(timeout=self.connect_timeout)
+        try:
+            chan.settimeout(limit)
+            chan.exec_command(f"bash -c {shlex.quote(script)}")
+            if data is not None:
+                chan.sendall(data)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + limit
+            while True:
+                busy = False
+                while chan.recv_ready():
+                    out += chan.recv(1 << 16)
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(1 << 16)
+                    busy = True
+                # Done only at EOF: sshd may send the exit status before the last of the output.
+                drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+                if (chan.eof_received or chan.closed) and chan.exit_status_ready() and drained:
+                    break
+                if (chan.closed and drained) or not chan.get_transport().is_active():
+                    raise EOFError("the link dropped while a file command ran")
+                if time.monotonic() > deadline:
+                    raise HostError(f"{self.name}: command timed out after {limit:g}s: {script[:80]}")
+                if not busy:
+                    time.sleep(0.002)
+            return chan.recv_exit_status(), bytes(out), bytes(err)
+        finally:
+            chan.close()
+
+    def _shell_file(self, what: str, script: str, data: bytes | None = None) -> tuple[int, bytes]:
+        """A file operation as a shell command (no SFTP): (exit code, stdout); an error other than
+        the script's own 0 and 44 (no such file) raises HostError."""
+        rc, out, err = self._exec(script, data)
+        if rc not in (0, 44):
+            raise HostError(f"{self.name}: {what} failed with exit {rc}: {err.decode('utf-8', 'replace').strip()[-800:]}")
+        return rc, out
+
+    def _shell_read(self, path: str, what: str) -> bytes | None:
+        q = shlex.quote(path)
+        rc, out = self._shell_file(what, f"test -e {q} || exit 44; exec cat -- {q}")
+        return None if rc == 44 else out
 
     def close(self) -> None:
         for obj in (self._sftp, self._conn):
@@ -222,7 +310,12 @@ class SSHHost:
     def home(self) -> str:
         """The login user's home folder on the pod (relative paths are taken against it)."""
         if self._home is None:
-            self._home = self._retry("home", lambda: self._sftp_client().normalize("."))
+            def once():
+                sftp = self._sftp_client()
+                # The login folder, as sftp-server (and a relative rsync path) take it.
+                return sftp.normalize(".") if sftp is not None else self._shell_file("home", "pwd")[1].decode().strip()
+
+            self._home = self._retry("home", once)
         return self._home
 
     @property
@@ -248,9 +341,12 @@ class SSHHost:
         shell = as_shell(cmd)
         full = shell
         if env:
+            bad = [k for k in env if not ENV_NAME_RE.match(k)]
+            if bad:
+                raise InputError(f"{self.name}: invalid environment variable name {bad[0]!r}")
             full = " ".join(f"export {k}={shlex.quote(v)};" for k, v in env.items()) + " " + full
         if cwd:
-            full = f"cd {shlex.quote(cwd)} && {full}"
+            full = f"cd -- {shlex.quote(cwd)} && {full}"
         remote = f"bash -c {shlex.quote(full)}"
         limit = timeout if timeout is not None else self.command_timeout
 
@@ -289,8 +385,15 @@ class SSHHost:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
 
         def once():
+            sftp = self._sftp_client()
+            if sftp is None:
+                data = self._shell_read(remote, f"get {remote}")
+                if data is None:
+                    raise HostError(f"{self.name}: get {remote}: no such file")
+                Path(local).write_bytes(data)
+                return
             try:
-                self._sftp_client().get(remote, str(local))
+                sftp.get(remote, str(local))
             except FileNotFoundError:
                 raise HostError(f"{self.name}: get {remote}: no such file") from None
 
@@ -298,8 +401,11 @@ class SSHHost:
 
     def exists(self, path: str) -> bool:
         def once():
+            sftp = self._sftp_client()
+            if sftp is None:
+                return self._shell_file(f"exists {path}", f"test -e {shlex.quote(path)} || exit 44")[0] == 0
             try:
-                self._sftp_client().stat(path)
+                sftp.stat(path)
                 return True
             except FileNotFoundError:
                 return False
@@ -308,8 +414,12 @@ class SSHHost:
 
     def read_text(self, path: str) -> str | None:
         def once():
+            sftp = self._sftp_client()
+            if sftp is None:
+                data = self._shell_read(path, f"read {path}")
+                return None if data is None else data.decode("utf-8")
             try:
-                with self._sftp_client().open(path, "rb") as fh:
+                with sftp.open(path, "rb") as fh:
                     return fh.read().decode("utf-8")
             except FileNotFoundError:
                 return None
@@ -322,10 +432,15 @@ class SSHHost:
     def _write_bytes(self, path: str, data: bytes, mode: int, what: str) -> None:
         """Atomic on the pod: a temp file in the same folder, then an atomic rename over ``path``."""
         folder, name = os.path.split(path)
-        tmp = f"{folder or '.'}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = f"{folder or '.'}/{tmp_prefix(name)}{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
 
         def once():
             sftp = self._sftp_client()
+            if sftp is None:
+                q = shlex.quote
+                self._shell_file(what, f"mkdir -p -- {q(folder or '.')} && cat > {q(tmp)} && chmod {mode:o} {q(tmp)} "
+                                       f"&& mv -f -- {q(tmp)} {q(path)}", data)
+                return
             try:
                 sftp.putfo(io.BytesIO(data), tmp, confirm=True)
             except FileNotFoundError:
@@ -363,7 +478,14 @@ class SSHHost:
         """rsync a folder: this machine -> pod (``to_host``) or pod -> this machine; resumable."""
         remote_dir = dst if to_host else src
         remote = f"{self.target.user}@{self.target.host}:"
-        args = ["rsync", "-a", "--partial", "--partial-dir=.rsync-partial", "--itemize-changes",
+        # --protect-args: the remote paths travel inside rsync's protocol, never through the pod's
+        # shell (a shell-quoted path would be quoted twice by rsync >= 3.2.4, which escapes it itself).
+        from .localsync import PARTIAL_DIR, RSYNC_SAFE, TEMP_DIR, drop_temp_dir
+
+        # --temp-dir (in RSYNC_SAFE): a killed pass leaves its temp file in opsrg's TEMP_DIR. rsync refuses
+        # one that does not exist, even for a dry run (which writes nothing, so goes without one).
+        safe = RSYNC_SAFE if not dry_run else [a for a in RSYNC_SAFE if not a.startswith("--temp-dir=")]
+        args = ["rsync", "-a", "--protect-args", "--sparse", "--partial", *safe, "--itemize-changes",
                 "--timeout=60", "-e", shlex.join(self.ssh_command())]
         if self.rsync_bwlimit_kbps:
             args.append(f"--bwlimit={self.rsync_bwlimit_kbps}")
@@ -374,15 +496,23 @@ class SSHHost:
         args += [f"--exclude={x}" for x in excludes]
         if to_host:
             if not dry_run:
-                self.run(["mkdir", "-p", remote_dir])
-            args += [src.rstrip("/") + "/", remote + shlex.quote(dst.rstrip("/") + "/")]
+                self.run(["mkdir", "-p", f"{remote_dir.rstrip('/')}/{TEMP_DIR}"])
+            args += [_local_arg(src.rstrip("/") + "/"), remote + dst.rstrip("/") + "/"]
         else:
-            Path(dst).mkdir(parents=True, exist_ok=True)
-            args += [remote + shlex.quote(src.rstrip("/") + "/"), dst.rstrip("/") + "/"]
+            Path(dst, TEMP_DIR if not dry_run else "").mkdir(parents=True, exist_ok=True)
+            args += [remote + src.rstrip("/") + "/", _local_arg(dst.rstrip("/") + "/")]
         t0, delay = time.monotonic(), 0.2
         while True:
             p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
+                if dry_run:
+                    pass
+                elif not to_host:
+                    drop_temp_dir(dst)
+                else:  # the empty temp folder (and partial folder) on the pod; best effort
+                    d = remote_dir.rstrip("/")
+                    with contextlib.suppress(HostError):
+                        self.run(["rmdir", f"{d}/{TEMP_DIR}", f"{d}/{PARTIAL_DIR}"], check=False)
                 return RunResult(shlex.join(args), 0, p.stdout, p.stderr)
             err = p.stderr.strip()[-1500:]
             if "REMOTE HOST IDENTIFICATION HAS CHANGED" in p.stderr or "Host key verification failed" in p.stderr:
@@ -398,6 +528,12 @@ class SSHHost:
                     hint="rsync resumes where it stopped; check the pod with `inv pod-status`, then rerun the command")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _local_arg(path: str) -> str:
+    """A local rsync path that rsync reads as a path: never as an option ('-x'), nor as a remote
+    ``host:path`` (a ':' before the first '/')."""
+    return path if path.startswith("/") else f"./{path}"
 
 
 def probe(host: str, port: int, timeout: float = 2.0) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import provenance
 from .localsync import EXCLUDES as SYNC_EXCLUDES
+from .localsync import RSYNC_SAFE, TEMP_DIR
 from .sweep_csv import SweepRow, order
 
 # Spec keys that do not decide a run's result (left out of its identity).
@@ -146,7 +147,10 @@ def meta_plan(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
 
 
 def _rsync(src: str, dst: str, *extra: str) -> str:
-    return shlex.join(["rsync", "-a", *SYNC_EXCLUDES, *extra, f"{src}/", f"{dst}/"])
+    """One pass ``src/ -> dst/`` whose temp and partial files stay in opsrg's partial folder (a killed
+    pass leaves nothing beside the real files)."""
+    return (f"mkdir -p {shlex.quote(f'{dst}/{TEMP_DIR}')} && "
+            + shlex.join(["rsync", "-a", *RSYNC_SAFE, *SYNC_EXCLUDES, *extra, f"{src}/", f"{dst}/"]))
 
 
 def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, end: bool = True) -> str:
@@ -320,7 +324,8 @@ def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list
             lines = ['case "$SLURM_ARRAY_TASK_ID" in']
             for i, r in enumerate(members):
                 lines.append(f"{i})")
-                lines.append("  " + shell_body(sweep, r).rstrip("\n").replace("\n", "\n  "))
+                # Not indented: a quoted value (a multi-line command, a path) spans lines verbatim.
+                lines.append(shell_body(sweep, r).rstrip("\n"))
                 lines.append("  ;;")
             lines += ['*) echo "no row for array index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
             key = f"shell.{members[0].run_id}" + (f".x{len(members)}" if len(members) > 1 else "")

@@ -7,16 +7,18 @@ The window runs the stdlib supervisor; the task's truth lives in its files, neve
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 
-from .errors import TaskError
+from .errors import InputError, TaskError
 from .hosts import Host
 
 # Variables a task needs from the launching environment. Sessions on a running tmux server
 # inherit the server's environment, not ours, so they are passed explicitly with -e.
 PASS_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "SLURM_CONF",
             "TMPDIR", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "NUMBA_CACHE_DIR")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class TmuxRunner:
         self.host, self.socket, self.session = host, socket, session
 
     def _tmux(self, *args: str) -> list[str]:
-        return ["tmux", "-L", self.socket, *args]
+        return ["tmux", "-L", self.socket, *(tmux_arg(a) for a in args)]
 
     def ensure_session(self) -> None:
         r = self.host.run(self._tmux("has-session", "-t", f"={self.session}"), check=False)
@@ -61,10 +63,12 @@ class TmuxRunner:
         merged = {k: os.environ[k] for k in PASS_ENV if k in os.environ and self.host.name == _local_name()}
         merged.update(env or {})
         for k, v in merged.items():
+            if not ENV_NAME_RE.match(k):
+                raise InputError(f"invalid environment variable name {k!r} for task {window!r}")
             envs += ["-e", f"{k}={v}"]
         r = self.host.run(
             self._tmux("new-window", "-d", "-P", "-F", "#{window_id}", "-t", f"={self.session}:", "-n", window,
-                       *envs, shlex.join(argv)),
+                       *envs, "--", shlex.join(argv)),
             check=False,
         )
         if not r.ok:
@@ -76,11 +80,18 @@ class TmuxRunner:
         return r.ok and window in r.stdout.split()
 
     def attach_argv(self, target: TmuxTarget) -> list[str]:
-        return self._tmux("attach-session", "-t", f"={self.session}", ";", "select-window", "-t",
-                          target.window_id or target.window)
+        # The bare ";" separates two tmux commands (added after _tmux, which would escape it).
+        return [*self._tmux("attach-session", "-t", f"={self.session}"), ";",
+                *self._tmux("select-window", "-t", target.window_id or target.window)[3:]]
 
     def kill_server(self) -> None:
         self.host.run(self._tmux("kill-server"), check=False)
+
+
+def tmux_arg(arg: str) -> str:
+    """An argument as tmux takes it from its command line: one that ends in ``;`` would end the
+    tmux command there (the rest would run as tmux commands), so its last ``;`` is escaped."""
+    return arg[:-1] + "\\;" if arg.endswith(";") else arg
 
 
 def _local_name() -> str:

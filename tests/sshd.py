@@ -59,7 +59,7 @@ def _answers(port: int) -> bool:
 class SSHD:
     """One sshd: start, stop (listener and every session), restart on the same port and key."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sftp: bool = True) -> None:
         self.dir = root
         self.port = free_port()
         self.hostkey = root / "hostkey"
@@ -71,7 +71,10 @@ class SSHD:
         # The pod user's HOME is an empty folder: bash sources ~/.bashrc for every SSH command, and
         # a developer's rc files (pyenv init: 0.2 s) would otherwise slow each one down.
         (root / "home").mkdir()
-        (root / "sshd_config").write_text(CONFIG.format(port=self.port, d=root))
+        config = CONFIG.format(port=self.port, d=root)
+        if not sftp:  # a pod whose sshd offers no SFTP subsystem (shell commands only)
+            config = "".join(ln for ln in config.splitlines(keepends=True) if not ln.startswith("Subsystem sftp"))
+        (root / "sshd_config").write_text(config)
         self.user = _user()
 
     @property
@@ -158,10 +161,11 @@ def sshd_server():
 
 
 @pytest.fixture
-def sshd_private(tmp_path_factory):
-    """An sshd of this test's own, for tests that kill or change it."""
+def sshd_private(request, tmp_path_factory):
+    """An sshd of this test's own, for tests that kill or change it. Indirect parameters are
+    SSHD's options: ``@pytest.mark.parametrize("sshd_private", [{"sftp": False}], indirect=True)``."""
     _require_sshd()
-    server = SSHD(tmp_path_factory.mktemp("sshd"))
+    server = SSHD(tmp_path_factory.mktemp("sshd"), **getattr(request, "param", {}))
     server.start()
     yield server
     server.stop()

@@ -202,3 +202,60 @@ def test_cli_tracked_tasks_run_on_the_pod(ssh_project):
     r = inv("fsm-status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "POD_READY"
     assert time.monotonic() - t0 < 5
+
+
+# ------------------------------------------------------------------ a pod without SFTP
+NO_SFTP = pytest.param({"sftp": False}, id="no-sftp")
+
+
+@pytest.mark.ssh
+@pytest.mark.parametrize("sshd_private", [NO_SFTP], indirect=True)
+def test_no_sftp_subsystem_falls_back_to_shell_commands_at_once(sshd_private, tmp_path):
+    """paramiko's open_sftp fails with SSHException('Channel closed.') there: not a dropped link, so
+    it is not retried for OPS_SSH_RETRY_SECS; every file operation goes through exec channels."""
+    h = make_ssh_host(sshd_private, tmp_path / "known_hosts", retry=30.0)
+    try:
+        t0 = time.monotonic()
+        assert h.home == os.path.expanduser("~") or h.home.startswith("/")
+        assert "no SFTP subsystem" in h.no_sftp and "Subsystem sftp" in h.no_sftp and sshd_private.spec in h.no_sftp
+        target = f"{tmp_path}/pod/it's a $(dir)/f.txt"
+        assert not h.exists(target) and h.read_text(target) is None
+        h.write_text(target, "héllo\n", mode=0o600)
+        assert h.exists(target) and h.read_text(target) == "héllo\n"
+        assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+        assert [p.name for p in Path(target).parent.iterdir()] == ["f.txt"]  # no temp file left
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(os.urandom(300_000))
+        h.put(blob, f"{tmp_path}/pod/blob.bin")
+        h.get(f"{tmp_path}/pod/blob.bin", tmp_path / "back.bin")
+        assert (tmp_path / "back.bin").read_bytes() == blob.read_bytes()
+        with pytest.raises(HostError, match="no such file"):
+            h.get(f"{tmp_path}/pod/missing", tmp_path / "x")
+        assert time.monotonic() - t0 < 10  # never the 30 s retry budget
+    finally:
+        h.close()
+
+
+@pytest.mark.ssh
+@pytest.mark.tmux
+@pytest.mark.parametrize("sshd_private", [NO_SFTP], indirect=True)
+def test_cli_works_on_a_pod_without_sftp(sshd_private, tmp_path, monkeypatch, tmux_socket):
+    from opsrg.settings import KNOWN_KEYS
+
+    from sshd import write_ssh_env
+
+    for k in list(os.environ):
+        if k.upper() in KNOWN_KEYS:
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OPSRG_ENV_FILE", str(write_ssh_env(tmp_path, sshd_private, tmux_socket,
+                                                           OPS_SSH_RETRY_SECS="30")))
+    t0 = time.monotonic()
+    r = inv("pod-up")
+    assert r.returncode == 0 and "unreachable" not in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 15
+    assert inv("task-run", "--id", "hi", "--cmd", "seq 1 50000; echo done-on-pod").returncode == 0
+    r = inv("task-wait", "--id", "hi", "--timeout-secs", "30")
+    assert r.returncode == 0 and "success" in r.stdout, r.stdout + r.stderr
+    log = inv("task-logs", "--id", "hi").stdout
+    assert "\n49999\n50000\ndone-on-pod\n" in log and log.startswith("1\n2\n")
+    assert json.loads(inv("task-status", "--id", "hi", "--json").stdout)["exit_code"] == 0

@@ -24,6 +24,9 @@ BROKEN_ENVS = {
     "negative": ("SLURM_CPUS_PER_TASK=-1\n", ":1: SLURM_CPUS_PER_TASK"),
     "bad tmux name": ("WF_TMUX_SESSION=a:b\n", ":1: WF_TMUX_SESSION"),
     "shell injection in name": ("OPS_TMUX_SOCKET=x;rm -rf ~\n", ":1: OPS_TMUX_SOCKET"),
+    "empty path": ("LOCAL_ARTIFACTS_DIR=\n", ":1: LOCAL_ARTIFACTS_DIR: Value error, must be a path, not empty"),
+    "unexpanded path": ("RUN_OUT_LOCAL_ROOT=${HOME}/scratch\n", ":1: RUN_OUT_LOCAL_ROOT: Value error, '$' is not"),
+    "unexpanded optional path": ("DATA_DIR=$HOME/data\n", ":1: DATA_DIR: Value error, '$' is not expanded"),
 }
 
 
@@ -38,6 +41,38 @@ def test_broken_workflow_env(tmp_path, case):
     assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["", "${HOME}/out", "$O/x$(touch PWNED)"])
+def test_empty_or_unexpanded_outputs_dir_is_refused(tmp_path, value):
+    """Empty once meant the project folder (and artifacts-gc then removed sweeps/ from it); ``${HOME}``
+    made a folder literally named so. Both stop every command, before it does anything."""
+    env = tmp_path / "workflow.env"
+    env.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={value}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (("pod-up",), ("artifacts-gc", "--ttl-days", "0"), ("doctor", "--fix")):
+        r = inv(*args, env={"OPSRG_ENV_FILE": str(env)})
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert f"{env}:2: OPS_REMOTE_OUTPUTS_DIR: " in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no ${HOME} folder, no outputs here
+
+
+@pytest.mark.parametrize("case", ["folder", "unreadable"])
+def test_env_file_that_is_no_readable_file(tmp_path, case):
+    """OPSRG_ENV_FILE naming a folder, or a file that cannot be read: `PATH: problem`, exit 2."""
+    import os
+
+    if case == "folder":
+        path, expected = tmp_path, f"{tmp_path}: not a file"
+    elif os.geteuid() != 0:
+        path = tmp_path / "workflow.env"
+        path.write_text("POD_PROVIDER=local\n")
+        path.chmod(0)
+        expected = f"{path}: cannot read the settings file (permission denied)"
+    else:  # root reads any mode; a file whose read fails (EIO) takes the same path through the code
+        path, expected = "/proc/self/mem", ": cannot read the settings file (Input/output error)"
+    r = inv("fsm-status", env={"OPSRG_ENV_FILE": str(path)})
+    assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_non_utf8_env(tmp_path):
@@ -92,3 +127,42 @@ def test_hostile_task_ids_and_commands(project):
         assert r.returncode == 2 and "invalid task id" in r.stderr, bad
     assert not list((project / "outputs" / "_tasks").glob("*")) or all(
         p.name.startswith(".") for p in (project / "outputs" / "_tasks").iterdir())
+
+
+# ------------------------------------------------------------------ hostile values for command builders
+# Settings that reach a command opsrg builds where no shell quoting applies (an '#SBATCH' line, an
+# argument git or ssh would read as an option): each is refused with exit 2 naming the key, at once.
+HOSTILE_SETTINGS = {
+    "slurm partition with a newline": ({"SLURM_PARTITION": "debug\ntouch {o}/PWNED"}, "CHECKED_OUT", "slurm",
+                                       "SLURM_PARTITION"),
+    "slurm account with a space": ({"SLURM_ACCOUNT": "a --wrap=touch"}, "CHECKED_OUT", "slurm", "SLURM_ACCOUNT"),
+    "slurm mem with a quote": ({"SLURM_MEM": '2G"'}, "CHECKED_OUT", "slurm", "SLURM_MEM"),
+    "slurm gres with a comment": ({"SLURM_GRES": "gpu:1#x"}, "CHECKED_OUT", "slurm", "SLURM_GRES"),
+    "outputs with a newline, slurm": ({"OPS_REMOTE_OUTPUTS_DIR": "{o}/out\ntouch {o}/PWNED"}, "CHECKED_OUT", "slurm",
+                                      "#SBATCH --output="),
+    "outputs with a quote, slurm": ({"OPS_REMOTE_OUTPUTS_DIR": "{o}/it's"}, "CHECKED_OUT", "slurm", "#SBATCH --output="),
+    "branch that is an option": ({"CHECKOUT_BRANCH": "--upload-pack=touch {o}/PWNED"}, "BOOTSTRAPPED", "checkout",
+                                 "CHECKOUT_BRANCH"),
+    "repo url that is an option": ({"REPO_URL": "--upload-pack=touch {o}/PWNED"}, "BOOTSTRAPPED", "checkout",
+                                   "REPO_URL"),
+    "ssh host that is an option": ({"POD_PROVIDER": "ssh", "OPS_DEFAULT_HOST": "-oProxyCommand=touch {o}/PWNED"},
+                                   "INIT", "pod-up", "ssh host"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SETTINGS))
+def test_hostile_settings_for_command_builders_are_refused(project, case):
+    values, state, what, named = HOSTILE_SETTINGS[case]
+    env = {k: v.format(o=project) for k, v in values.items()}
+    if state != "INIT":
+        assert inv("fsm-reset", state, env=env).returncode == 0
+    if what == "slurm":
+        csv = project / "s.csv"
+        csv.write_text("run_id,config,seed,overrides,notes\nr1,sweeps/configs/shell.toml,1,,\n")
+        argv = ["sweep-start", "--csv", str(csv), "--backend", "slurm", "--dry-run"]
+    else:
+        argv = [what]
+    r = inv(*argv, env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert named in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (project / "PWNED").exists()
