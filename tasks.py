@@ -60,8 +60,58 @@ def ops(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise Exit(code=130) from None
+        except OSError as e:  # a full disk, a folder that cannot be written: one line, not a traceback
+            line = _os_error_line(e)
+            if line is None:  # no file named: a bug, not the user's disk; keep the traceback
+                raise
+            print(f"error: {line}", file=sys.stderr)
+            raise Exit(code=2) from None
 
     return wrapper
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """``disk full at PATH`` (ENOSPC, EDQUOT), or ``STRERROR at PATH`` for another OSError that names a file;
+    None for one that names none. A full disk fails in write(), which names no file: then the path is the
+    one the innermost writer on the traceback was writing (its ``path``), if any."""
+    import errno
+    import os
+
+    path = e.filename
+    if path is None:
+        tb, names = e.__traceback__, ("path", "filename", "dst", "target")
+        while tb is not None:
+            for name in names:
+                v = tb.tb_frame.f_locals.get(name)
+                if isinstance(v, (str, os.PathLike)) and str(v):
+                    path = v
+            tb = tb.tb_next
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" at {os.fsdecode(path)}" if path is not None else ""
+        return f"disk full{where} ({e.strerror or e}): free space there, then run the command again"
+    if e.filename is None:
+        return None
+    other = f" -> {os.fsdecode(e.filename2)}" if e.filename2 is not None else ""
+    return f"{e.strerror or e} at {os.fsdecode(e.filename)}{other}"
+
+
+def _number(option: str, value, *, zero_ok: bool = False) -> float | None:
+    """The value of a numeric ``--OPTION`` (None when not given): a finite number > 0 (>= 0 with
+    ``zero_ok``), else InputError naming the option. ``10s``, ``nan`` and ``inf`` are refused."""
+    import math
+
+    from opsrg.errors import InputError
+
+    if value is None:
+        return None
+    want = "a number >= 0" if zero_ok else "a positive number"
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        raise InputError(f"--{option} must be {want}, got {value!r}") from None
+    if not math.isfinite(x) or x < 0 or (x == 0 and not zero_ok):
+        raise InputError(f"--{option} must be {want}, got {value!r}")
+    return x
 
 
 def _print_json(obj) -> None:
@@ -240,10 +290,10 @@ def fetch_run(c, run_id):
 @ops
 def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False):
     """Start CMD as a tracked task in tmux and return at once."""
+    timeout = _number("timeout-secs", timeout_secs)
     ctx = _ctx()
     with ctx.transition("task-run"):
-        rec = ctx.tasks.run(id, cmd, timeout_secs=float(timeout_secs) if timeout_secs else None,
-                            replace=replace, cwd=cwd)
+        rec = ctx.tasks.run(id, cmd, timeout_secs=timeout, replace=replace, cwd=cwd)
     if json:
         _print_json(rec.to_json())
     else:
@@ -271,7 +321,7 @@ def task_wait(c, id, timeout_secs=None, quiet=False):
     """Wait for a task to end: exit 0 success, 1 failed, 124 timed out (or the wait timed out)."""
     from opsrg.tracked import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
 
-    rec, waited_out = _ctx().tasks.wait(id, float(timeout_secs) if timeout_secs else None)
+    rec, waited_out = _ctx().tasks.wait(id, _number("timeout-secs", timeout_secs))
     if waited_out:
         print(f"still {rec.state} after waiting {timeout_secs}s: {describe(rec)}", file=sys.stderr)
         raise Exit(code=WAIT_TIMEOUT_EXIT)
@@ -384,8 +434,9 @@ def _sweep_table(rows):
 
 def _sweep_exit(verdict):
     if verdict["done"] and verdict["failed"]:
-        print(f"failed runs: {', '.join(verdict['failed'])}; after fixing the cause, rerun only those with: "
-              "inv sweep-start --resume", file=sys.stderr)
+        nxt = verdict.get("next", "inv sweep-start --resume")
+        what = "rerun only those with" if nxt.endswith("--resume") else "start the sweep again with"
+        print(f"failed runs: {', '.join(verdict['failed'])}; after fixing the cause, {what}: {nxt}", file=sys.stderr)
         raise Exit(code=1)
 
 
@@ -425,10 +476,13 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     from opsrg import sweep_runner
     from opsrg.watcher import backoff
 
+    limit = _number("timeout-secs", timeout_secs)
     ctx = _ctx()
     t0, delays, seen = time.monotonic(), backoff(slow=10.0, cap=30.0), None
     while True:
         m, rows, verdict = sweep_runner.monitor(ctx, campaign)
+        if verdict.get("settled"):
+            print(verdict["settled"], file=sys.stderr, flush=True)
         if verdict.get("scheduler_unreachable"):
             print(f"scheduler unreachable ({verdict['scheduler_unreachable']}): runs keep their last known "
                   "state; polling on", file=sys.stderr, flush=True)
@@ -438,7 +492,7 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
         if now != seen:  # progress: poll soon again
             seen, delays = now, backoff(slow=10.0, cap=30.0)
             next(delays)
-        if timeout_secs and time.monotonic() - t0 > float(timeout_secs):
+        if limit is not None and time.monotonic() - t0 > limit:
             print(f"still running after {timeout_secs}s: {', '.join(verdict['running'])}", file=sys.stderr)
             raise Exit(code=124)
         time.sleep(next(delays))
@@ -531,14 +585,8 @@ def artifacts_ls(c, json=False):
 def artifacts_gc(c, ttl_days, dry_run=False):
     """Remove expired runs; never an incomplete run that a live task still writes."""
     from opsrg import artifacts
-    from opsrg.errors import InputError
 
-    try:
-        ttl = float(ttl_days)
-    except ValueError:
-        raise InputError(f"--ttl-days must be a number, got {ttl_days!r}") from None
-    if ttl < 0:
-        raise InputError(f"--ttl-days must be >= 0, got {ttl}")
+    ttl = _number("ttl-days", ttl_days, zero_ok=True)
     removed, kept = artifacts.gc(_ctx(), ttl, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for r in removed:

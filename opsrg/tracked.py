@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import os
 import re
 import shlex
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import supervisor
-from .errors import InputError, TaskError
+from .errors import InputError, OpsError, TaskError
 from .hosts import Host, LocalHost
+from .runs import reserved
 from .tmux import TmuxRunner
 
 ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -52,6 +57,9 @@ def validate_id(task_id: str) -> str:
         raise InputError(
             f"invalid task id {task_id!r}: use 1-128 of [A-Za-z0-9._-], no '..', not starting with '.' or '-'"
         )
+    why = reserved(task_id)
+    if why:  # sweep rows run as tasks named by their run id: one rule for both
+        raise InputError(f"invalid task id: {why}")
     return task_id
 
 
@@ -138,52 +146,90 @@ class TaskManager:
     # ------------------------------------------------------------ start
     def run(self, task_id: str, command: str, *, timeout_secs: float | None = None, replace: bool = False,
             cwd: str | None = None, env: dict[str, str] | None = None) -> TaskRecord:
-        """Create the task's files and start it in tmux; returns at once with the pending record."""
+        """Create the task's files and start it in tmux; returns at once with the pending record.
+
+        The id is claimed atomically: the files are written to a folder of this call's own under
+        ``.incoming/``, which is then renamed onto ``<id>/``. That rename fails while another task holds the
+        id, so of concurrent calls exactly one starts and the others fail (TaskError) without touching its
+        files. With ``replace``, an ended task's folder is moved to ``.replaced/`` first, under its status
+        lock (see :func:`supervisor.claim`).
+        """
         p = self.paths(task_id)
         if not command.strip():
             raise InputError("empty command: pass --cmd 'COMMAND'")
-        if timeout_secs is not None and timeout_secs <= 0:
-            raise InputError(f"--timeout-secs must be positive, got {timeout_secs}")
-        if self.host.exists(p.root):
+        if timeout_secs is not None and not (math.isfinite(timeout_secs) and timeout_secs > 0):
+            raise InputError(f"--timeout-secs must be a positive number of seconds, got {timeout_secs}")
+        if self.host.exists(p.root):  # a friendly early answer; the claim below is what decides
             try:
                 old_state: str = self.status(task_id).state.value
             except TaskError:  # unreadable or missing status: nothing live to protect
                 old_state = "unreadable"
             if not replace:
-                raise TaskError(f"task {task_id!r} already exists ({old_state}); pass --replace to start it again",
-                                hint=f"inv task-status --id {task_id}")
+                raise self._refusal(task_id, {"why": "exists", "state": old_state})
             if old_state in ("pending", "running"):
-                raise TaskError(f"task {task_id!r} is {old_state}: stop it first",
-                                hint=f"inv task-kill --id {task_id}")
-            keep = f"{self.root}/.replaced/{task_id}-{int(time.time() * 1000)}"
-            self.host.run(["mkdir", "-p", f"{self.root}/.replaced"])
-            self.host.run(["mv", p.root, keep])
-        self.host.run(["mkdir", "-p", p.root])
-        self.host.write_text(p.command, f"#!/usr/bin/env bash\n{command}\n", mode=0o755)
-        self.host.write_text(p.supervisor, SUPERVISOR_SOURCE.read_text(encoding="utf-8"))
+                raise self._refusal(task_id, {"why": "live", "state": old_state})
+        token = f"{task_id}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
+        prep = TaskPaths(f"{self.root}/.incoming/{token}")
         rec = {
             "id": task_id, "state": "pending", "command": command, "cwd": cwd or "",
             "timeout_secs": timeout_secs, "kill_grace_secs": self.kill_grace, "runner": "tmux",
             "created_at": supervisor.now_iso(), "host": self.host.name, "exit_code": None,
             "tmux": {"socket": self.runner.socket, "session": self.runner.session, "window": task_id},
             "paths": {"status": p.status, "log": p.log, "command": p.command},
+            # who created it: if this process dies before the window starts, observers know at once
+            "launcher_pid": os.getpid(), "launcher_host": socket.gethostname(),
         }
-        self.host.write_text(p.status, json.dumps(rec, indent=2, sort_keys=True) + "\n")
-        self.host.write_text(p.log, "")
+        try:
+            self.host.run(["mkdir", "-p", prep.root])
+            self.host.write_text(prep.command, f"#!/usr/bin/env bash\n{command}\n", mode=0o755)
+            self.host.write_text(prep.supervisor, SUPERVISOR_SOURCE.read_text(encoding="utf-8"))
+            self.host.write_text(prep.log, "")
+            self.host.write_text(prep.status, json.dumps(rec, indent=2, sort_keys=True) + "\n")
+            out = self._claim(prep, p, f"{self.root}/.replaced/{token}" if replace else None)
+        except BaseException:
+            self._discard(prep)
+            raise
+        if not out.get("claimed"):
+            self._discard(prep)  # ours alone: the winner's files are untouched
+            raise self._refusal(task_id, out)
         try:
             target = self.runner.start(task_id, [self.host.python, p.supervisor, "run", p.root], env)
-        except TaskError as e:
+        except OpsError as e:
             self._call("finalize_failed", p, f"could not start: {e}")
             raise
         self._update(p, tmux=target.as_dict())
         return self.status(task_id, check=False)
+
+    def _claim(self, prep: TaskPaths, p: TaskPaths, keep: str | None) -> dict[str, Any]:
+        """:func:`supervisor.claim` where the task lives: in-process here, on the pod over SSH."""
+        if isinstance(self.host, LocalHost):
+            return supervisor.claim(prep.root, p.root, keep)
+        r = self.host.run([self.host.python, prep.supervisor, "claim", prep.root, p.root, *([keep] if keep else [])])
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def _discard(self, prep: TaskPaths) -> None:
+        """Remove this call's own prepared folder (gone already once claimed)."""
+        try:
+            self.host.run(["rm", "-rf", "--", prep.root], check=False)
+        except OpsError:
+            pass
+
+    def _refusal(self, task_id: str, out: dict[str, Any]) -> TaskError:
+        state, why = out.get("state", "unreadable"), out.get("why")
+        if why == "live":
+            return TaskError(f"task {task_id!r} is {state}: stop it first", hint=f"inv task-kill --id {task_id}")
+        if why == "raced":
+            return TaskError(f"task {task_id!r} was replaced by another task-run at the same moment ({state}); "
+                             "this one did not start", hint=f"inv task-status --id {task_id}")
+        return TaskError(f"task {task_id!r} already exists ({state}); pass --replace to start it again",
+                         hint=f"inv task-status --id {task_id}")
 
     # ------------------------------------------------------------ observe
     def read(self, task_id: str) -> TaskRecord:
         p = self.paths(task_id)
         text = self.host.read_text(p.status)
         if text is None:
-            known = ", ".join(r.id for r in self.list(check=False)[:20]) or "none"
+            known = ", ".join(self.ids()[:20]) or "none"  # names only: a folder without a record is no task
             raise TaskError(f"no task {task_id!r} under {self.root} (known: {known})")
         try:
             return TaskRecord.from_json(json.loads(text))
@@ -203,18 +249,32 @@ class TaskManager:
         """Liveness of the task's supervisor, read-only: {'alive': bool|None, 'evidence': str}."""
         return self._call("probe", self.paths(task_id))
 
+    def ids(self) -> list[str]:
+        """The task folders' names (folders only: a stray file under ``_tasks`` is no task)."""
+        r = self.host.run(["find", self.root, "-mindepth", "1", "-maxdepth", "1", "-type", "d", "-printf", "%f\\n"],
+                          check=False)
+        return sorted(x for x in r.stdout.split("\n") if ID_RE.match(x) and not x.startswith("."))
+
     def list(self, *, check: bool = True,
              on_error: Callable[[TaskError], None] | None = None) -> list[TaskRecord]:
-        """Every task; an unreadable record is reported through ``on_error``, never hidden."""
-        r = self.host.run(["ls", "-1", self.root], check=False)
-        ids = sorted(x for x in r.stdout.split() if ID_RE.match(x) and not x.startswith("."))
+        """Every task; an unreadable record is reported through ``on_error``, never hidden. A record whose
+        probe found its task dead but could not write that down (a full disk) is listed as last recorded,
+        with the failure reported through ``on_error``."""
         out = []
-        for task_id in ids:
+        for task_id in self.ids():
             try:
                 out.append(self.status(task_id, check=check))
             except TaskError as e:
                 if on_error:
                     on_error(e)
+            except OSError as e:
+                if on_error:
+                    on_error(TaskError(f"task {task_id}: could not record what its probe found: "
+                                       f"{e.strerror or e} at {e.filename}; shown as last recorded"))
+                try:
+                    out.append(self.read(task_id))
+                except TaskError:
+                    pass
         return sorted(out, key=lambda t: t.created_at)
 
     def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.1,
@@ -247,28 +307,56 @@ class TaskManager:
                 on_tick(rec)
         return rec, False
 
-    def logs(self, task_id: str, *, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
-        """The log's content; with ``follow``, new text until the task ends. Read-only."""
+    def logs(self, task_id: str, *, follow: bool = False, poll: float = 0.2,
+             chunk: int = 1 << 20) -> Iterator[str]:
+        """The log's content in pieces of at most ``chunk`` bytes (never the whole log in memory);
+        with ``follow``, new text until the task ends. Read-only."""
+        import codecs
+        import contextlib
+
         p = self.paths(task_id)
         self.read(task_id)
-        if not isinstance(self.host, LocalHost):
-            yield self.host.read_text(p.log) or ""
-            while follow and not self.read(task_id).state.is_terminal:
-                time.sleep(poll)
-            return
-        with open(p.log, "rb") as fh:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two pieces
+        with contextlib.ExitStack() as stack:
+            if isinstance(self.host, LocalHost):
+                try:
+                    fh = stack.enter_context(open(p.log, "rb"))
+                except FileNotFoundError:
+                    fh = None
+
+                def piece(offset: int) -> bytes:
+                    return fh.read(chunk) if fh is not None else b""
+            else:
+                def piece(offset: int) -> bytes:
+                    return self._remote_piece(p.log, offset, 4 * chunk)
+            offset, last_pass = 0, not follow
             while True:
-                chunk = fh.read()
-                if chunk:
-                    yield chunk.decode("utf-8", "replace")
-                if not follow:
+                data = piece(offset)
+                if data:
+                    offset += len(data)
+                    text = decoder.decode(data)
+                    if text:
+                        yield text
+                    continue
+                if last_pass:
+                    rest = decoder.decode(b"", final=True)
+                    if rest:
+                        yield rest
                     return
                 if self.read(task_id).state.is_terminal:
-                    rest = fh.read()
-                    if rest:
-                        yield rest.decode("utf-8", "replace")
-                    return
+                    last_pass = True  # read what it wrote before it ended, then stop
+                    continue
                 time.sleep(poll)
+
+    def _remote_piece(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes ``offset..offset+size`` of a file on the pod (base64 over the command's stdout)."""
+        import base64
+
+        code = ("import base64, sys\ntry:\n    f = open(sys.argv[1], 'rb')\nexcept FileNotFoundError:\n"
+                "    sys.exit(0)\nf.seek(int(sys.argv[2]))\n"
+                "sys.stdout.write(base64.b64encode(f.read(int(sys.argv[3]))).decode())")
+        r = self.host.run([self.host.python, "-c", code, path, str(offset), str(size)])
+        return base64.b64decode(r.stdout.strip())
 
     # ------------------------------------------------------------ control
     def kill(self, task_id: str) -> TaskRecord:

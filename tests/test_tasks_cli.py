@@ -90,3 +90,51 @@ def test_task_lifecycle_exit_codes(project):
     assert r.returncode == 1 and "no task 'missing'" in r.stderr
     r = inv("task-run", "--id", "../evil", "--cmd", "true")
     assert r.returncode == 2 and "invalid task id" in r.stderr
+
+
+# ------------------------------------------------------------------ numeric options, dry runs
+NUMERIC_OPTIONS = [  # (argv before the value, option); every numeric option of every task
+    (["task-run", "--id", "n", "--cmd", "true", "--timeout-secs"], "--timeout-secs"),
+    (["task-wait", "--id", "n", "--timeout-secs"], "--timeout-secs"),
+    (["sweep-monitor", "--wait", "--timeout-secs"], "--timeout-secs"),
+    (["artifacts-gc", "--dry-run", "--ttl-days"], "--ttl-days"),
+]
+
+
+@pytest.mark.parametrize("value", ["10s", "nan", "inf", "-1", "", "1e999"])
+@pytest.mark.parametrize("argv,option", NUMERIC_OPTIONS, ids=[a[0] for a, _ in NUMERIC_OPTIONS])
+def test_numeric_options_refuse_what_is_not_a_finite_number(project, argv, option, value):
+    r = inv(*argv, value)  # refused before anything is read or run
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: {option} must be" in r.stderr and repr(value) in r.stderr and "Traceback" not in r.stderr
+    assert not (project / "outputs" / "_tasks" / "n").exists()
+
+
+def test_zero_timeout_is_refused_but_zero_ttl_is_allowed(project):
+    assert inv("pod-up").returncode == 0
+    r = inv("task-run", "--id", "z", "--cmd", "true", "--timeout-secs", "0")
+    assert r.returncode == 2 and "--timeout-secs must be a positive number" in r.stderr
+    r = inv("artifacts-gc", "--ttl-days", "0", "--dry-run")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.tmux
+def test_a_fractional_timeout_is_enforced_and_recorded_as_a_number(project):
+    assert inv("pod-up").returncode == 0
+    assert inv("task-run", "--id", "t", "--cmd", "sleep 30", "--timeout-secs", "0.5").returncode == 0
+    assert inv("task-wait", "--id", "t", "--timeout-secs", "20").returncode == 124
+    rec = json.loads((project / "outputs" / "_tasks" / "t" / "status.json").read_text())  # strict JSON
+    assert rec["timeout_secs"] == 0.5 and rec["state"] == "timed_out"
+
+
+def test_sweep_dry_run_follows_the_same_fsm_rule_as_the_real_start(project):
+    csv = project / "s.csv"
+    csv.write_text("run_id,config,seed,overrides,notes\nr1,sweeps/configs/shell.toml,1,,\n")
+    r = inv("sweep-start", "--csv", str(csv), "--dry-run")  # INIT: refused, as the real start is
+    assert r.returncode == 2 and "'sweep-start' is not allowed in state INIT" in r.stderr
+    r = inv("sweep-start", "--csv", str(csv), "--dry-run", env={"WF_FSM_ENFORCE": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "warning: 'sweep-start' is not allowed in state INIT" in r.stderr and "WF_FSM_ENFORCE=0" in r.stderr
+    assert "dry run (tmux): 1 jobs for runs r1" in r.stdout
+    assert json.loads(inv("fsm-status", "--json").stdout)["state"] == "INIT"  # a dry run moves nothing
+    assert not (project / "outputs" / "r1").exists()

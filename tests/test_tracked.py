@@ -17,7 +17,7 @@ from opsrg.errors import InputError, TaskError
 from opsrg.supervisor import proc_state
 from opsrg.tracked import TaskState, validate_id
 
-from support import retry_until
+from support import cgroup_or_skip, retry_until, sleeping
 
 pytestmark = pytest.mark.tmux
 
@@ -300,3 +300,119 @@ def test_opsrg_does_not_pass_a_task_tag_to_what_it_starts(monkeypatch):
 
     monkeypatch.setenv(TAG, "/some/task")
     assert LocalHost().run(f"echo ${{{TAG}-unset}}").stdout.strip() == "unset"
+
+
+# ------------------------------------------------------------------ task-logs streams
+def test_logs_come_in_bounded_pieces_and_split_characters_survive(tasks):
+    tasks.run("multi", "printf 'h\\303\\251llo w\\303\\266rld \\342\\202\\254%.0s' $(seq 40)")
+    rec, _ = tasks.wait("multi", timeout=20)
+    assert rec.state == TaskState.SUCCESS
+    raw = Path(tasks.paths("multi").log).read_bytes()
+    pieces = list(tasks.logs("multi", chunk=7))
+    assert len(pieces) > 20 and all(len(p.encode()) <= 7 + 3 for p in pieces)
+    assert "".join(pieces) == raw.decode("utf-8") and "\ufffd" not in "".join(pieces)
+
+
+def test_logs_follow_streams_until_the_task_ends(tasks):
+    tasks.run("slow", "for i in 1 2 3; do echo line $i; sleep 0.3; done")
+    text = "".join(tasks.logs("slow", follow=True, poll=0.05, chunk=4))
+    assert "line 1\nline 2\nline 3\n" in text and tasks.read("slow").state == TaskState.SUCCESS
+
+
+def test_task_logs_of_a_huge_log_runs_in_bounded_memory(tasks):
+    """`inv task-logs` on a 200 MB log took 631 MB: it read and decoded the whole file at once."""
+    tasks.run("huge", "true")
+    assert tasks.wait("huge", timeout=20)[0].state == TaskState.SUCCESS
+    log = Path(tasks.paths("huge").log)
+    line = ("é" * 20 + "x" * 59 + "\n").encode()
+    with open(log, "ab") as fh:
+        fh.write(line * (100 * 2**20 // len(line)))
+    size = log.stat().st_size
+    probe = ("import resource, subprocess, sys\n"
+             "p = subprocess.run([sys.argv[1], 'task-logs', '--id', 'huge'], stdout=subprocess.PIPE)\n"
+             "print(p.returncode, len(p.stdout), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, str(Path(sys.executable).parent / "inv")],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    rc, nbytes, maxrss_kib = (int(x) for x in out.stdout.split())
+    assert rc == 0 and nbytes == size, out.stderr
+    assert maxrss_kib < 100 * 1024, f"task-logs peaked at {maxrss_kib // 1024} MiB for a {size >> 20} MiB log"
+
+
+# ------------------------------------------------ containment beyond the tag, a launcher that died
+def _escaping_task(tasks, tid: str, containment: str, tail: str, **kw) -> int:
+    """A task whose command leaves ``( env -i sh -c "setsid sleep N &" )`` behind: no tag, its own session, and
+    (its parent gone) re-parented out of the command's tree. Returns the daemon's pid."""
+    import uuid
+
+    from opsrg.supervisor import CONTAINMENT_ENV, TAG
+
+    token = f"612.{uuid.uuid4().int % 10**9:09d}"
+    tasks.run(tid, f'( env -i sh -c "setsid sleep {token} &" ); {tail}', env={CONTAINMENT_ENV: containment}, **kw)
+    daemon = retry_until(lambda: sleeping(token), what="the daemon to start")[0]
+    assert TAG.encode() not in Path(f"/proc/{daemon}/environ").read_bytes()  # the tag cannot find it
+    assert os.getsid(daemon) == daemon and os.getpgid(daemon) != _status(tasks, tid).get("pgid", -1)
+    return daemon
+
+
+@pytest.mark.parametrize("how", ["task-kill", "timeout", "success"])
+@pytest.mark.parametrize("containment", ["cgroup", "subreaper"])
+def test_an_env_cleared_setsid_daemon_ends_with_its_task(tasks, containment, how):
+    """Every ending, success included, ends every process of the task (a cgroup, or the guardian's orphans)."""
+    if containment == "cgroup":
+        cgroup_or_skip()
+    tid = f"esc-{containment}-{how}"
+    daemon = _escaping_task(tasks, tid, containment, "sleep 0.3" if how == "success" else "sleep 60",
+                            **({"timeout_secs": 2} if how == "timeout" else {}))
+    if how == "task-kill":
+        rec = tasks.kill(tid)
+        assert rec.state == TaskState.FAILED and rec.reason == "killed by task-kill"
+    else:
+        rec, _ = tasks.wait(tid, timeout=20)
+        assert rec.state == (TaskState.TIMED_OUT if how == "timeout" else TaskState.SUCCESS), rec
+    assert rec.raw["containment"] == containment
+    assert _gone(daemon), f"{how}: the daemon outlived its task"  # gone before the record said the task ended
+    if how == "success":
+        assert any(x.startswith(f"{daemon} ") for x in rec.raw["killed_at_end"]), rec.raw
+    if containment == "cgroup":
+        assert not os.path.exists(rec.raw["cgroup"])
+
+
+def test_the_cgroup_holds_an_env_cleared_daemon_when_supervisor_and_guardian_die_together(tasks):
+    """Neither tag nor guardian is left: only the cgroup finds the daemon, and an observer kills it."""
+    cgroup_or_skip()
+    daemon = _escaping_task(tasks, "esc-lost", "cgroup", "sleep 60")
+    st = retry_until(lambda: (s := _status(tasks, "esc-lost"))["state"] == "running" and s, what="running")
+    os.killpg(os.getpgid(st["pid"]), signal.SIGKILL)
+    rec, _ = tasks.wait("esc-lost", timeout=20)
+    assert rec.reason == "lost" and "in its cgroup" in rec.evidence, rec.evidence
+    retry_until(lambda: _gone(daemon), timeout=5, what="the daemon killed")
+    assert not os.path.exists(rec.raw["cgroup"])
+
+
+LAUNCHER_PY = """import os, sys
+from opsrg.context import Context
+tasks = Context.load().tasks
+tasks.runner.start = lambda *a, **k: os._exit(9)  # the launcher dies after the claim, before the window
+tasks.run(sys.argv[1], "true")
+"""
+
+
+def test_a_pending_task_whose_launcher_died_before_its_window_is_lost_at_once(tasks, tmp_path):
+    """No 30 s grace when the evidence is there: same host, launcher pid gone, no tmux window."""
+    from opsrg.supervisor import now_iso, parse_iso
+
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER_PY)
+    launcher = subprocess.Popen([sys.executable, str(script), "orphan"])
+    assert launcher.wait(30) == 9
+    st = _status(tasks, "orphan")
+    assert st["state"] == "pending" and st["launcher_pid"] == launcher.pid and st["launcher_host"]
+    rec = tasks.status("orphan")  # well within the 30 s grace
+    assert rec.state == TaskState.FAILED and rec.reason == "lost", rec
+    assert f"pid {launcher.pid}" in rec.evidence and "never came" in rec.evidence
+    assert time.time() - parse_iso(rec.created_at) < 10
+    # While its launcher lives, a pending task without a window keeps its grace.
+    p = tasks.paths("orphan")
+    st.update(state="pending", launcher_pid=os.getpid(), created_at=now_iso())
+    Path(p.status).write_text(json.dumps(st))
+    assert tasks.probe("orphan")["alive"] is True
