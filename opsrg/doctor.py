@@ -19,8 +19,10 @@ from pathlib import Path
 from .context import Context
 
 TMP_AGE_SECS = 300.0
-# rsync's own temp file (``.NAME.XXXXXX``) of a pass that was killed (SIGKILL: it cannot clean up)
-RSYNC_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
+# A dotfile that merely looks like a temp file (what doctor once took for one: a last suffix of six
+# letters or digits, or ``.tmp``): ``.model.pickle``, ``.env.backup``, ``.foo.tmp``. Without opsrg's
+# marker (opsrg.atomic.TMP_RE) it is a user's file: reported, never deleted.
+LOOKALIKE_RE = re.compile(r"^\..+\.([A-Za-z0-9]{6}|tmp)$")
 DONE_RE = re.compile(r"^DONE_RG(\d+)\.json$")
 READY_RE = re.compile(r"^part_(\d+)\.READY$")
 
@@ -56,27 +58,48 @@ def check_tasks(ctx: Context, fix: bool) -> Iterator[Finding]:
 
 
 def check_temp_files(root: Path, fix: bool) -> Iterator[Finding]:
-    """Temp files of atomic writers and of rsync passes that were killed mid-write."""
+    """Leftovers of opsrg's own writers killed mid-write, once TMP_AGE_SECS old (younger: maybe
+    being written now). ``--fix`` deletes only what opsrg can prove it wrote: a regular file named
+    with its temp marker (``.NAME.opsrg-XXXXXXXX.tmp``, opsrg.atomic) and a file inside one of its
+    rsync folders (``.rsync-partial/``: a partial copy, or the temp file of a killed pass in
+    ``.rsync-partial/.opsrg-tmp/``). A dotfile that only looks like a temp file is reported with no
+    repair and never deleted; symlinks are never followed nor deleted."""
+    import stat
+
+    from .atomic import TMP_RE
+    from .localsync import PARTIAL_DIR
+
     now = time.time()
     for dirpath, _, names in os.walk(root):
+        in_partial = PARTIAL_DIR in Path(dirpath).relative_to(root).parts
         for n in names:
-            if n.startswith(".") and n.endswith(".tmp"):
-                what = "an interrupted write (the file it was meant to replace is intact)"
-            elif RSYNC_TMP_RE.match(n):
-                what = "a killed rsync pass (never a result; the next pass copies the file again)"
+            if in_partial:
+                what, ours = "an interrupted rsync pass (never a result; the next pass copies the file again)", True
+            elif TMP_RE.match(n):
+                what, ours = "an interrupted write (the file it was meant to replace is intact)", True
+            elif LOOKALIKE_RE.match(n):
+                what, ours = "", False
             else:
                 continue
             path = Path(dirpath) / n
             try:
-                age = now - path.stat().st_mtime
+                st = path.lstat()
             except FileNotFoundError:  # its writer finished meanwhile
                 continue
-            if age >= TMP_AGE_SECS:
-                f = Finding("temp", str(path), f"{age:.0f}s old leftover of {what}", "delete it")
-                if fix:
-                    path.unlink(missing_ok=True)
-                    f.fixed = True
-                yield f
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            age = now - st.st_mtime
+            if age < TMP_AGE_SECS:
+                continue
+            if not ours:
+                yield Finding("lookalike", str(path), "named like a temp file but without opsrg's temp marker, "
+                              "so not opsrg's: left alone (delete it yourself if it is a stray)", "")
+                continue
+            f = Finding("temp", str(path), f"{age:.0f}s old leftover of {what}", "delete it")
+            if fix:
+                path.unlink(missing_ok=True)
+                f.fixed = True
+            yield f
 
 
 def check_locks(root: Path, fix: bool) -> Iterator[Finding]:
@@ -150,6 +173,26 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
     except OpsError:
         return
     camp = m["campaign"]
+    be = sr.backend_for(m["backend"])
+    launch = m.get("launch") or {}
+    gone = sr.launcher_gone(launch)
+    launch_finding = None
+    if gone:
+        launch_finding = Finding("launch", camp, f"launch recorded {launch.get('state')} but {gone}",
+                                 "settle it: runs it never started are failed, so `--resume` redoes them "
+                                 "(one monitor pass)")
+        if fix:
+            sr.settle_launch(env, m, be)
+            launch_finding.fixed = (m.get("launch") or {}).get("state") not in sr.LAUNCH_OPEN
+    stale = [r["run_id"] for r in m["rows"] if (runs.read(env.paths, r["run_id"]) or {}).get("state")
+             in ("failed", "cancelled") and runs.summary_ok(env.paths, r["run_id"]) is True]
+    for rid in stale:
+        st = runs.read(env.paths, rid) or {}
+        f = Finding("manifest", f"{camp}/{rid}", f"recorded {st.get('state')} but its summary.json is ok "
+                    "(`--resume` would skip it, leaving the campaign failed)", "record it completed")
+        if fix:
+            f.fixed = runs.reconcile(env.paths, rid) is not None
+        yield f
     _, _, unfinished = sr.verdict(env.paths, m)
     lagging: list[Finding] = []
     if m["backend"] == "tmux":
@@ -193,6 +236,12 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
                       "", )
     elif state == State.SWEEP_COMPLETED and failed:
         yield Finding("fsm", camp, f"state SWEEP_COMPLETED but runs failed: {', '.join(failed)}", "")
+    elif state not in (State.SWEEP_RUNNING, State.SWEEP_COMPLETED, State.SWEEP_FAILED) and live \
+            and launch.get("state") == "launched":
+        yield Finding("fsm", camp, f"state {state.value} but the campaign's runs are live: {', '.join(live)} "
+                      "(the state was reset while it ran)", "")
+    if launch_finding:
+        yield launch_finding
     if fix and (lagging or fsm_finding):
         sr.monitor(ctx, camp)
         for f in lagging:

@@ -18,6 +18,20 @@ from typing import Any
 from .atomic import atomic_write_json, locked
 
 RUN_STATES = ("submitted", "running", "synced", "completed", "failed", "cancelled")
+# Names opsrg itself uses directly under the outputs folder (control state, manifests, task records,
+# set-aside runs, the Slurm job list): a run or task named so would write into them. Every name
+# starting with '_' is reserved for opsrg, so a later control folder never collides with a run.
+RESERVED_NAMES = frozenset({"_control", "_manifests", "_tasks", "_replaced", "docs"})
+RESERVED_PREFIX = "_"
+
+
+def reserved(name: str) -> str | None:
+    """Why ``name`` cannot name a run or a task folder, or None when it can."""
+    if name.casefold() in RESERVED_NAMES:
+        return f"{name!r} is reserved: opsrg keeps its own files under <outputs>/{name.casefold()}"
+    if name.startswith(RESERVED_PREFIX):
+        return f"{name!r} is reserved: names starting with {RESERVED_PREFIX!r} are opsrg's own folders"
+    return None
 FINAL = ("completed", "failed", "cancelled")
 RANK = {"submitted": 0, "running": 1, "synced": 2, "completed": 3, "failed": 3, "cancelled": 3}
 
@@ -133,6 +147,38 @@ def update(paths: SweepPaths, run_id: str, state: str | None = None, reason: str
 
 def read(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
     return read_json(paths.run_manifest(run_id))
+
+
+def read_for(paths: SweepPaths, run_id: str, campaign: str) -> dict[str, Any] | None:
+    """The run's manifest if it belongs to ``campaign``; None if there is none or it is another campaign's.
+
+    A run folder outlives campaigns: a row of a campaign whose launch was cut short may still hold
+    the manifest of an earlier campaign, which says nothing about this one.
+    """
+    m = read(paths, run_id)
+    return m if m is not None and m.get("campaign") == campaign else None
+
+
+def reconcile(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
+    """A run recorded failed or cancelled whose summary.json is ok did complete: record it completed.
+
+    The one move out of a final state. ``--resume`` never redoes a run whose summary is ok, so a
+    manifest that disagrees with it would leave the campaign failed with nothing to redo.
+    Returns the new manifest when it changed anything.
+    """
+    path = paths.run_manifest(run_id)
+    if (read_json(path) or {}).get("state") not in ("failed", "cancelled") or summary_ok(paths, run_id) is not True:
+        return None  # the common case, read without the lock
+    with locked(path):
+        m = read_json(path)
+        if m is None or m.get("state") not in ("failed", "cancelled"):
+            return None
+        was = f"was {m['state']}" + (f": {m['reason']}" if m.get("reason") else "")
+        why = f"reconciled: summary.json is ok ({was})"
+        m["history"].append({"state": "completed", "at": now_iso(), "reason": why})
+        m.update(state="completed", summary_ok=True, reason=why, completed_at=now_iso())
+        atomic_write_json(path, m)
+        return m
 
 
 def write_shell_summary(run_dir: str, rc: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .runs import reserved
 
 COLUMNS = ("run_id", "config", "seed", "overrides", "notes")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -100,6 +101,8 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 def _run_ref(v: Any) -> str:
     if not isinstance(v, str) or not valid_run_id(v):
         raise ValueError(f"not a valid run id: {v!r}")
+    if reserved(v):
+        raise ValueError(reserved(v))
     return v
 
 
@@ -313,6 +316,8 @@ def parse_text(text: str, source: str, bases: list[Path]) -> list[SweepRow]:
         if not valid_run_id(run_id):
             bad(lineno, rcol, "run_id", f"{run_id!r} is not a safe run id (1-100 of [A-Za-z0-9._-], "
                 "no '..', not starting with '-' or '.')")
+        elif reserved(run_id):
+            bad(lineno, rcol, "run_id", f"{reserved(run_id)}; choose another run id")
         elif run_id in seen:
             bad(lineno, rcol, "run_id", f"duplicate run id {run_id!r} (first on line {seen[run_id]})")
         else:

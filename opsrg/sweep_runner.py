@@ -8,8 +8,10 @@ manifests from the evidence (task records, scheduler answers, marker files); it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -101,22 +103,40 @@ def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
 
 
 def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str,
-                identities: dict[str, str] | None = None, reused: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy the CSV (latest + campaign copy) and write the sweep manifest; returns it."""
+                identities: dict[str, str] | None = None, reused: dict[str, Any] | None = None,
+                launch: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Write the campaign's own files (its CSV copy and sweep manifest); returns the manifest.
+
+    Nothing reads them until :func:`publish` names the campaign in ``LATEST``, so a command killed
+    here leaves no live state behind.
+    """
     p = env.paths
     p.manifests.mkdir(parents=True, exist_ok=True)
-    data = Path(csv_path).read_bytes()
     from .atomic import atomic_write_bytes
 
-    atomic_write_bytes(p.csv_copy(sweep.campaign), data)
-    atomic_write_bytes(p.latest_csv, data)
+    atomic_write_bytes(p.csv_copy(sweep.campaign), Path(csv_path).read_bytes())
     m = {"campaign": sweep.campaign, "backend": backend, "created_at": runs.now_iso(),
          "source_csv": str(Path(csv_path).resolve()), "csv_copy": str(p.csv_copy(sweep.campaign)),
          "env": env.to_json(), "rows": [r.to_json() for r in sweep.rows], "jobs": {}, "todo": [],
-         "resumes": [], "identities": identities or {}, "reused": reused or {}}
+         "resumes": [], "identities": identities or {}, "reused": reused or {}, "force": force,
+         "launch": launch or new_launch([])}
     write_manifest(env, m)
-    atomic_write_text(p.latest, sweep.campaign + "\n")
     return m
+
+
+def publish(env: SweepEnv, m: dict[str, Any]) -> None:
+    """Make ``m`` the latest campaign (``LATEST`` and ``sweep-latest.csv``)."""
+    from .atomic import atomic_write_bytes
+
+    p = env.paths
+    atomic_write_bytes(p.latest_csv, Path(m["csv_copy"]).read_bytes())
+    atomic_write_text(p.latest, m["campaign"] + "\n")
+
+
+def discard(env: SweepEnv, m: dict[str, Any]) -> None:
+    """Remove the files of a campaign that was refused before it was published."""
+    for f in (env.paths.sweep_manifest(m["campaign"]), env.paths.csv_copy(m["campaign"])):
+        f.unlink(missing_ok=True)
 
 
 def write_manifest(env: SweepEnv, m: dict[str, Any]) -> None:
@@ -272,16 +292,156 @@ def record_reused(paths: SweepPaths, m: dict[str, Any]) -> None:
 
 
 def verdict(paths: SweepPaths, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
-    """(all runs final, failed run ids, unfinished run ids) from the run manifests."""
+    """(all runs final, failed run ids, unfinished run ids) from this campaign's run manifests.
+
+    A row without a manifest of this campaign is unfinished while the launch may still write it,
+    and failed (never started) once the launch is known to have been cut short.
+    """
     failed, live = [], []
+    cut = (m.get("launch") or {}).get("state") in LAUNCH_CUT
     for r in m["rows"]:
-        rm = runs.read(paths, r["run_id"])
-        st = rm.get("state") if rm else None
+        rm = runs.read_for(paths, r["run_id"], m["campaign"])
+        st = rm.get("state") if rm else ("failed" if cut else None)
         if st in ("failed", "cancelled"):
             failed.append(r["run_id"])
         elif st != "completed":
             live.append(r["run_id"])
     return not live, failed, live
+
+
+def reconcile_runs(paths: SweepPaths, m: dict[str, Any]) -> list[str]:
+    """Runs recorded failed/cancelled whose summary.json is ok, now recorded completed (see runs.reconcile)."""
+    return [r["run_id"] for r in m["rows"] if runs.reconcile(paths, r["run_id"]) is not None]
+
+
+def settle_cancelled(paths: SweepPaths, run_id: str) -> None:
+    """The one rule of ``sweep-cancel`` for every backend, applied once the run's work is stopped.
+
+    A run whose summary is ok finished before anyone saw it (no refresh since, a killed driver, a
+    scheduler that lost its state): ``--resume`` skips it, so it is completed, never cancelled.
+    """
+    rm = runs.read(paths, run_id)
+    if rm is None or rm["state"] in FINAL:
+        return
+    if runs.summary_ok(paths, run_id) is True:
+        finish_run(paths, run_id, True)
+    else:
+        runs.update(paths, run_id, "cancelled", "cancelled by sweep-cancel")
+
+
+# ------------------------------------------------------------------ the launch
+# A launch record (``launch`` in the sweep manifest) says how far the command that starts or
+# resumes a campaign got: ``pending`` (files written, workflow state not yet committed),
+# ``launching`` (committed; run manifests, driver or jobs being created), ``launched``. If the
+# launching process dies on the way, the next monitor pass or doctor finds the record open with
+# its process gone and settles it: ``aborted`` (nothing was started) or ``interrupted`` (the runs it
+# had not started are failed, so ``--resume`` redoes them). The order of the writes makes every
+# kill point one of these.
+LAUNCH_OPEN = ("pending", "launching")
+LAUNCH_CUT = ("aborted", "interrupted")
+REMOTE_LAUNCH_GRACE = 3600.0  # a launch from another machine: judged cut short only after this long
+
+
+def _proc_start(pid: int) -> str:
+    """The process's start time in clock ticks (tells a reused pid apart); '' when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return "" if fields[0] == "Z" else fields[19]
+
+
+def new_launch(run_ids: list[str]) -> dict[str, Any]:
+    import os
+    import socket
+
+    return {"state": "pending", "runs": list(run_ids), "at": runs.now_iso(), "pid": os.getpid(),
+            "host": socket.gethostname(), "proc_start": _proc_start(os.getpid())}
+
+
+def launcher_gone(launch: dict[str, Any]) -> str:
+    """Why the process of an open launch is known to be dead; '' while it may still be working."""
+    import socket
+
+    if launch.get("state") not in LAUNCH_OPEN:
+        return ""
+    pid, host = launch.get("pid"), launch.get("host", "")
+    if host != socket.gethostname():
+        age = time.time() - supervisor.parse_iso(launch["at"])
+        return f"its launch from {host} began {age:.0f}s ago and never finished" if age > REMOTE_LAUNCH_GRACE else ""
+    if not pid:
+        return "no launching process was recorded"
+    now = _proc_start(int(pid))
+    if not now:
+        return f"the launching process (pid {pid}) is gone"
+    if launch.get("proc_start") and now != launch["proc_start"]:
+        return f"the launching process (pid {pid}) is gone (the pid now belongs to another process)"
+    return ""
+
+
+def settle_launch(env: SweepEnv, m: dict[str, Any], be: Backend) -> str:
+    """Settle a launch whose process died; returns what was found ('' when nothing had to be done)."""
+    launch = m.get("launch") or {}
+    why = launcher_gone(launch)
+    if not why:
+        return ""
+    camp = m["campaign"]
+    if launch["state"] == "launching" and be.launched(env, m):
+        launch.update(state="launched", note=f"{why} after the launch went through")
+        write_manifest(env, m)
+        return f"campaign {camp}: launch had completed; {why} before recording it"
+    if launch["state"] == "pending":
+        return _cut_launch(env, m, be, "aborted", why, f"not started: {why} before the campaign was committed")
+    be.abandon(env, m)
+    return _cut_launch(env, m, be, "interrupted", why, f"not started: {why} during the launch")
+
+
+def _cut_launch(env: SweepEnv, m: dict[str, Any], be: Backend, state: str, why: str, reason: str) -> str:
+    """Record a launch that stopped part way: the runs it had not started are failed with ``reason``."""
+    paths, camp, launch = env.paths, m["campaign"], m["launch"]
+    rows = {r["run_id"]: r for r in m["rows"]}
+    for rid in launch.get("runs", []):
+        rm = runs.read_for(paths, rid, camp)
+        if rm is None and state == "interrupted":
+            runs.create(paths, rid, camp, be.name, rows[rid], state="failed", reason=reason,
+                        completed_at=runs.now_iso())
+        elif rm is not None and rm["state"] not in FINAL:
+            runs.update(paths, rid, "failed", reason)
+    launch.update(state=state, reason=why, settled_at=runs.now_iso())
+    write_manifest(env, m)
+    return f"campaign {camp}: launch {state} ({why}); {len(launch.get('runs', []))} run(s) not started"
+
+
+def _claim_runs(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str]) -> None:
+    """Fresh run manifests for the runs a launch is about to start (they are live from here on)."""
+    rows = {r["run_id"]: r for r in m["rows"]}
+    create_manifests(env.paths, [(rid, m["campaign"], be.name, rows[rid],
+                                  _identity_extra(m, rid, tasks=be.run_tasks(rid))) for rid in todo])
+
+
+def _launch(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str], *, claimed: bool = False) -> None:
+    """Everything a launch does after its workflow state is committed, in an order that any kill
+    point leaves recognisable (see LAUNCH_OPEN)."""
+    m["launch"]["state"] = "launching"
+    write_manifest(env, m)
+    if m.get("force") and not claimed:
+        m["replaced"] = set_aside(env, m["campaign"], todo)
+        write_manifest(env, m)
+    if not claimed:
+        record_reused(env.paths, m)
+        _claim_runs(env, m, be, todo)
+    try:
+        be.start(env, m, todo)
+    except BaseException as e:  # noqa: BLE001  (a failed submission, Ctrl-C: recorded, then raised)
+        if not be.launched(env, m):
+            with contextlib.suppress(Exception):
+                be.abandon(env, m)
+                _cut_launch(env, m, be, "interrupted", f"the launch failed ({e.__class__.__name__}: {e})",
+                            f"not started: the launch failed ({e})")
+        raise
+    m["launch"].update(state="launched", done_at=runs.now_iso())
+    write_manifest(env, m)
 
 
 # ------------------------------------------------------------------ interface
@@ -296,6 +456,26 @@ class Backend(Protocol):
 
     def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool: ...
 
+    def run_tasks(self, run_id: str) -> list[str]:
+        """The task ids a fresh run manifest lists before anything is started."""
+        ...
+
+    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
+        """Whether a launch whose process died had gone through (only its last write was lost)."""
+        ...
+
+    def abandon(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        """Undo what a launch cut short had set up but not let run."""
+        ...
+
+    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
+        """Why the campaign cannot be resumed now ('' when it can)."""
+        ...
+
+    def preflight(self, env: SweepEnv) -> None:
+        """Refuse, before anything is written, what this backend could never launch here."""
+        ...
+
 
 # ------------------------------------------------------------------ tmux
 class TmuxBackend:
@@ -305,9 +485,6 @@ class TmuxBackend:
 
     def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
         paths = env.paths
-        rows = {r["run_id"]: r for r in m["rows"]}
-        create_manifests(paths, [(rid, m["campaign"], "tmux", rows[rid], _identity_extra(m, rid, tasks=[rid]))
-                                 for rid in todo])
         m["todo"] = todo
         if not todo:  # every row reused: nothing to drive
             write_manifest(env, m)
@@ -315,7 +492,7 @@ class TmuxBackend:
         driver = DRIVER_PREFIX + m["campaign"]
         m["driver_task"] = driver
         write_manifest(env, m)
-        cmd = f"{env.python} -m opsrg.sweep_runner drive {paths.sweep_manifest(m['campaign'])}"
+        cmd = shlex.join([env.python, "-m", "opsrg.sweep_runner", "drive", str(paths.sweep_manifest(m["campaign"]))])
         env.tasks().run(driver, cmd, replace=True, cwd=env.outputs)
 
     def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
@@ -353,24 +530,54 @@ class TmuxBackend:
         env = _as_launched(env, m)
         paths, tasks = env.paths, env.tasks()
         everything = set(run_ids) >= {r for r in m.get("todo", [])}
-        for rid in run_ids:
-            runs.update(paths, rid, "cancelled", "cancelled by sweep-cancel")
-            if env.local_sync:
-                _stop_sync(env, rid)  # its loop makes one last pass and ends
-        if everything and m.get("driver_task"):
+        if everything and m.get("driver_task"):  # first, so that it starts nothing more
             try:
                 tasks.kill(m["driver_task"])
-            except TaskError:
+            except (TaskError, InputError):
                 pass
+        for rid in run_ids:
+            # decided before its task is stopped: a live driver would record the killed task failed
+            settle_cancelled(paths, rid)
+            if env.local_sync:
+                _stop_sync(env, rid)  # its loop makes one last pass and ends
         for rid in run_ids:
             try:
                 tasks.kill(rid)
-            except TaskError:
+            except (TaskError, InputError):
                 pass
 
     def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
         rm = runs.read(env.paths, run_id)
         return rm is not None and rm["state"] not in FINAL
+
+    def run_tasks(self, run_id: str) -> list[str]:
+        return [run_id]
+
+    def preflight(self, env: SweepEnv) -> None:
+        return None  # every command it builds is quoted
+
+    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
+        if not m.get("launch", {}).get("runs"):
+            return True  # nothing to drive
+        if not m.get("driver_task"):
+            return False
+        try:  # its record exists: from here on the driver (or its lost record) decides
+            env.tasks().read(m["driver_task"])
+            return True
+        except (TaskError, InputError):
+            return False
+
+    def abandon(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        return None  # no driver was started: nothing runs
+
+    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
+        if not m.get("driver_task"):
+            return ""
+        try:
+            drv = env.tasks().status(m["driver_task"])
+        except (TaskError, InputError):
+            return ""
+        return "" if drv.state.is_terminal else f"its driver task {drv.id} is still {drv.state}"
 
 
 def _stop_sync(env: SweepEnv, run_id: str) -> None:
@@ -472,6 +679,17 @@ def _note_requeue(env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any],
             runs.update(env.paths, rid, None, requeues=rm.get("requeues", []) + [{**q, "job": key}])
 
 
+def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) -> None:
+    """Add the submitted job ids and task keys to the run manifests (in parallel, each write locked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(rid: str) -> None:
+        runs.update(paths, rid, None, **per_run[rid])
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(per_run)))) as ex:
+        list(ex.map(one, per_run))
+
+
 class SlurmBackend:
     """sbatch scripts per job; arrays of RG shards with afterok merges; one batched query per refresh."""
 
@@ -516,7 +734,8 @@ class SlurmBackend:
         sdir = paths.scripts(m["campaign"])
         sdir.mkdir(parents=True, exist_ok=True)
         attempt = len(m.get("resumes", [])) + 1
-        rows = {r["run_id"]: r for r in m["rows"]}
+        launch = m.setdefault("launch", new_launch(todo))
+        launch.setdefault("jobs", [])
         per_run: dict[str, dict[str, list[str]]] = {rid: {"job_ids": [], "tasks": []} for rid in todo}
         m["todo"] = sorted(set(m.get("todo", [])) | set(todo))
         ids: dict[str, str] = {}
@@ -530,17 +749,20 @@ class SlurmBackend:
             tdir.mkdir(parents=True)
             script = sdir / f"{job.key}.a{attempt}.sbatch"
             atomic_write_text(script, self.script(env, m, job, template), mode=0o755)
-            jid = sl.submit(str(script), [ids[d] for d in job.deps if d in ids])
+            # held until every job is recorded: a launch killed midway leaves no job running unrecorded
+            jid = sl.submit(str(script), [ids[d] for d in job.deps if d in ids], hold=True)
             ids[job.key] = jid
             rec = {"id": job.key, "state": "pending", "runner": "slurm", "command": str(script),
                    "created_at": supervisor.now_iso(), "host": env.host.name, "exit_code": None,
-                   "timeout_secs": job.timeout_secs, "campaign": m["campaign"],
+                   "timeout_secs": job.timeout_secs, "campaign": m["campaign"], "launch": launch["at"],
                    "slurm": {"job_id": jid, "array": job.tasks, "elements": {}, "source": "", "attempts": []},
                    "paths": {"status": str(tdir / "status.json"), "command": str(script),
                              "log": str(tdir / ("stdout-%a.log" if job.tasks is not None else "stdout.log"))}}
             supervisor.write_json_atomic(str(tdir / "status.json"), rec)
+            launch["jobs"].append(jid)
             m["jobs"][job.key] = {**job.to_json(), "job_id": jid, "script": str(script), "attempt": attempt,
                                   "submitted_at": runs.now_iso(), "requeues": []}
+            write_manifest(env, m)
             entries = []
             for i, rid in enumerate(job.runs if job.kind == "shell" and job.tasks is not None else job.runs[:1]):
                 jref = f"{jid}_{i}" if len(job.runs) > 1 else jid
@@ -548,9 +770,48 @@ class SlurmBackend:
                 per_run[rid]["tasks"].append(job.key)
                 entries.append(ledger.entry(m["campaign"], rid, job.key, jref, "submitted"))
             ledger.append(paths, entries)  # the durable record, one append per submission
-        create_manifests(paths, [(rid, m["campaign"], "slurm", rows[rid], _identity_extra(m, rid, **per_run[rid]))
-                                 for rid in todo])
+        _record_jobs(paths, per_run)
+        launch["releasing"] = True  # from here on the launch counts as done (see launched)
         write_manifest(env, m)
+        sl.release(launch["jobs"])
+
+    def run_tasks(self, run_id: str) -> list[str]:
+        return []  # filled in once its jobs are submitted
+
+    def preflight(self, env: SweepEnv) -> None:
+        # the job logs go into #SBATCH lines, which cannot be quoted: refuse a bad path before anything is written
+        from .slurm import check_log_path
+
+        check_log_path(f"{_task_dir(env, 'x')}/stdout-%a.log")
+
+    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
+        launch = m.get("launch", {})
+        if not launch.get("runs"):
+            return True
+        if not launch.get("releasing"):
+            return False
+        with contextlib.suppress(OpsError):  # it may have died inside the release: release again
+            self._slurm(env).release(launch.get("jobs", []), check=False)
+        return True
+
+    def abandon(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        """Cancel the held jobs of a launch cut short (none of them ever ran)."""
+        launch = m.get("launch", {})
+        ids = set(launch.get("jobs", []))
+        mine = []  # this launch's records, also one written just before its job reached the manifest
+        for st in (Path(env.outputs) / "_tasks").glob("*/status.json"):
+            rec = runs.read_json(st) or {}
+            if rec.get("campaign") == m["campaign"] and rec.get("launch") == launch.get("at"):
+                mine.append(st.parent)
+                ids.add(str((rec.get("slurm") or {}).get("job_id", "")))
+        self._slurm(env).cancel(i for i in ids if i)
+        for tdir in mine:
+            with contextlib.suppress(OSError, ValueError):
+                supervisor.update_status(str(tdir), state="failed", ended_at=supervisor.now_iso(),
+                                         reason="cancelled: the launch was cut short before releasing it")
+
+    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
+        return ""
 
     # ---------------------------------------------------------- observe
     def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
@@ -731,12 +992,7 @@ class SlurmBackend:
                 continue
             ids = self._cancel_jobs(env, m, rid)
             ledger.append(env.paths, [ledger.entry(m["campaign"], rid, "-", i, "cancelled") for i in ids])
-            if runs.summary_ok(env.paths, rid) is True:
-                # it finished before anyone saw it (no refresh since, or the scheduler lost the state
-                # of its last job): --resume skips a run whose summary is ok, so never leave it cancelled
-                finish_run(env.paths, rid, True)
-            else:
-                runs.update(env.paths, rid, "cancelled", "cancelled by sweep-cancel")
+            settle_cancelled(env.paths, rid)
 
     def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
         rm = runs.read(env.paths, run_id)
@@ -754,8 +1010,9 @@ def backend_for(name: str) -> Backend:
 # ------------------------------------------------------------------ status rows
 def status_rows(env: SweepEnv, m: dict[str, Any]) -> list[dict[str, Any]]:
     paths, out = env.paths, []
+    launch = m.get("launch") or {}
     for r in sweep_of(m).rows:
-        rm = runs.read(paths, r.run_id) or {}
+        rm = runs.read_for(paths, r.run_id, m["campaign"]) or {}
         start, end = rm.get("started_at") or rm.get("submitted_at"), rm.get("completed_at")
         elapsed = None
         if start:
@@ -765,6 +1022,8 @@ def status_rows(env: SweepEnv, m: dict[str, Any]) -> list[dict[str, Any]]:
         if requeues and not reason:  # a live run whose job the scheduler requeued (PREEMPTED, NODE_FAIL)
             q = requeues[-1]
             reason = f"{q['element']} requeued after {q['state']} ({len(requeues)}x)"
+        if not rm and launch.get("state") in LAUNCH_CUT:
+            reason = f"campaign {launch['state']}: {launch.get('reason', '')}"
         out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.get("state", "not started"),
                     "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
                     "job_ids": rm.get("job_ids", []), "exit_code": rm.get("exit_code"), "reason": reason,
@@ -784,38 +1043,16 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
 
     A row identical to a completed run in its folder is reused, not recomputed (``force``:
     recompute every row, setting existing folders aside); a different one is refused.
-    """
-    from . import fsm
 
+    The check of the workflow state and its commit happen under one lock, with the campaign
+    published in between, and the launch follows: two starts at once cannot both launch, and a
+    start killed at any point leaves a launch record that the monitor and doctor settle.
+    """
     env = SweepEnv.from_context(ctx)
     paths = env.paths
+    enforce = ctx.s.wf_fsm_enforce
     if resume:
-        m = load_manifest(paths)
-        be = backend_for(m["backend"])
-        if backend and backend != m["backend"]:
-            raise InputError(f"campaign {m['campaign']} ran on {m['backend']}; resume it there (got --backend {backend})")
-        if dry_run:
-            fsm.check("sweep-resume", ctx.store.read().state)
-            return _dry_plan(env, m, be, [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True])
-        with ctx.transition("sweep-resume"):
-            be.refresh(env, m)
-            if m["backend"] == "tmux" and m.get("driver_task"):
-                try:
-                    drv = env.tasks().status(m["driver_task"])
-                    if not drv.state.is_terminal:
-                        raise InputError(f"campaign {m['campaign']}: its driver task {drv.id} is still {drv.state}",
-                                         hint="inv sweep-cancel, then inv sweep-start --resume")
-                except TaskError:
-                    pass
-            todo = [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True
-                    and not be.alive(env, m, r["run_id"])]
-            m["resumes"] = m.get("resumes", []) + [{"at": runs.now_iso(), "runs": todo}]
-            if todo:
-                be.start(env, m, todo)
-            else:
-                write_manifest(env, m)
-        return {"campaign": m["campaign"], "backend": m["backend"], "resumed": todo,
-                "skipped": [r["run_id"] for r in m["rows"] if r["run_id"] not in todo]}
+        return _resume(ctx, env, backend, dry_run)
     backend = backend or ctx.s.sweep_backend
     be = backend_for(backend)
     csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
@@ -824,21 +1061,81 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     idents, reused = check_reuse(env, sweep, force)
     todo = [r.run_id for r in sweep.ordered() if r.run_id not in reused]
     if dry_run:
-        fsm.check("sweep-start", ctx.store.read().state)
+        ctx.store.check("sweep-start", enforce=enforce)
         m = {"campaign": sweep.campaign + " (dry run)", "backend": backend, "env": env.to_json(),
              "rows": [r.to_json() for r in rows], "jobs": {}}
         fresh = frozenset(todo) if force else frozenset()  # the real start sets their folders aside
         return {**_dry_plan(env, m, be, todo, fresh), "reused": {k: u["identity"] for k, u in reused.items()}}
-    with ctx.transition("sweep-start"):
-        replaced = set_aside(env, sweep.campaign, todo) if force else {}
-        m = save_launch(env, sweep, csv, backend, idents, reused)
-        m["replaced"] = replaced
-        record_reused(paths, m)
-        be.start(env, m, todo)
+    be.preflight(env)
+    m = save_launch(env, sweep, csv, backend, idents, reused, new_launch(todo), force)
+    try:
+        with ctx.store.claim("sweep-start", enforce=enforce, note=f"campaign {sweep.campaign}"):
+            publish(env, m)
+    except OpsError:
+        discard(env, m)
+        raise
+    _launch(env, m, be, todo)
+    _settle_if_done(ctx, env, m)
     return {"campaign": sweep.campaign, "backend": backend, "runs": todo,
-            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": replaced,
+            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.get("replaced", {}),
             "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m["csv_copy"],
             "jobs": {k: j["job_id"] for k, j in m.get("jobs", {}).items()}}
+
+
+def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str, Any]:
+    """sweep-start --resume: settle what is known, then launch the runs that are neither ok nor live."""
+    paths = env.paths
+    m = load_manifest(paths)
+    be = backend_for(m["backend"])
+    if backend and backend != m["backend"]:
+        raise InputError(f"campaign {m['campaign']} ran on {m['backend']}; resume it there (got --backend {backend})")
+    if dry_run:
+        ctx.store.check("sweep-resume", enforce=ctx.s.wf_fsm_enforce)
+        return _dry_plan(env, m, be, [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True])
+    with ctx.store.claim("sweep-resume", enforce=ctx.s.wf_fsm_enforce, note=f"campaign {m['campaign']}"):
+        settle_launch(env, m, be)
+        be.refresh(env, m)
+        reconcile_runs(paths, m)
+        busy = be.busy(env, m)
+        if busy:
+            raise InputError(f"campaign {m['campaign']}: {busy}", hint="inv sweep-cancel, then inv sweep-start --resume")
+        todo = [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True
+                and not be.alive(env, m, r["run_id"])]
+        m["resumes"] = m.get("resumes", []) + [{"at": runs.now_iso(), "runs": todo}]
+        m["launch"] = new_launch(todo)
+        write_manifest(env, m)
+        # claimed under the lock: a second resume at the same moment finds them live
+        _claim_runs(env, m, be, todo)
+    if todo:
+        _launch(env, m, be, todo, claimed=True)
+    else:
+        m["launch"].update(state="launched", done_at=runs.now_iso())
+        write_manifest(env, m)
+        _settle_if_done(ctx, env, m)
+    return {"campaign": m["campaign"], "backend": m["backend"], "resumed": todo,
+            "skipped": [r["run_id"] for r in m["rows"] if r["run_id"] not in todo]}
+
+
+def _settle_if_done(ctx, env: SweepEnv, m: dict[str, Any]) -> None:
+    """A launch that started nothing (every row reused or ok) ends the sweep at once, not at the next monitor."""
+    if not m.get("todo") and not (m.get("launch") or {}).get("runs"):
+        _move_fsm(ctx, env, m)
+
+
+def _move_fsm(ctx, env: SweepEnv, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
+    from .fsm import State
+
+    done, failed, live = verdict(env.paths, m)
+    fsm_state = ctx.store.read().state
+    if done and fsm_state == State.SWEEP_RUNNING:
+        with contextlib.suppress(OpsError):  # somebody moved it meanwhile: theirs stands
+            if failed:
+                ctx.store.set(State.SWEEP_FAILED, "sweep-failed", expect=fsm_state,
+                              note=f"campaign {m['campaign']}: failed runs: {', '.join(failed)}")
+            else:
+                ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
+                              note=f"campaign {m['campaign']}: {len(m['rows'])} runs ok")
+    return done, failed, live
 
 
 def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str],
@@ -861,25 +1158,23 @@ def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str],
 
 
 def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """One monitor pass: advance the manifests, then move the FSM when every run is final."""
-    from .fsm import State
+    """One monitor pass: settle a launch cut short, advance the manifests, reconcile them with the
+    summaries, then move the FSM when every run is final."""
+    from . import fsm
 
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths, campaign)
     be = backend_for(m["backend"])
+    settled = settle_launch(env, m, be)
     be.refresh(env, m)
-    done, failed, live = verdict(env.paths, m)
-    fsm_state = ctx.store.read().state
-    if done and fsm_state == State.SWEEP_RUNNING:
-        if failed:
-            ctx.store.set(State.SWEEP_FAILED, "sweep-failed", expect=fsm_state,
-                          note=f"campaign {m['campaign']}: failed runs: {', '.join(failed)}")
-        else:
-            ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
-                          note=f"campaign {m['campaign']}: {len(m['rows'])} runs ok")
-    return m, status_rows(env, m), {"done": done, "failed": failed, "running": live,
-                                    "fsm": ctx.store.read().state.value,
-                                    "scheduler_unreachable": getattr(be, "unreachable", "")}
+    reconcile_runs(env.paths, m)
+    done, failed, live = _move_fsm(ctx, env, m)
+    state = ctx.store.read().state
+    nxt = "inv sweep-start --resume" if fsm.refusal("sweep-resume", state) is None else "inv sweep-start"
+    return m, status_rows(env, m), {"done": done, "failed": failed, "running": live, "fsm": state.value,
+                                    "scheduler_unreachable": getattr(be, "unreachable", ""),
+                                    "launch": (m.get("launch") or {}).get("state", "launched"),
+                                    "settled": settled, "next": nxt}
 
 
 def cancel(ctx, run_id: str | None = None) -> list[str]:
@@ -892,7 +1187,8 @@ def cancel(ctx, run_id: str | None = None) -> list[str]:
             raise InputError(f"no run {run_id!r} in campaign {m['campaign']} (runs: {', '.join(ids)})")
         be.cancel(env, m, [run_id])
         return [run_id]
-    todo = m.get("todo", [])
+    settle_launch(env, m, be)
+    todo = sorted(set(m.get("todo", [])) | set((m.get("launch") or {}).get("runs", [])))
     alive = [r for r in todo if be.alive(env, m, r)]
     with ctx.transition("sweep-cancel"):
         be.cancel(env, m, todo)

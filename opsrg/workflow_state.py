@@ -77,27 +77,53 @@ class StateStore:
     def set(self, target: State, command: str, *, expect: State | None = None, note: str = "") -> WorkflowState:
         """Move to ``target`` under the lock; with ``expect``, only from that state."""
         with locked(self.path):
+            return self._set_locked(target, command, expect=expect, note=note)
+
+    def _set_locked(self, target: State, command: str, *, expect: State | None = None,
+                    note: str = "") -> WorkflowState:
+        ws = self.read()
+        if expect is not None and ws.state != expect:
+            raise IllegalStateError(
+                f"workflow state changed from {expect.value} to {ws.state.value} while "
+                f"'{command}' ran (by '{ws.command}' at {ws.updated_at}); not overwriting it"
+            )
+        entry = {
+            "from": ws.state.value,
+            "to": target.value,
+            "command": command,
+            "at": now_iso(),
+            "user": _user(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        if note:
+            entry["note"] = note
+        ws.history.append(entry)
+        ws.state, ws.updated_at, ws.command = target, entry["at"], command
+        self._write(ws)
+        return ws
+
+    @contextlib.contextmanager
+    def claim(self, command: str, *, enforce: bool = True, note: str = "") -> Iterator[WorkflowState]:
+        """Check ``command`` may run, run the body and commit its target, all under one lock.
+
+        For a command whose effect must be tied to the state it checked (``sweep-start``: two at
+        once must not both launch): nobody can move the state between the check and the commit.
+        The body should be short (it blocks every other writer); a body that raises commits nothing.
+        """
+        with locked(self.path):
             ws = self.read()
-            if expect is not None and ws.state != expect:
-                raise IllegalStateError(
-                    f"workflow state changed from {expect.value} to {ws.state.value} while "
-                    f"'{command}' ran (by '{ws.command}' at {ws.updated_at}); not overwriting it"
-                )
-            entry = {
-                "from": ws.state.value,
-                "to": target.value,
-                "command": command,
-                "at": now_iso(),
-                "user": _user(),
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-            if note:
-                entry["note"] = note
-            ws.history.append(entry)
-            ws.state, ws.updated_at, ws.command = target, entry["at"], command
-            self._write(ws)
-            return ws
+            msg = _refuse(command, ws.state, enforce)
+            yield ws
+            target = fsm.target_of(command, ws.state) if msg is None else fsm.rule_for(command).target
+            if target is not None and target != ws.state:
+                self._set_locked(target, command, expect=ws.state, note=note)
+
+    def check(self, command: str, *, enforce: bool = True) -> WorkflowState:
+        """The check of :meth:`transition` alone (a dry run): refuse, or with ``enforce=False`` warn."""
+        ws = self.read()
+        _refuse(command, ws.state, enforce)
+        return ws
 
     @contextlib.contextmanager
     def transition(self, command: str, *, enforce: bool = True) -> Iterator[WorkflowState]:
@@ -107,15 +133,21 @@ class StateStore:
         warns on stderr and proceeds.
         """
         ws = self.read()
-        msg = fsm.refusal(command, ws.state)
-        if msg is not None:
-            if enforce:
-                raise IllegalStateError(msg)
-            print(f"warning: {msg} (WF_FSM_ENFORCE=0: proceeding)", file=sys.stderr)
+        msg = _refuse(command, ws.state, enforce)
         yield ws
         target = fsm.target_of(command, ws.state) if msg is None else fsm.rule_for(command).target
         if target is not None and target != ws.state:
             self.set(target, command, expect=ws.state)
+
+
+def _refuse(command: str, state: State, enforce: bool) -> str | None:
+    """The refusal of ``command`` in ``state``: raised, or with ``enforce=False`` warned about and returned."""
+    msg = fsm.refusal(command, state)
+    if msg is not None:
+        if enforce:
+            raise IllegalStateError(msg)
+        print(f"warning: {msg} (WF_FSM_ENFORCE=0: proceeding)", file=sys.stderr)
+    return msg
 
 
 def _user() -> str:

@@ -30,7 +30,7 @@ def test_doctor_finds_and_fixes(project):
     os.makedirs(f"{run}/shards/RG1")
     open(f"{run}/DONE_RG1.json", "w").write(json.dumps({"mode": "fp", "step": 1}))
     open(f"{run}/shards/RG1/part_00000.READY", "w").write("")
-    tmp = f"{run}/.summary.json.abc.tmp"
+    tmp = f"{run}/.summary.json.opsrg-abc12345.tmp"  # named as opsrg.atomic names its temp files
     open(tmp, "w").write("{")
     old = time.time() - 3600
     os.utime(tmp, (old, old))
@@ -95,19 +95,95 @@ def test_doctor_reconciles_a_sweep_whose_driver_and_run_died(project):
 
 
 def test_old_temp_files_of_writers_and_killed_rsync_passes(tmp_path):
+    """Only opsrg's own leftovers are deleted: marked temp files and what rsync left in .rsync-partial."""
     old = time.time() - 3600
-    names = {".summary.json.k3j2.tmp": True,      # atomic write
-             ".z_hist_RG3.npz.Ab12Cd": True,      # rsync temp of a killed pass
-             ".fresh.npz.Zz99Yy": False,          # too young: maybe a pass running now
+    names = {".summary.json.opsrg-k3j2ab_9.tmp": True,              # atomic write (opsrg's marker)
+             ".rsync-partial/.opsrg-tmp/z_hist_RG3.npz.Ab12Cd": True,  # temp file of a SIGKILLed pass
+             "sub/.rsync-partial/mid.npz": True,                    # partial copy of a cut pass
+             ".fresh.json.opsrg-zz99yy00.tmp": False,               # too young: maybe being written now
              "result.json": False, ".hidden": False, ".x.lock": False, "out.abcdef": False}
     for name, is_old in names.items():
         p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
-        if is_old or name != ".fresh.npz.Zz99Yy":
+        if is_old or name != ".fresh.json.opsrg-zz99yy00.tmp":
             os.utime(p, (old, old))
-    found = sorted(os.path.basename(f.subject) for f in doctor.check_temp_files(tmp_path, fix=False))
-    assert found == [".summary.json.k3j2.tmp", ".z_hist_RG3.npz.Ab12Cd"]
+    found = sorted(os.path.relpath(f.subject, tmp_path) for f in doctor.check_temp_files(tmp_path, fix=False))
+    assert found == sorted(n for n, o in names.items() if o)
     assert all((tmp_path / n).exists() for n in names)  # looking changed nothing
     fixed = list(doctor.check_temp_files(tmp_path, fix=True))
-    assert all(f.fixed for f in fixed) and len(fixed) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, o in names.items() if not o)
+    assert all(f.fixed for f in fixed) and len(fixed) == 3
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted(n for n, o in names.items() if not o)
+
+
+# What doctor --fix once deleted as "leftovers": user files that merely look like temp files.
+USER_DOTFILES = (".model.pickle", ".env.backup", ".results.sqlite", ".x.json.abc.tmp", ".notes.tmp",
+                 ".z_hist_RG3.npz.Ab12Cd", ".summary.json.opsrg-short.tmp")
+
+
+def test_user_dotfiles_are_reported_never_deleted(tmp_path):
+    old = time.time() - 3600
+    for n in USER_DOTFILES:
+        (tmp_path / "run" / n).parent.mkdir(exist_ok=True)
+        (tmp_path / "run" / n).write_text("mine")
+        os.utime(tmp_path / "run" / n, (old, old))
+    # a link named like opsrg's temp file, to a file outside: neither it nor its target is touched
+    (tmp_path / "precious").write_text("keep")
+    os.symlink(tmp_path / "precious", tmp_path / "run" / ".a.json.opsrg-abcdefgh.tmp")
+    os.utime(tmp_path / "run" / ".a.json.opsrg-abcdefgh.tmp", (old, old), follow_symlinks=False)
+    found = list(doctor.check_temp_files(tmp_path, fix=True))
+    assert sorted(os.path.basename(f.subject) for f in found) == sorted(USER_DOTFILES)
+    assert all(f.kind == "lookalike" and f.repair == "" and not f.fixed for f in found)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        [*USER_DOTFILES, ".a.json.opsrg-abcdefgh.tmp"])
+    assert (tmp_path / "precious").read_text() == "keep"
+
+
+def test_doctor_fix_keeps_user_dotfiles_through_the_command_line(project):
+    run = project / "outputs" / "r1"
+    run.mkdir(parents=True)
+    old = time.time() - 3600
+    for n in USER_DOTFILES:
+        (run / n).write_text("mine")
+        os.utime(run / n, (old, old))
+    ours = run / ".summary.json.opsrg-0a1b2c3d.tmp"
+    ours.write_text("{")
+    os.utime(ours, (old, old))
+    r = inv("doctor", "--fix")
+    assert r.returncode == 0, r.stdout + r.stderr  # a finding with no repair leaves nothing to do
+    assert "[found] lookalike" in r.stdout and "[fixed] temp" in r.stdout
+    assert sorted(p.name for p in run.iterdir()) == sorted(USER_DOTFILES)
+    assert all((run / n).read_text() == "mine" for n in USER_DOTFILES)
+
+
+def test_every_writer_names_its_temp_files_with_the_marker(tmp_path, monkeypatch):
+    """atomic.py, the pod's supervisor, the pod-side manifest writer of fetch-run and the SSH host all
+    name their temp files so that doctor recognises them (and nothing else)."""
+    import inspect
+    import sys
+
+    from opsrg import atomic, ssh, supervisor, transfer
+
+    assert supervisor.TMP_MARK == atomic.TMP_MARK
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    atomic.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    supervisor.write_json_atomic(str(tmp_path / "status.json"), {"x": 1})
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(sys, "argv", ["-c", str(tmp_path / "run"), str(tmp_path / "m" / "run.json"), "[]",
+                                      atomic.TMP_MARK, atomic.TMP_SUFFIX])
+    with open(os.devnull, "w") as null:
+        monkeypatch.setattr(sys, "stdout", null)
+        exec(compile(transfer.MANIFEST_PY, "manifest", "exec"), {"__name__": "__main__"})
+    assert len(seen) == 3 and all(atomic.TMP_RE.match(n) for n in seen), seen
+    assert [n.split(".opsrg-")[0] for n in seen] == [".a.json", ".status.json", ".run.json"]
+    src = inspect.getsource(ssh.SSHHost._write_bytes)
+    assert "tmp_prefix(name)" in src and "TMP_SUFFIX" in src
+    assert atomic.TMP_RE.match(atomic.tmp_prefix("x.json") + "0123abcd" + atomic.TMP_SUFFIX)
