@@ -154,19 +154,25 @@ def fsm_status(c, json=False):
     print(f"next: {', '.join(allowed) or '(none)'}")
 
 
-@task(help={"json": "print machine-readable JSON"})
+@task(help={"json": "print machine-readable JSON", "last": "only the newest N transitions"})
 @ops
-def fsm_history(c, json=False):
-    """Show every recorded state transition, oldest first."""
-    ws = _ctx().store.read()
+def fsm_history(c, json=False, last=None):
+    """Show the recorded state transitions, oldest first (--last N: the newest N)."""
+    n = _number("last", last)
+    if n is not None and not n.is_integer():
+        from opsrg.errors import InputError
+
+        raise InputError(f"--last must be a whole number, got {last!r}")
+    n = None if n is None else int(n)
+    history = _ctx().store.history(last=n)
     if json:
-        _print_json(ws.history)
+        _print_json(history)
         return
     from opsrg.ui import table
 
     table(["at", "from", "to", "command", "user@host"],
           [[h.get("at", ""), h.get("from", ""), h.get("to", ""), h.get("command", ""),
-            f"{h.get('user', '')}@{h.get('host', '')}"] for h in ws.history])
+            f"{h.get('user', '')}@{h.get('host', '')}"] for h in history])
 
 
 @task(positional=["state"], help={"state": "the state to set, e.g. CHECKED_OUT"})

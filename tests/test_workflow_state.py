@@ -81,11 +81,44 @@ def test_twenty_concurrent_writers_lose_nothing(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    data = json.loads(path.read_text())
-    assert len(data["history"]) == 20 * n
+    history = StateStore(path).history()  # the append-only log beside the state file
+    assert len(history) == 20 * n and json.loads(path.read_text())["transitions"] == 20 * n
     for i in range(20):
-        assert sum(h["command"] == f"writer-{i}" for h in data["history"]) == n
+        assert sum(h["command"] == f"writer-{i}" for h in history) == n
     # every entry's "from" is the previous entry's "to": no update was lost in between
-    for a, b in itertools.pairwise(data["history"]):
+    for a, b in itertools.pairwise(history):
         assert b["from"] == a["to"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_history_lives_in_an_append_only_log_and_the_state_file_stays_small(tmp_path):
+    st = StateStore(tmp_path / "s.json")
+    for i in range(300):
+        st.set(State.POD_READY if i % 2 else State.INIT, f"c{i}")
+    assert (tmp_path / "s.json").stat().st_size < 400
+    assert [h["command"] for h in st.history(last=3)] == ["c297", "c298", "c299"]
+    assert len(st.history()) == 300 and st.read().transitions == 300
+
+
+def test_an_inline_history_of_an_older_file_is_read_then_migrated_on_the_first_write(tmp_path):
+    p = tmp_path / "s.json"
+    old = [{"from": "INIT", "to": "POD_READY", "command": f"old{i}", "at": "2026-01-01T00:00:00+00:00"}
+           for i in range(5)]
+    p.write_text(json.dumps({"state": "POD_READY", "updated_at": "x", "command": "old4", "history": old}))
+    st = StateStore(p)
+    assert [h["command"] for h in st.history()] == [f"old{i}" for i in range(5)]
+    assert st.read().state == State.POD_READY
+    st.set(State.BOOTSTRAPPED, "bootstrap")
+    assert "history" not in json.loads(p.read_text())
+    assert [h["command"] for h in st.history()] == [f"old{i}" for i in range(5)] + ["bootstrap"]
+    assert [h["command"] for h in st.history(last=2)] == ["old4", "bootstrap"]
+
+
+def test_a_torn_last_line_of_the_log_is_skipped(tmp_path):
+    st = StateStore(tmp_path / "s.json")
+    st.set(State.POD_READY, "pod-up")
+    with open(st.log_path, "a") as fh:
+        fh.write('{"from": "POD_READY", "to"')  # a writer killed inside its append
+    assert [h["command"] for h in st.history()] == ["pod-up"]
+    st.set(State.BOOTSTRAPPED, "bootstrap")
+    assert [h["command"] for h in st.history()][-1] == "bootstrap"
