@@ -138,3 +138,27 @@ def test_sweep_dry_run_follows_the_same_fsm_rule_as_the_real_start(project):
     assert "dry run (tmux): 1 jobs for runs r1" in r.stdout
     assert json.loads(inv("fsm-status", "--json").stdout)["state"] == "INIT"  # a dry run moves nothing
     assert not (project / "outputs" / "r1").exists()
+
+
+@pytest.mark.tmux
+def test_task_list_shows_live_tasks_and_the_newest_ended_ones_all_with_all(project):
+    from datetime import UTC, datetime, timedelta
+
+    root = project / "outputs" / "_tasks"
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+
+    def record(tid: str, state: str, at: datetime) -> None:
+        (root / tid).mkdir(parents=True)
+        (root / tid / "status.json").write_text(json.dumps({"id": tid, "state": state, "runner": "tmux",
+                                                            "created_at": at.isoformat(), "exit_code": 0}))
+
+    record("live", "pending", datetime.now(UTC))  # in its start-up grace: alive
+    for i in range(40):
+        record(f"done{i:02d}", "success", t0 + timedelta(seconds=i))
+    r = inv("task-list")
+    assert r.returncode == 0, r.stderr
+    assert "live" in r.stdout and "done39" in r.stdout and "done10" in r.stdout and "done09" not in r.stdout
+    assert "10 older ended tasks not shown: inv task-list --all" in r.stdout
+    r = inv("task-list", "--all")
+    assert "done00" in r.stdout and "not shown" not in r.stdout
+    assert len(json.loads(inv("task-list", "--json").stdout)) == 41
