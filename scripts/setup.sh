@@ -30,7 +30,7 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing opsrg and its dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import opsrg, invoke, fabric, numpy, libtmux, numba" # fail loudly if the install did not work
+  "$VENV/bin/python" -c "import opsrg, invoke, fabric, numpy, numba, rich, filelock" # fail loudly if the install did not work
   touch "$stamp"
 fi
 # The environment disables bytecode writing; compile once so commands start fast.

@@ -27,13 +27,29 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = f"skipped in CI, which must run it: {rep.longrepr}"
 
 
+def _tmux_dir() -> Path:
+    return Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_tmux_server_left_behind():
+    """Tests whose projects name their own opsrg-* socket (the Slurm modules) leave its server running:
+    at the end of the session, stop every server on an opsrg-* socket that the session created."""
+    before = {p.name for p in _tmux_dir().glob("opsrg-*")}
+    yield
+    for sock in _tmux_dir().glob("opsrg-*"):
+        if sock.name not in before:
+            subprocess.run(["tmux", "-L", sock.name, "kill-server"], capture_output=True)
+            sock.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def tmux_socket():
     require("tmux", "tracked tasks run in tmux")
     name = f"opsrg-test-{uuid.uuid4().hex[:10]}"
     yield name
     subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True)
-    sock = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / name
+    sock = _tmux_dir() / name
     sock.unlink(missing_ok=True)
 
 

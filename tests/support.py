@@ -24,6 +24,13 @@ def require(tool: str, why: str) -> None:
     pytest.skip(f"{tool} not installed ({why})")
 
 
+def unavailable(why: str) -> None:
+    """Skip locally, fail in CI, when something this machine kind has (root, a tmpfs mount) is missing."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
+
+
 def inv(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run `inv ARGS` from the repository, as a user would."""
     return subprocess.run(

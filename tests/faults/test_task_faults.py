@@ -22,7 +22,7 @@ from opsrg import supervisor as sv
 from opsrg.context import Context
 from opsrg.tracked import TaskState
 
-from support import REPO, inv, retry_until
+from support import REPO, inv, retry_until, unavailable
 
 pytestmark = pytest.mark.tmux
 
@@ -262,13 +262,13 @@ def test_a_full_disk_keeps_the_last_good_record_and_the_exit_code_survives(proje
     at PATH` (exit 2, one line); task-list lists on; the records stay the last good ones; once space is freed
     the supervisor's and the guardian's retried writes land, and an observer records the dead task."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        unavailable("mounting a small tmpfs needs root")
     outputs = project / "outputs"
     outputs.mkdir(exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(outputs)], capture_output=True,
                        text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
         assert inv("pod-up").returncode == 0
         tasks = Context.load().tasks
