@@ -184,11 +184,11 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
         if fix:
             sr.settle_launch(env, m, be)
             launch_finding.fixed = (m.get("launch") or {}).get("state") not in sr.LAUNCH_OPEN
-    stale = [r["run_id"] for r in m["rows"] if (runs.read(env.paths, r["run_id"]) or {}).get("state")
-             in ("failed", "cancelled") and runs.summary_ok(env.paths, r["run_id"]) is True]
-    for rid in stale:
-        st = runs.read(env.paths, rid) or {}
-        f = Finding("manifest", f"{camp}/{rid}", f"recorded {st.get('state')} but its summary.json is ok "
+    for r in m["rows"]:
+        rid, st = r["run_id"], (runs.read(env.paths, r["run_id"]) or {}).get("state")
+        if st not in ("failed", "cancelled") or runs.summary_ok(env.paths, rid) is not True:
+            continue
+        f = Finding("manifest", f"{camp}/{rid}", f"recorded {st} but its summary.json is ok "
                     "(`--resume` would skip it, leaving the campaign failed)", "record it completed")
         if fix:
             f.fixed = runs.reconcile(env.paths, rid) is not None

@@ -7,6 +7,7 @@ Everything above this layer (tracked tasks, the FSM file, sweeps, fetch-run) tal
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -19,6 +20,9 @@ from typing import Protocol
 from .atomic import atomic_write_text
 from .errors import HostError
 from .supervisor import TAG as TASK_TAG
+
+# A name a shell and tmux take as an environment variable (what may be passed to a command).
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,9 @@ class LocalHost:
         ``.rsync-partial/.opsrg-tmp/`` (opsrg.localsync.TEMP_DIR), as on the SSH host. Files with
         holes stay sparse (``--sparse``).
         """
-        from .localsync import RSYNC_SAFE, TEMP_DIR, drop_temp_dir
+        from .localsync import TEMP_DIR, drop_temp_dir, safe_args
 
-        # rsync refuses a --temp-dir that does not exist, even for a dry run (which writes nothing, so
-        # goes without one); a real transfer makes it first.
-        safe = RSYNC_SAFE if not dry_run else [a for a in RSYNC_SAFE if not a.startswith("--temp-dir=")]
-        args = ["rsync", "-a", "--sparse", *safe, "--itemize-changes"]
+        args = ["rsync", "-a", "--sparse", *safe_args(dry_run), "--itemize-changes"]
         if delete:
             args.append("--delete")
         if dry_run:

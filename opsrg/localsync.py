@@ -69,10 +69,16 @@ echo "final sync done"
 """
 
 
-def pass_sh(src: str, dst: str) -> str:
+def pass_sh(src: str, dst: str, *extra: str) -> str:
     """One mirror pass as a shell command: the temp folder first, then rsync ``src/`` -> ``dst/``."""
     return (f"mkdir -p {shlex.quote(f'{dst}/{TEMP_DIR}')} && "
-            f"{shlex.join([*RSYNC_PASS, f'{src}/', f'{dst}/'])}")
+            f"{shlex.join([*RSYNC_PASS, *extra, f'{src}/', f'{dst}/'])}")
+
+
+def safe_args(dry_run: bool = False) -> tuple[str, ...]:
+    """:data:`RSYNC_SAFE` for one transfer: rsync refuses a --temp-dir that does not exist even for a dry run,
+    which writes nothing, so a dry run goes without it."""
+    return tuple(a for a in RSYNC_SAFE if not (dry_run and a.startswith("--temp-dir=")))
 
 
 def drop_temp_dir(dst: str | os.PathLike[str]) -> None:

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from .atomic import TMP_SUFFIX, tmp_prefix
 from .errors import ConfigError, HostError, InputError, UnreachableError
-from .hosts import Command, RunResult, as_shell
+from .hosts import ENV_NAME_RE, Command, RunResult, as_shell
 
 T = TypeVar("T")
 # paramiko logs a dropped link from its transport thread; the retry below reports it properly.
@@ -42,7 +42,6 @@ RSYNC_TRANSIENT = {10, 12, 30, 35, 255}
 AUTH_LINK_DROPPED = "transport shut down or saw EOF"
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%][A-Za-z0-9_.:\[\]%-]*$")
 USER_RE = re.compile(r"^[^-\s@:/\x00-\x1f\x7f][^\s@:/\x00-\x1f\x7f]*$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class LinkDropped(UnreachableError):
@@ -480,12 +479,10 @@ class SSHHost:
         remote = f"{self.target.user}@{self.target.host}:"
         # --protect-args: the remote paths travel inside rsync's protocol, never through the pod's
         # shell (a shell-quoted path would be quoted twice by rsync >= 3.2.4, which escapes it itself).
-        from .localsync import PARTIAL_DIR, RSYNC_SAFE, TEMP_DIR, drop_temp_dir
+        from .localsync import PARTIAL_DIR, TEMP_DIR, drop_temp_dir, safe_args
 
-        # --temp-dir (in RSYNC_SAFE): a killed pass leaves its temp file in opsrg's TEMP_DIR. rsync refuses
-        # one that does not exist, even for a dry run (which writes nothing, so goes without one).
-        safe = RSYNC_SAFE if not dry_run else [a for a in RSYNC_SAFE if not a.startswith("--temp-dir=")]
-        args = ["rsync", "-a", "--protect-args", "--sparse", "--partial", *safe, "--itemize-changes",
+        # --temp-dir (in safe_args): a killed pass leaves its temp file in opsrg's TEMP_DIR.
+        args = ["rsync", "-a", "--protect-args", "--sparse", "--partial", *safe_args(dry_run), "--itemize-changes",
                 "--timeout=60", "-e", shlex.join(self.ssh_command())]
         if self.rsync_bwlimit_kbps:
             args.append(f"--bwlimit={self.rsync_bwlimit_kbps}")
@@ -505,11 +502,9 @@ class SSHHost:
         while True:
             p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
-                if dry_run:
-                    pass
-                elif not to_host:
+                if not dry_run and not to_host:
                     drop_temp_dir(dst)
-                else:  # the empty temp folder (and partial folder) on the pod; best effort
+                elif not dry_run:  # the empty temp folder (and partial folder) on the pod; best effort
                     d = remote_dir.rstrip("/")
                     with contextlib.suppress(HostError):
                         self.run(["rmdir", f"{d}/{TEMP_DIR}", f"{d}/{PARTIAL_DIR}"], check=False)

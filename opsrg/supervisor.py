@@ -182,6 +182,17 @@ def proc_state(pid: int) -> str | None:
     return None
 
 
+def proc_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (it tells a reused pid apart); '' when there is
+    no such process or it is a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return "" if fields[0] == "Z" else fields[19]
+
+
 def proc_cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -487,12 +498,14 @@ def supervise(task_dir: str, guardian: int | None = None, subreaper: bool = Fals
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
-        if now - last_hb >= HEARTBEAT_EVERY:
+        beat = now - last_hb >= HEARTBEAT_EVERY
+        if beat:
             _beat(hb)
             last_hb = now
-        asked = _kill_requested(task_dir)  # also without a signal (one that was lost, or sent by another user)
+        # the record is read on a signal, and with each heartbeat for a request whose signal was lost
+        # (or sent by another user): not on every tick
+        asked = (sigs.received is not None or beat) and _kill_requested(task_dir)
         if sigs.received is not None or asked:
-            asked = asked or _kill_requested(task_dir)
             rc, stopped = _stop(proc, cg, grace, task_dir, guardian, subreaper)
             if stopped and rc != 0:
                 name = signal.Signals(sigs.received).name if sigs.received is not None else ""

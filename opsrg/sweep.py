@@ -25,8 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import provenance
-from .localsync import EXCLUDES as SYNC_EXCLUDES
-from .localsync import RSYNC_SAFE, TEMP_DIR
+from .localsync import pass_sh
 from .sweep_csv import SweepRow, order
 
 # Spec keys that do not decide a run's result (left out of its identity).
@@ -146,13 +145,6 @@ def meta_plan(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
             "out_mode": "local_sync" if sweep.scratch else "direct"}
 
 
-def _rsync(src: str, dst: str, *extra: str) -> str:
-    """One pass ``src/ -> dst/`` whose temp and partial files stay in opsrg's partial folder (a killed
-    pass leaves nothing beside the real files)."""
-    return (f"mkdir -p {shlex.quote(f'{dst}/{TEMP_DIR}')} && "
-            + shlex.join(["rsync", "-a", *RSYNC_SAFE, *SYNC_EXCLUDES, *extra, f"{src}/", f"{dst}/"]))
-
-
 def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, end: bool = True) -> str:
     """Bash around a run's commands: exports, scratch fill and mirroring (local_sync), meta.json.
 
@@ -162,19 +154,19 @@ def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, en
     rd, od, py = sweep.run_dir(row.run_id), sweep.out_dir(row.run_id), shlex.quote(sweep.python)
     out = [_exports(run_env(sweep, row)).rstrip("\n"), f"mkdir -p {shlex.quote(rd)} {shlex.quote(od)} || exit 1"]
     if sweep.scratch:
-        out.append(_rsync(rd, od, "--update", *(f"--exclude={x}" for x in DURABLE_ONLY))
+        out.append(pass_sh(rd, od, "--update", *(f"--exclude={x}" for x in DURABLE_ONLY))
                    + f" || {{ echo {shlex.quote(f'could not fill {od} from {rd}')} >&2; exit 1; }}")
     if begin:
         b = f"{py} -m opsrg.provenance begin {shlex.quote(rd)} {shlex.quote(json.dumps(meta_plan(sweep, row)))}"
         out.append(b if begin is True else f'if [ "${{SLURM_ARRAY_TASK_ID:-}}" = {begin} ]; then {b}; fi')
     slurm_sync = sweep.scratch and sweep.backend == "slurm"
     if slurm_sync:
-        out.append(f"( while sleep {int(sweep.sync_every)}; do {_rsync(od, rd)}; done ) & opsrg_syncer=$!")
+        out.append(f"( while sleep {int(sweep.sync_every)}; do {pass_sh(od, rd)}; done ) & opsrg_syncer=$!")
     out += [cmds.rstrip("\n"), "rc=$?"]
     if slurm_sync:
         failed = shlex.quote(f"final sync {od} -> {rd} failed")
         out += ['kill "$opsrg_syncer" 2>/dev/null; wait "$opsrg_syncer" 2>/dev/null',
-                f"{_rsync(od, rd)} || {{ echo {failed} >&2; [ $rc -eq 0 ] && rc=1; }}"]
+                f"{pass_sh(od, rd)} || {{ echo {failed} >&2; [ $rc -eq 0 ] && rc=1; }}"]
     if end:
         out.append(f"{py} -m opsrg.provenance end {shlex.quote(rd)} {shlex.quote(od + '/summary.json')} \"$rc\"")
     return "\n".join(out + ["exit $rc"]) + "\n"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shlex
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -342,28 +344,13 @@ LAUNCH_CUT = ("aborted", "interrupted")
 REMOTE_LAUNCH_GRACE = 3600.0  # a launch from another machine: judged cut short only after this long
 
 
-def _proc_start(pid: int) -> str:
-    """The process's start time in clock ticks (tells a reused pid apart); '' when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return ""
-    return "" if fields[0] == "Z" else fields[19]
-
-
 def new_launch(run_ids: list[str]) -> dict[str, Any]:
-    import os
-    import socket
-
     return {"state": "pending", "runs": list(run_ids), "at": runs.now_iso(), "pid": os.getpid(),
-            "host": socket.gethostname(), "proc_start": _proc_start(os.getpid())}
+            "host": socket.gethostname(), "proc_start": supervisor.proc_start(os.getpid())}
 
 
 def launcher_gone(launch: dict[str, Any]) -> str:
     """Why the process of an open launch is known to be dead; '' while it may still be working."""
-    import socket
-
     if launch.get("state") not in LAUNCH_OPEN:
         return ""
     pid, host = launch.get("pid"), launch.get("host", "")
@@ -372,7 +359,7 @@ def launcher_gone(launch: dict[str, Any]) -> str:
         return f"its launch from {host} began {age:.0f}s ago and never finished" if age > REMOTE_LAUNCH_GRACE else ""
     if not pid:
         return "no launching process was recorded"
-    now = _proc_start(int(pid))
+    now = supervisor.proc_start(int(pid))
     if not now:
         return f"the launching process (pid {pid}) is gone"
     if launch.get("proc_start") and now != launch["proc_start"]:
@@ -1075,7 +1062,8 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
         discard(env, m)
         raise
     _launch(env, m, be, todo)
-    _settle_if_done(ctx, env, m)
+    if not todo:  # every row reused: the sweep ends now, not at the next monitor pass
+        _move_fsm(ctx, env, m)
     return {"campaign": sweep.campaign, "backend": backend, "runs": todo,
             "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.get("replaced", {}),
             "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m["csv_copy"],
@@ -1111,18 +1099,13 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
     else:
         m["launch"].update(state="launched", done_at=runs.now_iso())
         write_manifest(env, m)
-        _settle_if_done(ctx, env, m)
+        _move_fsm(ctx, env, m)  # nothing to redo: the sweep ends now
     return {"campaign": m["campaign"], "backend": m["backend"], "resumed": todo,
             "skipped": [r["run_id"] for r in m["rows"] if r["run_id"] not in todo]}
 
 
-def _settle_if_done(ctx, env: SweepEnv, m: dict[str, Any]) -> None:
-    """A launch that started nothing (every row reused or ok) ends the sweep at once, not at the next monitor."""
-    if not m.get("todo") and not (m.get("launch") or {}).get("runs"):
-        _move_fsm(ctx, env, m)
-
-
 def _move_fsm(ctx, env: SweepEnv, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
+    """The campaign's verdict; once every run is final, SWEEP_RUNNING moves to COMPLETED or FAILED."""
     from .fsm import State
 
     done, failed, live = verdict(env.paths, m)

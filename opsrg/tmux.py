@@ -7,18 +7,16 @@ The window runs the stdlib supervisor; the task's truth lives in its files, neve
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from dataclasses import dataclass
 
 from .errors import InputError, TaskError
-from .hosts import Host
+from .hosts import ENV_NAME_RE, Host
 
 # Variables a task needs from the launching environment. Sessions on a running tmux server
 # inherit the server's environment, not ours, so they are passed explicitly with -e.
 PASS_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "SLURM_CONF",
             "TMPDIR", "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "NUMBA_CACHE_DIR")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
