@@ -35,12 +35,15 @@ def _tmux_dir() -> Path:
 def _no_tmux_server_left_behind():
     """Tests whose projects name their own opsrg-* socket (the Slurm modules) leave its server running:
     at the end of the session, stop every server on an opsrg-* socket that the session created."""
-    before = {p.name for p in _tmux_dir().glob("opsrg-*")}
+    def serving() -> set[str]:  # sockets with a live server (a killed server leaves its socket file)
+        return {p.name for p in _tmux_dir().glob("opsrg-*")
+                if subprocess.run(["tmux", "-L", p.name, "has-session"], capture_output=True).returncode == 0}
+
+    before = serving()
     yield
-    for sock in _tmux_dir().glob("opsrg-*"):
-        if sock.name not in before:
-            subprocess.run(["tmux", "-L", sock.name, "kill-server"], capture_output=True)
-            sock.unlink(missing_ok=True)
+    for name in serving() - before:
+        subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True)
+        (_tmux_dir() / name).unlink(missing_ok=True)
 
 
 @pytest.fixture
