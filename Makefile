@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(PY) -m opsrg.demo
+	@$(PY) -m opsrg.ops.demo
 
 test: setup
 	@$(PY) -m pytest -q -ra --durations=15

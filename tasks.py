@@ -24,7 +24,7 @@ def _ctx():
 @contextlib.contextmanager
 def _step(command: str, resume: str | None = None):
     """A pod step: the FSM transition of ``command``, whose host failure ends with how to resume it."""
-    from opsrg import pod
+    from opsrg.pods import lifecycle as pod
 
     ctx = _ctx()
     with ctx.transition(command), pod.resume_hint(resume or f"inv {command}"):
@@ -36,7 +36,7 @@ def ops(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from opsrg.errors import OpsError
+        from opsrg.core.errors import OpsError
 
         if any(v in ("--help", "-h") for v in [*args[1:], *kwargs.values()]):
             # Invoke hands `--help` to a positional argument as its value: show the help instead.
@@ -100,7 +100,7 @@ def _number(option: str, value, *, zero_ok: bool = False) -> float | None:
     ``zero_ok``), else InputError naming the option. ``10s``, ``nan`` and ``inf`` are refused."""
     import math
 
-    from opsrg.errors import InputError
+    from opsrg.core.errors import InputError
 
     if value is None:
         return None
@@ -129,7 +129,7 @@ def config_show(c, json=False):
         _print_json({"env_file": str(ctx.loaded.env_file), "settings": {
             k: {"value": v, "source": str(sources[k])} for k, v in values.items()}})
         return
-    from opsrg.ui import table
+    from opsrg.core.ui import table
 
     print(f"settings file: {ctx.loaded.env_file or '(none: defaults and environment)'}")
     table(["key", "value", "source"], [[k, "" if v is None else str(v), str(sources[k])] for k, v in values.items()])
@@ -140,7 +140,7 @@ def config_show(c, json=False):
 @ops
 def fsm_status(c, json=False):
     """Show the workflow state and the commands allowed in it."""
-    from opsrg import fsm
+    from opsrg.core import fsm
 
     ctx = _ctx()
     ws = ctx.store.read()
@@ -160,7 +160,7 @@ def fsm_history(c, json=False, last=None):
     """Show the recorded state transitions, oldest first (--last N: the newest N)."""
     n = _number("last", last)
     if n is not None and not n.is_integer():
-        from opsrg.errors import InputError
+        from opsrg.core.errors import InputError
 
         raise InputError(f"--last must be a whole number, got {last!r}")
     n = None if n is None else int(n)
@@ -168,7 +168,7 @@ def fsm_history(c, json=False, last=None):
     if json:
         _print_json(history)
         return
-    from opsrg.ui import table
+    from opsrg.core.ui import table
 
     table(["at", "from", "to", "command", "user@host"],
           [[h.get("at", ""), h.get("from", ""), h.get("to", ""), h.get("command", ""),
@@ -179,7 +179,7 @@ def fsm_history(c, json=False, last=None):
 @ops
 def fsm_reset(c, state):
     """Force the workflow state (recorded in the history as 'fsm-reset')."""
-    from opsrg import fsm
+    from opsrg.core import fsm
 
     ctx = _ctx()
     target = fsm.parse_state(state)
@@ -191,7 +191,7 @@ def fsm_reset(c, state):
 @ops
 def fsm_check(c, command):
     """Exit 0 when COMMAND may run now; else exit 2 with the message the command would give."""
-    from opsrg import fsm
+    from opsrg.core import fsm
 
     state = _ctx().store.read().state
     fsm.check(command, state)
@@ -203,7 +203,7 @@ def fsm_check(c, command):
 @ops
 def pod_up(c):
     """Make the pod ready (local: folders; ssh: it answers; lium: rent it). INIT -> POD_READY."""
-    from opsrg import pod
+    from opsrg.pods import lifecycle as pod
 
     with _step("pod-up") as ctx:
         print(pod.up(ctx))
@@ -213,7 +213,7 @@ def pod_up(c):
 @ops
 def pod_status(c, json=False):
     """Reachability, uptime, disk, GPUs, tmux sessions and workflow state (unreachable is not failure)."""
-    from opsrg import pod
+    from opsrg.pods import lifecycle as pod
 
     info = pod.status(_ctx())
     if json:
@@ -227,7 +227,7 @@ def pod_status(c, json=False):
 @ops
 def pod_down(c):
     """Forget the pod (lium: give it back with `lium rm`); files on ssh/local pods stay. -> INIT."""
-    from opsrg import pod
+    from opsrg.pods import lifecycle as pod
 
     with _step("pod-down") as ctx:
         print(pod.down(ctx))
@@ -237,7 +237,7 @@ def pod_down(c):
 @ops
 def bootstrap(c):
     """Check/install prerequisites, run BOOTSTRAP_SCRIPT, copy workflow.env. POD_READY -> BOOTSTRAPPED."""
-    from opsrg import pod
+    from opsrg.pods import lifecycle as pod
 
     with _step("bootstrap") as ctx:
         print(pod.bootstrap(ctx))
@@ -247,7 +247,7 @@ def bootstrap(c):
 @ops
 def checkout(c):
     """Clone/update REPO_URL at CHECKOUT_BRANCH or CHECKOUT_PR on the pod, build its venv. -> CHECKED_OUT."""
-    from opsrg import pod
+    from opsrg.pods import lifecycle as pod
 
     with _step("checkout") as ctx:
         print(pod.checkout(ctx))
@@ -258,7 +258,7 @@ def checkout(c):
 @ops
 def push(c, dry_run=False, src=None, delete=False):
     """rsync the local working tree to OPS_REMOTE_REPO on the pod (resumable)."""
-    from opsrg import transfer
+    from opsrg.pods import transfer
 
     with _step("push", "inv push" + (f" --src {src}" if src else "")) as ctx:
         print(transfer.push(ctx, src=src, dry_run=dry_run, delete=delete))
@@ -268,7 +268,7 @@ def push(c, dry_run=False, src=None, delete=False):
 @ops
 def pull(c, dry_run=False):
     """rsync the pod's outputs folder to LOCAL_ARTIFACTS_DIR (resumable)."""
-    from opsrg import transfer
+    from opsrg.pods import transfer
 
     with _step("pull") as ctx:
         print(transfer.pull(ctx, dry_run=dry_run))
@@ -278,7 +278,7 @@ def pull(c, dry_run=False):
 @ops
 def fetch_run(c, run_id):
     """Fetch one run to LOCAL_ARTIFACTS_DIR/RUN_ID, verified by sha256; FETCHED.json marks it complete."""
-    from opsrg import transfer
+    from opsrg.pods import transfer
 
     with _step("fetch-run", f"inv fetch-run {run_id}") as ctx:
         print(transfer.fetch_run(ctx, run_id).describe())
@@ -311,7 +311,7 @@ def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False)
 @ops
 def task_status(c, id, json=False):
     """Show one task's record (a dead supervisor is detected and recorded as lost)."""
-    from opsrg.tracked import describe
+    from opsrg.tracked.manager import describe
 
     rec = _ctx().tasks.status(id)
     if json:
@@ -325,7 +325,7 @@ def task_status(c, id, json=False):
 @ops
 def task_wait(c, id, timeout_secs=None, quiet=False):
     """Wait for a task to end: exit 0 success, 1 failed, 124 timed out (or the wait timed out)."""
-    from opsrg.tracked import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
+    from opsrg.tracked.manager import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
 
     rec, waited_out = _ctx().tasks.wait(id, _number("timeout-secs", timeout_secs))
     if waited_out:
@@ -353,7 +353,7 @@ def task_list(c, json=False, all=False):
     if json:
         _print_json([r.to_json() for r in recs])
         return
-    from opsrg.ui import table
+    from opsrg.core.ui import table
 
     shown = recs
     if not all:
@@ -390,7 +390,7 @@ def task_attach(c, id):
 @ops
 def task_kill(c, id):
     """Stop a task's whole process tree; it is recorded as failed (killed by task-kill)."""
-    from opsrg.tracked import describe
+    from opsrg.tracked.manager import describe
 
     print(describe(_ctx().tasks.kill(id)))
 
@@ -400,8 +400,8 @@ def task_kill(c, id):
 @ops
 def sweep_csv_template(c, force=False):
     """Write a starter sweep CSV at SWEEP_CSV (refuses to overwrite without --force)."""
-    from opsrg.errors import InputError
-    from opsrg.sweep_csv import TEMPLATE
+    from opsrg.core.errors import InputError
+    from opsrg.sweeps.rows import TEMPLATE
 
     ctx = _ctx()
     path = ctx.loaded.local_path(ctx.s.sweep_csv)
@@ -420,7 +420,7 @@ def sweep_csv_template(c, force=False):
 @ops
 def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=False, json=False):
     """Validate the CSV and start the sweep. CHECKED_OUT -> SWEEP_RUNNING (--resume: from SWEEP_FAILED)."""
-    from opsrg import sweep_runner
+    from opsrg.sweeps import runner as sweep_runner
 
     out = sweep_runner.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run, force=force)
     if json:
@@ -440,7 +440,7 @@ def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=Fa
 
 
 def _sweep_table(rows):
-    from opsrg.ui import table
+    from opsrg.core.ui import table
 
     table(["run", "state", "step", "elapsed", "jobs", "exit", "reason", "ok"],
           [[r["run_id"], r["state"], r["step"], "" if r["elapsed_secs"] is None else f"{r['elapsed_secs']:.0f}s",
@@ -464,7 +464,7 @@ def sweep_status(c, json=False, watch=False, campaign=None):
     """One row per run (state, step, elapsed, jobs, exit/reason, summary ok); runs the monitor once."""
     import time
 
-    from opsrg import sweep_runner
+    from opsrg.sweeps import runner as sweep_runner
 
     ctx = _ctx()
     while True:
@@ -490,8 +490,8 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     """Advance run manifests from tasks, the scheduler and marker files; move the FSM at the end."""
     import time
 
-    from opsrg import sweep_runner
-    from opsrg.watcher import backoff
+    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps.slurm.watcher import backoff
 
     limit = _number("timeout-secs", timeout_secs)
     ctx = _ctx()
@@ -525,7 +525,7 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
 @ops
 def sweep_cancel(c, run=None):
     """Cancel the sweep or one run (scancel / stop the tmux task); runs marked cancelled, outputs kept."""
-    from opsrg import sweep_runner
+    from opsrg.sweeps import runner as sweep_runner
 
     done = sweep_runner.cancel(_ctx(), run)
     print(f"cancelled: {', '.join(done) or 'nothing was running'}")
@@ -535,15 +535,15 @@ def sweep_cancel(c, run=None):
 @ops
 def slurm_ledger(c, verify=False):
     """Print the Slurm job ledger (docs/slurm_job_list.md under the outputs folder)."""
-    from opsrg import ledger
-    from opsrg.runs import SweepPaths
+    from opsrg.sweeps.runs import SweepPaths
+    from opsrg.sweeps.slurm import ledger
 
     ctx = _ctx()
     paths = SweepPaths(ctx.outputs_dir)
     if not verify:
         print(paths.ledger.read_text(encoding="utf-8") if paths.ledger.exists() else f"{paths.ledger}: no ledger yet")
         return
-    from opsrg.slurm import Slurm, base_of
+    from opsrg.sweeps.slurm.cli import Slurm, base_of
 
     def known(ids):
         infos = Slurm(ctx.host).query([base_of(i) for i in ids])
@@ -563,7 +563,7 @@ def slurm_ledger(c, verify=False):
 @ops
 def doctor(c, fix=False, json=False):
     """Reconcile records with reality: dead tasks, torn writes, markers without files. Exit 1 if unresolved."""
-    from opsrg import doctor as dr
+    from opsrg.ops import doctor as dr
 
     findings = dr.run(_ctx(), fix=fix)
     if json:
@@ -583,13 +583,13 @@ def doctor(c, fix=False, json=False):
 @ops
 def artifacts_ls(c, json=False):
     """List the runs in the outputs folder: state, size, identity, age, live writer."""
-    from opsrg import artifacts
+    from opsrg.ops import artifacts
 
     runs = artifacts.list_runs(_ctx())
     if json:
         _print_json(artifacts.as_json(runs))
         return
-    from opsrg.ui import table
+    from opsrg.core.ui import table
 
     table(["run", "state", "size", "identity", "age (days)", "live task"],
           [[r.run_id, r.state, artifacts.human_size(r.size_bytes), r.identity or "", f"{r.age_days:.2f}",
@@ -601,7 +601,7 @@ def artifacts_ls(c, json=False):
 @ops
 def artifacts_gc(c, ttl_days, dry_run=False):
     """Remove expired runs; never an incomplete run that a live task still writes."""
-    from opsrg import artifacts
+    from opsrg.ops import artifacts
 
     ttl = _number("ttl-days", ttl_days, zero_ok=True)
     removed, kept = artifacts.gc(_ctx(), ttl, dry_run=dry_run)

@@ -96,7 +96,7 @@ def worker(backend_name: str, dtype: str, n: int, repeats: int, sampler: str = "
     """Runs in a child process: time ``repeats`` calls of sample_step after one first call."""
     import tracemalloc
 
-    from opsrg.errors import BackendUnavailableError
+    from opsrg.core.errors import BackendUnavailableError
     from opsrg.rg.backends import get_backend
     from opsrg.rg.histogram import AliasTable, Grid, InverseCDF
 

@@ -29,11 +29,11 @@ def main() -> int:
     if not shutil.which("sbatch") or not os.environ.get("SLURM_CONF"):
         print("needs sbatch and SLURM_CONF (bash scripts/slurm-local-up.sh; source $SLURM_LOCAL_DIR/env.sh)")
         return 2
-    from opsrg import sweep_runner
     from opsrg.context import Context
-    from opsrg.fsm import State
-    from opsrg.slurm import Slurm
-    from opsrg.sweep_csv import parse_file
+    from opsrg.core.fsm import State
+    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps.rows import parse_file
+    from opsrg.sweeps.slurm.cli import Slurm
 
     root = Path(tempfile.mkdtemp(prefix="opsrg-bench-sweep-"))
     (root / "workflow.env").write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\n"

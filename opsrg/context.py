@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .settings import LoadedSettings, load_settings
+from opsrg.core.settings import LoadedSettings, load_settings
 
 
 @dataclass
@@ -60,23 +60,23 @@ class Context:
     # -------------------------------------------------------- objects
     @cached_property
     def host(self):
-        from .hosts import LocalHost
+        from opsrg.hosts.local import LocalHost
 
         if self.s.pod_provider == "local":
             return LocalHost()
-        from .ssh import host_from_context
+        from opsrg.hosts.ssh import host_from_context
 
         return host_from_context(self)
 
     @cached_property
     def store(self):
-        from .workflow_state import StateStore
+        from opsrg.core.workflow_state import StateStore
 
         return StateStore(self.state_file)
 
     @cached_property
     def tasks(self):
-        from .tracked import TaskManager
+        from opsrg.tracked.manager import TaskManager
 
         return TaskManager(
             self.host, self.outputs_dir, tmux_socket=self.s.ops_tmux_socket,

@@ -75,6 +75,6 @@ def project(tmp_path, monkeypatch, tmux_socket):
 
 
 def _known_keys() -> set[str]:
-    from opsrg.settings import KNOWN_KEYS
+    from opsrg.core.settings import KNOWN_KEYS
 
     return KNOWN_KEYS

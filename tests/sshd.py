@@ -198,7 +198,7 @@ def write_ssh_env(root: Path, server: SSHD, tmux_socket: str, **extra: str) -> P
 @pytest.fixture
 def ssh_project(tmp_path, monkeypatch, tmux_socket, sshd_server):
     """A throw-away project on the test sshd: POD_PROVIDER=ssh, outputs under tmp_path/pod."""
-    from opsrg.settings import KNOWN_KEYS
+    from opsrg.core.settings import KNOWN_KEYS
 
     for k in list(os.environ):
         if k.upper() in KNOWN_KEYS:

@@ -54,7 +54,7 @@ def retry_until(fn, timeout=10.0, interval=0.05, what="condition"):
 
 def cgroup_or_skip() -> None:
     """Skip unless this process may create a cgroup v2 (root and a writable cgroup2 mount)."""
-    from opsrg import supervisor as sv
+    from opsrg.tracked import supervisor as sv
 
     if sv.cgroup2_root() is None:
         pytest.skip("no cgroup v2 hierarchy mounted here")
@@ -66,7 +66,7 @@ def cgroup_or_skip() -> None:
 
 def sleeping(token: str) -> list[int]:
     """Live processes whose command line is exactly ``sleep TOKEN``."""
-    from opsrg.supervisor import proc_cmdline, proc_state
+    from opsrg.tracked.supervisor import proc_cmdline, proc_state
 
     return [int(n) for n in os.listdir("/proc") if n.isdigit()
             and proc_cmdline(int(n)).split() == ["sleep", token] and proc_state(int(n)) not in (None, "Z")]

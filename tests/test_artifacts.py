@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import artifacts
 from opsrg.context import Context
+from opsrg.ops import artifacts
 
 from support import inv
 
@@ -54,7 +54,7 @@ def test_ls_and_gc_never_remove_a_live_run(project):
 
 def test_run_markers_are_what_runs_write():
     from opsrg.rg.pipeline import RunPaths
-    from opsrg.runs import SweepPaths
+    from opsrg.sweeps.runs import SweepPaths
 
     rg = RunPaths(Path("r"))
     assert {rg.run_json.name, rg.summary.name} <= set(artifacts.RUN_MARKERS)

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import lium, localsync, pod
-from opsrg.errors import ConfigError, InputError, TaskError
-from opsrg.hosts import LocalHost
-from opsrg.slurm import DEFAULT_TEMPLATE, DIRECTIVE_UNSAFE, SlurmOptions, check_log_path, render
-from opsrg.ssh import SSHTarget
-from opsrg.sweep import Sweep, plan_slurm, row_command, shell_body
-from opsrg.sweep_csv import parse_text
-from opsrg.tmux import TmuxRunner
+from opsrg.core.errors import ConfigError, InputError, TaskError
+from opsrg.hosts.local import LocalHost
+from opsrg.hosts.ssh import SSHTarget
+from opsrg.pods import lifecycle as pod
+from opsrg.pods import lium, localsync
+from opsrg.sweeps.plan import Sweep, plan_slurm, row_command, shell_body
+from opsrg.sweeps.rows import parse_text
+from opsrg.sweeps.slurm.cli import DEFAULT_TEMPLATE, DIRECTIVE_UNSAFE, SlurmOptions, check_log_path, render
+from opsrg.tracked.tmux import TmuxRunner
 
 from support import REPO, inv, require, retry_until
 
@@ -84,12 +85,12 @@ def test_tmux_runner_passes_hostile_argv_and_env_verbatim(tmp_path, tmux_socket)
 
 
 def test_tmux_arguments_ending_in_a_semicolon_are_escaped():
-    from opsrg.tmux import tmux_arg
+    from opsrg.tracked.tmux import tmux_arg
 
     runner = TmuxRunner(LocalHost(), "s", "t")
     assert runner._tmux("new-window", "-e", "V=a;", "x") == ["tmux", "-L", "s", "new-window", "-e", "V=a\\;", "x"]
     assert tmux_arg("plain") == "plain" and tmux_arg("a\\;") == "a\\\\;"
-    from opsrg.tmux import TmuxTarget
+    from opsrg.tracked.tmux import TmuxTarget
 
     argv = runner.attach_argv(TmuxTarget("s", "t", "w", "@3"))
     assert argv == ["tmux", "-L", "s", "attach-session", "-t", "=t", ";", "select-window", "-t", "@3"]
@@ -304,7 +305,7 @@ def test_lium_argv_refuses_option_like_names():
         lium.up_argv("H100", "a b")
     with pytest.raises(ConfigError, match="LIUM_POD_NAME"):
         lium.rm_argv("--all")
-    from opsrg.errors import HostError
+    from opsrg.core.errors import HostError
 
     with pytest.raises(HostError, match="port"):
         lium.parse_ssh_cmd("ssh root@1.2.3.4 -p x")
@@ -312,7 +313,7 @@ def test_lium_argv_refuses_option_like_names():
 
 @pytest.mark.ssh
 def test_ssh_commands_and_rsync_with_hostile_paths(sshd_server, tmp_path):
-    from opsrg.ssh import SSHHost
+    from opsrg.hosts.ssh import SSHHost
 
     target = SSHTarget("127.0.0.1", sshd_server.user, sshd_server.port, str(sshd_server.clientkey))
     host = SSHHost(target, known_hosts=tmp_path / "kh", retry_secs=3, connect_timeout=3)

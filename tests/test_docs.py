@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from opsrg.settings import KNOWN_KEYS
+from opsrg.core.settings import KNOWN_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from opsrg import doctor
 from opsrg.context import Context
+from opsrg.ops import doctor
 
 from support import inv
 
@@ -52,7 +52,7 @@ def test_doctor_finds_and_fixes(project):
 
 
 def test_held_lock_is_reported_not_broken(tmp_path):
-    from opsrg.atomic import locked
+    from opsrg.core.atomic import locked
 
     with locked(tmp_path / "state.json"):
         found = list(doctor.check_locks(tmp_path, fix=True))
@@ -163,7 +163,10 @@ def test_every_writer_names_its_temp_files_with_the_marker(tmp_path, monkeypatch
     import inspect
     import sys
 
-    from opsrg import atomic, ssh, supervisor, transfer
+    from opsrg.core import atomic
+    from opsrg.hosts import ssh
+    from opsrg.pods import transfer
+    from opsrg.tracked import supervisor
 
     assert supervisor.TMP_MARK == atomic.TMP_MARK
     seen = []

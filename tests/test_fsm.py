@@ -1,8 +1,8 @@
 import pytest
 
-from opsrg import fsm
-from opsrg.errors import IllegalStateError
-from opsrg.fsm import State
+from opsrg.core import fsm
+from opsrg.core.errors import IllegalStateError
+from opsrg.core.fsm import State
 
 
 def test_happy_path_walks_every_state():

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from opsrg import lium
-from opsrg.errors import HostError
+from opsrg.core.errors import HostError
+from opsrg.pods import lium
 
 from sshd import write_ssh_env
 from support import inv
@@ -99,7 +99,7 @@ def test_pod_up_rents_records_and_reaches_the_pod(fake_lium, tmp_path, monkeypat
 
 def test_missing_lium_cli_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    from opsrg.errors import ConfigError
+    from opsrg.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lium.io"):
         lium.list_pods()

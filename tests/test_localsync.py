@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import artifacts, doctor, localsync
 from opsrg.context import Context
-from opsrg.errors import HostError
+from opsrg.core.errors import HostError
+from opsrg.ops import artifacts, doctor
+from opsrg.pods import localsync
 
 from support import retry_until
 

@@ -1,4 +1,4 @@
-from opsrg import provenance
+from opsrg.ops import provenance
 
 
 def test_identity_depends_on_config_and_seed_only():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from opsrg.runs import RESERVED_NAMES, reserved
-from opsrg.sweep_csv import SweepCSVError, parse_text
+from opsrg.sweeps.rows import SweepCSVError, parse_text
+from opsrg.sweeps.runs import RESERVED_NAMES, reserved
 
 from support import inv
 
@@ -33,7 +33,7 @@ def test_a_reserved_name_is_refused_as_a_dependency_too():
 
 def test_every_control_folder_of_the_outputs_is_reserved():
     """The folders opsrg writes directly under the outputs are all covered by the rule."""
-    from opsrg.runs import SweepPaths
+    from opsrg.sweeps.runs import SweepPaths
 
     p = SweepPaths("/o")
     used = {p.manifests.name, p.ledger.parent.name, "_tasks", "_control", "_replaced"}

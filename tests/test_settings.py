@@ -1,7 +1,7 @@
 import pytest
 
-from opsrg.errors import ConfigError
-from opsrg.settings import REPO_ROOT, load_settings
+from opsrg.core.errors import ConfigError
+from opsrg.core.settings import REPO_ROOT, load_settings
 
 
 def write(tmp_path, text):
@@ -12,7 +12,7 @@ def write(tmp_path, text):
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    from opsrg.settings import KNOWN_KEYS
+    from opsrg.core.settings import KNOWN_KEYS
 
     for k in KNOWN_KEYS:
         monkeypatch.delenv(k, raising=False)

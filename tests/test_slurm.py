@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from opsrg.slurm import (
+from opsrg.sweeps.slurm.cli import (
     JobInfo,
     SlurmOptions,
     expand_ids,
@@ -17,8 +17,8 @@ from opsrg.slurm import (
     render,
     time_directive,
 )
-from opsrg.tracked import TaskState
-from opsrg.watcher import Watcher, backoff, expected_elements
+from opsrg.sweeps.slurm.watcher import Watcher, backoff, expected_elements
+from opsrg.tracked.manager import TaskState
 
 SACCT = """1_0|COMPLETED|0:0|2026-11-29T03:14:46|2026-11-29T03:14:47|None
 1_2|FAILED|3:0|2026-11-29T03:14:47|2026-11-29T03:14:48|JobArrayTaskLimit
@@ -117,7 +117,7 @@ def test_watcher_batches_and_caches_final_states():
 
 
 def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
-    from opsrg.sweep_runner import SlurmBackend, SweepEnv
+    from opsrg.sweeps.runner import SlurmBackend, SweepEnv
 
     class FakeSlurm:
         def __init__(self):
@@ -148,7 +148,8 @@ def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
 
 def test_ledger_verify_accepts_an_element_of_a_listed_array(tmp_path):
     """A requeue row names the element (587_0); the run manifest lists its array (587)."""
-    from opsrg import ledger, runs
+    from opsrg.sweeps import runs
+    from opsrg.sweeps.slurm import ledger
 
     paths = runs.SweepPaths(str(tmp_path))
     runs.create(paths, "a", "c", "slurm", {}, job_ids=["587"], tasks=["a.RG1.gen"])

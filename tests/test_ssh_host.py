@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from opsrg.errors import HostError, UnreachableError
-from opsrg.hosts import LocalHost
-from opsrg.ssh import SSHHost, SSHTarget
-from opsrg.tracked import TaskManager, TaskState
+from opsrg.core.errors import HostError, UnreachableError
+from opsrg.hosts.local import LocalHost
+from opsrg.hosts.ssh import SSHHost, SSHTarget
+from opsrg.tracked.manager import TaskManager, TaskState
 
 from support import inv, require
 
@@ -177,7 +177,7 @@ def test_target_parsing(tmp_path):
     t = SSHTarget.parse("alice@example.org:2222", key="/k", ssh_config=str(cfg))
     assert (t.host, t.user, t.port, t.key, t.name) == ("example.org", "alice", 2222, "/k", "alice@example.org:2222")
     assert t.known_hosts_name == "[example.org]:2222"
-    from opsrg.errors import ConfigError
+    from opsrg.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="port"):
         SSHTarget.parse("a@b:xx")
@@ -240,7 +240,7 @@ def test_no_sftp_subsystem_falls_back_to_shell_commands_at_once(sshd_private, tm
 @pytest.mark.tmux
 @pytest.mark.parametrize("sshd_private", [NO_SFTP], indirect=True)
 def test_cli_works_on_a_pod_without_sftp(sshd_private, tmp_path, monkeypatch, tmux_socket):
-    from opsrg.settings import KNOWN_KEYS
+    from opsrg.core.settings import KNOWN_KEYS
 
     from sshd import write_ssh_env
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import supervisor as sv
+from opsrg.tracked import supervisor as sv
 
 from support import REPO, cgroup_or_skip, retry_until, sleeping
 
@@ -23,7 +23,7 @@ def _task_dir(tmp_path, command: str, **fields) -> str:
     d = tmp_path / "task"
     d.mkdir()
     (d / "command.sh").write_text(f"#!/usr/bin/env bash\n{command}\n")
-    shutil.copy(REPO / "opsrg" / "supervisor.py", d / "supervise.py")
+    shutil.copy(REPO / "opsrg" / "tracked" / "supervisor.py", d / "supervise.py")
     rec = {"id": "task", "state": "pending", "runner": "tmux", "created_at": sv.now_iso(), "kill_grace_secs": 2.0,
            **fields}
     (d / "status.json").write_text(json.dumps(rec))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from opsrg.sweep import RunProgress, Sweep, array_spec, plan_slurm, row_command, split_array
-from opsrg.sweep_csv import parse_text
+from opsrg.sweeps.plan import RunProgress, Sweep, array_spec, plan_slurm, row_command, split_array
+from opsrg.sweeps.rows import parse_text
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD = "run_id,config,seed,overrides,notes\n"

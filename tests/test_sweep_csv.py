@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from opsrg.sweep_csv import SweepCSVError, order, parse_file, parse_text, split_line
+from opsrg.sweeps.rows import SweepCSVError, order, parse_file, parse_text, split_line
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD = "run_id,config,seed,overrides,notes\n"

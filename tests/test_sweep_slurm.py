@@ -148,7 +148,7 @@ def test_resume_resubmits_only_missing_shards(timeout_sweep, slurm_cluster, tmp_
         (run / name).unlink()
     subprocess.run([sys.executable, "-m", "opsrg.rg", "gen", "--step", "2", "--task", "0", "--ntasks", "3",
                     "--out", str(run), "--backend", "numpy"], check=True, capture_output=True)
-    from opsrg import runs
+    from opsrg.sweeps import runs
 
     runs.update(runs.SweepPaths(str(tmp_path / "outputs")), "a", "failed", "lost step 2 (test)")
     assert inv("fsm-reset", "SWEEP_FAILED", env=env).returncode == 0

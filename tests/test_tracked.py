@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from opsrg.context import Context
-from opsrg.errors import InputError, TaskError
-from opsrg.supervisor import proc_state
-from opsrg.tracked import TaskState, validate_id
+from opsrg.core.errors import InputError, TaskError
+from opsrg.tracked.manager import TaskState, validate_id
+from opsrg.tracked.supervisor import proc_state
 
 from support import cgroup_or_skip, retry_until, sleeping
 
@@ -59,7 +59,7 @@ def test_timeout_kills_group_and_records_timed_out(tasks, tmp_path):
 def test_wait_returns_soon_after_the_end(tasks):
     tasks.run("quick", "sleep 0.5")
     rec, _ = tasks.wait("quick", timeout=20)
-    from opsrg.supervisor import parse_iso
+    from opsrg.tracked.supervisor import parse_iso
 
     assert time.time() - parse_iso(rec.raw["ended_at"]) < 0.5
 
@@ -231,7 +231,7 @@ def test_stale_heartbeat_is_evidence_of_loss(tmp_path):
 
     (tmux sends SIGCONT to stopped pane processes, so the hang is staged outside tmux.)
     """
-    from opsrg import supervisor as sv
+    from opsrg.tracked import supervisor as sv
 
     d = tmp_path / "hung"
     d.mkdir()
@@ -295,8 +295,8 @@ def test_a_daemon_that_left_the_group_dies_with_its_task(tasks, tmp_path, how):
 
 
 def test_opsrg_does_not_pass_a_task_tag_to_what_it_starts(monkeypatch):
-    from opsrg.hosts import LocalHost
-    from opsrg.supervisor import TAG
+    from opsrg.hosts.local import LocalHost
+    from opsrg.tracked.supervisor import TAG
 
     monkeypatch.setenv(TAG, "/some/task")
     assert LocalHost().run(f"echo ${{{TAG}-unset}}").stdout.strip() == "unset"
@@ -344,7 +344,7 @@ def _escaping_task(tasks, tid: str, containment: str, tail: str, **kw) -> int:
     (its parent gone) re-parented out of the command's tree. Returns the daemon's pid."""
     import uuid
 
-    from opsrg.supervisor import CONTAINMENT_ENV, TAG
+    from opsrg.tracked.supervisor import CONTAINMENT_ENV, TAG
 
     token = f"612.{uuid.uuid4().int % 10**9:09d}"
     tasks.run(tid, f'( env -i sh -c "setsid sleep {token} &" ); {tail}', env={CONTAINMENT_ENV: containment}, **kw)
@@ -399,7 +399,7 @@ tasks.run(sys.argv[1], "true")
 
 def test_a_pending_task_whose_launcher_died_before_its_window_is_lost_at_once(tasks, tmp_path):
     """No 30 s grace when the evidence is there: same host, launcher pid gone, no tmux window."""
-    from opsrg.supervisor import now_iso, parse_iso
+    from opsrg.tracked.supervisor import now_iso, parse_iso
 
     script = tmp_path / "launcher.py"
     script.write_text(LAUNCHER_PY)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import localsync, transfer
 from opsrg.context import Context
-from opsrg.errors import HostError, InputError, UnreachableError
+from opsrg.core.errors import HostError, InputError, UnreachableError
+from opsrg.pods import localsync, transfer
 
 from sshd import write_ssh_env
 from support import inv
@@ -167,7 +167,7 @@ def make_non_results(run: Path) -> set[str]:
     None of it is a result."""
     import tempfile
 
-    from opsrg.atomic import TMP_SUFFIX, tmp_prefix
+    from opsrg.core.atomic import TMP_SUFFIX, tmp_prefix
 
     (run / "sub" / ".rsync-partial").mkdir(parents=True)
     (run / "sub" / ".rsync-partial" / "mid.npz").write_bytes(b"p" * 10)
@@ -182,7 +182,7 @@ def make_non_results(run: Path) -> set[str]:
 
 @pytest.mark.parametrize("provider", ["local", pytest.param("ssh", marks=pytest.mark.ssh)])
 def test_fetch_run_and_pull_bring_home_only_results(provider, request):
-    from opsrg.atomic import locked
+    from opsrg.core.atomic import locked
 
     root = request.getfixturevalue("ssh_project" if provider == "ssh" else "project")
     outputs = root / "pod" / "outputs" if provider == "ssh" else root / "outputs"

@@ -4,9 +4,9 @@ import multiprocessing as mp
 
 import pytest
 
-from opsrg.errors import ConfigError, IllegalStateError
-from opsrg.fsm import State
-from opsrg.workflow_state import StateStore
+from opsrg.core.errors import ConfigError, IllegalStateError
+from opsrg.core.fsm import State
+from opsrg.core.workflow_state import StateStore
 
 
 def test_missing_file_is_init(tmp_path):

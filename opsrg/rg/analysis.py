@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from opsrg.atomic import atomic_write_json
+from opsrg.core.atomic import atomic_write_json
 from opsrg.rg.histogram import Grid, load_histogram
 
 if TYPE_CHECKING:

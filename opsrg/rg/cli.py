@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from opsrg.errors import InputError, OpsError
+from opsrg.core.errors import InputError, OpsError
 
 
 def _pos_int(text: str) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def load_histogram(path: str) -> tuple[np.ndarray, Grid]:
 
 
 def save_histogram(path: str, counts: np.ndarray, grid: Grid) -> None:
-    from opsrg.atomic import atomic_save_npz
+    from opsrg.core.atomic import atomic_save_npz
 
     atomic_save_npz(path, histval=np.asarray(counts, dtype=np.int64), binedges=grid.edges,
                     bincenters=grid.centers)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 
 
 def t_r_from_z(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

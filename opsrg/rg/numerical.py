@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 from opsrg.rg.kernel import t_r_from_z
 
 LINKS = ("15", "53", "31", "23", "34", "42", "12", "45")

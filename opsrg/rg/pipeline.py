@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from opsrg.atomic import atomic_save_npz, atomic_write_json, locked
-from opsrg.errors import IllegalStateError, InputError
+from opsrg.core.atomic import atomic_save_npz, atomic_write_json, locked
+from opsrg.core.errors import IllegalStateError, InputError
 from opsrg.rg.backends import Backend, StepResult, get_backend
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, load_histogram, save_histogram, symmetrise
 from opsrg.rg.streams import stream_key

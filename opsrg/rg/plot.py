@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 from opsrg.rg.histogram import load_histogram
 from opsrg.rg.pipeline import RunPaths, done_ok, load_config
 
@@ -93,7 +93,7 @@ def plot_run(root: Path) -> list[Path]:
 def _save(fig, path: Path, plt) -> Path:
     import io
 
-    from opsrg.atomic import atomic_write_bytes
+    from opsrg.core.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 
 
 def purpose_code(purpose: str) -> int:

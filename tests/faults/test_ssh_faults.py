@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import transfer
 from opsrg.context import Context
-from opsrg.errors import UnreachableError
-from opsrg.ssh import LinkDropped, SSHHost, SSHTarget
-from opsrg.tracked import TaskState
+from opsrg.core.errors import UnreachableError
+from opsrg.hosts.ssh import LinkDropped, SSHHost, SSHTarget
+from opsrg.pods import transfer
+from opsrg.tracked.manager import TaskState
 
 from sshd import write_ssh_env
 from support import REPO

@@ -42,7 +42,7 @@ def replace(a, b):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(a, b)
 from opsrg.context import Context
-from opsrg import sweep_runner
+from opsrg.sweeps import runner as sweep_runner
 ctx = Context.load()
 os.replace = replace
 print("ready", flush=True)
@@ -56,9 +56,10 @@ print("writes", seen[0], flush=True)
 # get there), then `--resume` or a fresh `sweep-start`, whichever the monitor names; wait again.
 RECOVER = r"""
 import json, pathlib, sys, time
-from opsrg import doctor, sweep_runner
+from opsrg.ops import doctor
+from opsrg.sweeps import runner as sweep_runner
 from opsrg.context import Context
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 csv = sys.argv[1]
 ctx = Context.load()
 torn = []
@@ -101,8 +102,8 @@ class Trial:
 
     def __init__(self, project: Path, name: str, rows: int = 2, command: str = "",
                  env: dict[str, str] | None = None) -> None:
-        from opsrg.fsm import State
-        from opsrg.workflow_state import StateStore
+        from opsrg.core.fsm import State
+        from opsrg.core.workflow_state import StateStore
 
         self.root = project / name
         self.count = self.root / "count"
@@ -137,7 +138,7 @@ class Trial:
 
     def wait(self, timeout: float = 90.0) -> dict:
         """In-process monitor passes until every run is final; the monitor must get there."""
-        from opsrg import sweep_runner
+        from opsrg.sweeps import runner as sweep_runner
 
         ctx, t0 = self.ctx(), time.monotonic()
         while True:
@@ -278,7 +279,7 @@ def test_tmux_server_killed_mid_sweep_then_resume(project, monkeypatch, tmux_soc
     t = Trial(project, "tk", rows=3, command="echo x >> {count}/$OPSRG_RUN_ID; sleep 3")
     t.csv.write_text(t.csv.read_text().replace("{count}", str(t.count)))
     t.use(monkeypatch)
-    from opsrg import sweep_runner
+    from opsrg.sweeps import runner as sweep_runner
 
     sweep_runner.start(t.ctx(), str(t.csv))
     retry_until(lambda: t.runs_of(), timeout=20, what="the first row to start")
@@ -299,7 +300,7 @@ def test_cancel_after_a_killed_driver_completes_a_finished_run(project, monkeypa
     t.csv.write_text(t.csv.read_text().replace("command='echo", "command='sleep 1; echo") + later)
     t.ids.append("r9")
     t.shell_ids.append("r9")
-    from opsrg import sweep_runner
+    from opsrg.sweeps import runner as sweep_runner
 
     out = sweep_runner.start(t.ctx(), str(t.csv))
     drv = Path(t.env["OPS_REMOTE_OUTPUTS_DIR"]) / "_tasks" / f"sweep-driver.{out['campaign']}" / "status.json"
@@ -325,7 +326,8 @@ def test_cancel_after_a_killed_driver_completes_a_finished_run(project, monkeypa
 
 def test_resume_and_doctor_reconcile_a_cancelled_run_whose_summary_is_ok(project, monkeypatch):
     t = Trial(project, "rc", rows=2).use(monkeypatch)
-    from opsrg import runs, sweep_runner
+    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import runs
 
     sweep_runner.start(t.ctx(), str(t.csv))
     t.wait()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from opsrg import supervisor as sv
 from opsrg.context import Context
-from opsrg.tracked import TaskState
+from opsrg.tracked import supervisor as sv
+from opsrg.tracked.manager import TaskState
 
 from support import REPO, inv, retry_until, unavailable
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from opsrg.errors import BackendUnavailableError
+from opsrg.core.errors import BackendUnavailableError
 
 BACKENDS = ("numpy", "cpu", "cupy")
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from opsrg.errors import BackendUnavailableError, InputError
+from opsrg.core.errors import BackendUnavailableError, InputError
 from opsrg.rg import kernel
 from opsrg.rg.backends import Backend, StepResult, get_backend
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, symmetrise

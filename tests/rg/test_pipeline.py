@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opsrg.errors import IllegalStateError, InputError
+from opsrg.core.errors import IllegalStateError, InputError
 from opsrg.rg.cli import main
 from opsrg.rg.pipeline import RunConfig, RunPaths, run_loop
 

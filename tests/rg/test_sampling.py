@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, draw_bins, symmetrise
 from opsrg.rg.streams import numpy_generator, stream_key
 

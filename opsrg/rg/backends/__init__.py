@@ -21,7 +21,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from opsrg.errors import BackendUnavailableError, InputError
+from opsrg.core.errors import BackendUnavailableError, InputError
 
 if TYPE_CHECKING:
     import numpy as np

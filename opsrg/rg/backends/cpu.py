@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 from opsrg.rg.backends import OptionalBackend
 
 if TYPE_CHECKING:

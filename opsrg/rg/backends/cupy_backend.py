@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from opsrg.errors import BackendUnavailableError, InputError
+from opsrg.core.errors import BackendUnavailableError, InputError
 from opsrg.rg.backends import OptionalBackend
 from opsrg.rg.backends.cpu import check_dtype, compact_guide, map_inputs, packed_table, split_key
 

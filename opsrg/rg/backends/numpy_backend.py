@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opsrg.errors import InputError
+from opsrg.core.errors import InputError
 from opsrg.rg.backends import StepResult, accumulate
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, draw_bins
 from opsrg.rg.kernel import map_z_fast

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, HostError, InputError, OpsError
-from .hosts import Host
-from .tracked import TaskState
+from opsrg.core.errors import ConfigError, HostError, InputError, OpsError
+from opsrg.hosts.local import Host
+from opsrg.tracked.manager import TaskState
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "sweeps" / "templates"
 DEFAULT_TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=${job_name}
 #SBATCH --output=${log}

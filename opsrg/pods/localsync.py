@@ -25,13 +25,13 @@ import os
 import shlex
 from typing import TYPE_CHECKING
 
-from .atomic import TMP_GLOB
-from .errors import HostError, TaskError
+from opsrg.core.atomic import TMP_GLOB
+from opsrg.core.errors import HostError, TaskError
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .hosts import Host
-    from .tracked import TaskManager
+    from opsrg.context import Context
+    from opsrg.hosts.local import Host
+    from opsrg.tracked.manager import TaskManager
 
 PARTIAL_DIR = ".rsync-partial"
 # Where every rsync opsrg runs writes its temp files (``--temp-dir``, relative to the destination
@@ -124,7 +124,7 @@ def final_sync(ctx: Context, run_id: str, *, timeout: float = 600.0) -> str:
 
 # The same with explicit places (a sweep driver has its launch snapshot, not a Context).
 def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, stop: str, every: int) -> str:
-    from .tracked import validate_id
+    from opsrg.tracked.manager import validate_id
 
     validate_id(run_id)
     host.run(["mkdir", "-p", src, dst, stop.rsplit("/", 1)[0]])
@@ -137,7 +137,7 @@ def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, 
 
 def finish_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, stop: str, *,
                 timeout: float = 600.0) -> str:
-    from .tracked import TaskState
+    from opsrg.tracked.manager import TaskState
 
     host.write_text(stop, "stop\n")
     tid = task_id(run_id)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .atomic import TMP_SUFFIX, tmp_prefix
-from .errors import ConfigError, HostError, InputError, UnreachableError
-from .hosts import ENV_NAME_RE, Command, RunResult, as_shell
+from opsrg.core.atomic import TMP_SUFFIX, tmp_prefix
+from opsrg.core.errors import ConfigError, HostError, InputError, UnreachableError
+from opsrg.hosts.local import ENV_NAME_RE, Command, RunResult, as_shell
 
 T = TypeVar("T")
 # paramiko logs a dropped link from its transport thread; the retry below reports it properly.
@@ -479,7 +479,7 @@ class SSHHost:
         remote = f"{self.target.user}@{self.target.host}:"
         # --protect-args: the remote paths travel inside rsync's protocol, never through the pod's
         # shell (a shell-quoted path would be quoted twice by rsync >= 3.2.4, which escapes it itself).
-        from .localsync import PARTIAL_DIR, TEMP_DIR, drop_temp_dir, safe_args
+        from opsrg.pods.localsync import PARTIAL_DIR, TEMP_DIR, drop_temp_dir, safe_args
 
         # --temp-dir (in safe_args): a killed pass leaves its temp file in opsrg's TEMP_DIR.
         args = ["rsync", "-a", "--protect-args", "--sparse", "--partial", *safe_args(dry_run), "--itemize-changes",
@@ -544,8 +544,7 @@ def host_from_context(ctx) -> SSHHost:
     """The pod of POD_PROVIDER=ssh (OPS_DEFAULT_HOST) or lium (the pod recorded by `inv pod-up`)."""
     s = ctx.s
     if s.pod_provider == "lium":
-        from . import lium
-
+        from opsrg.pods import lium
         target = lium.recorded_target(ctx)
     else:
         target = SSHTarget.parse(s.ops_default_host, key=s.ops_ssh_key)

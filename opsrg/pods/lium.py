@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
-from .errors import ConfigError, HostError
-from .ssh import SSHTarget
+from opsrg.core.atomic import atomic_write_json
+from opsrg.core.errors import ConfigError, HostError
+from opsrg.hosts.ssh import SSHTarget
 
 EXE = "lium"
 RECORD = ".opsrg/lium_pod.json"

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INV = str(Path(sys.executable).parent / "inv")
 # RG_SPEC 3.2: std(z) after step k from uniform G (N >= 2e8), and the converged exponent.
 REF_STD = [2.0335, 2.1172, 2.1499, 2.1627, 2.1679, 2.1700, 2.1708, 2.1711, 2.1712, 2.1712]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from .slurm import JobInfo, base_of
+from opsrg.sweeps.slurm.cli import JobInfo, base_of
 
 FAST = (0.0, 2.0, 4.0, 8.0)
 

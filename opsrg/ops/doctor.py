@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .context import Context
+from opsrg.context import Context
 
 TMP_AGE_SECS = 300.0
 # A dotfile that merely looks like a temp file (what doctor once took for one: a last suffix of six
@@ -66,8 +66,8 @@ def check_temp_files(root: Path, fix: bool) -> Iterator[Finding]:
     repair and never deleted; symlinks are never followed nor deleted."""
     import stat
 
-    from .atomic import TMP_RE
-    from .localsync import PARTIAL_DIR
+    from opsrg.core.atomic import TMP_RE
+    from opsrg.pods.localsync import PARTIAL_DIR
 
     now = time.time()
     for dirpath, _, names in os.walk(root):
@@ -162,10 +162,10 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
 
 def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
     """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
-    from . import runs
-    from . import sweep_runner as sr
-    from .errors import OpsError
-    from .fsm import State
+    from opsrg.core.errors import OpsError
+    from opsrg.core.fsm import State
+    from opsrg.sweeps import runner as sr
+    from opsrg.sweeps import runs
 
     env = sr.SweepEnv.from_context(ctx)
     try:
@@ -208,7 +208,7 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
                 lagging.append(Finding("manifest", f"{camp}/{rid}", f"recorded unfinished but {why}",
                                        "advance the manifest (one monitor pass)"))
     else:
-        from .slurm import Slurm, base_of
+        from opsrg.sweeps.slurm.cli import Slurm, base_of
 
         jobs = [j for j in m.get("jobs", {}).values() if set(j.get("runs", [])) & set(unfinished)]
         try:
@@ -270,7 +270,7 @@ CHECKS: dict[str, Callable[..., Iterator[Finding]]] = {
 
 
 def run(ctx: Context, fix: bool = False) -> list[Finding]:
-    from .hosts import LocalHost
+    from opsrg.hosts.local import LocalHost
 
     findings: list[Finding] = list(check_tasks(ctx, fix))
     findings.extend(check_sweep(ctx, fix))

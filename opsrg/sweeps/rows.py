@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .runs import reserved
+from opsrg.core.errors import InputError
+from opsrg.sweeps.runs import reserved
 
 COLUMNS = ("run_id", "config", "seed", "overrides", "notes")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")

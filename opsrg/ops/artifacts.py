@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .context import Context
-from .errors import InputError
+from opsrg.context import Context
+from opsrg.core.errors import InputError
 
 # What makes a folder a run, i.e. what opsrg writes into every run it makes: the sweep runner's
 # manifest (opsrg/runs.py), provenance's meta.json (opsrg/provenance.py, first thing a sweep row

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import supervisor
-from .errors import InputError, OpsError, TaskError
-from .hosts import Host, LocalHost
-from .runs import reserved
-from .tmux import TmuxRunner
+from opsrg.core.errors import InputError, OpsError, TaskError
+from opsrg.hosts.local import Host, LocalHost
+from opsrg.sweeps.runs import reserved
+from opsrg.tracked import supervisor
+from opsrg.tracked.tmux import TmuxRunner
 
 ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SUPERVISOR_SOURCE = Path(supervisor.__file__)
@@ -280,7 +280,7 @@ class TaskManager:
     def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.1,
              on_tick: Callable[[TaskRecord], None] | None = None) -> tuple[TaskRecord, bool]:
         """Block until the task ends; returns (record, timed_out_waiting)."""
-        from .ssh import LinkDropped
+        from opsrg.hosts.ssh import LinkDropped
 
         t0 = time.monotonic()
         last_check = 0.0
@@ -368,7 +368,7 @@ class TaskManager:
 
     def attach_argv(self, task_id: str) -> list[str]:
         rec = self.read(task_id)
-        from .tmux import TmuxTarget
+        from opsrg.tracked.tmux import TmuxTarget
 
         t = TmuxTarget(**{k: rec.tmux.get(k, "") for k in ("socket", "session", "window", "window_id")})
         if rec.state.is_terminal or not self.runner.window_exists(task_id):

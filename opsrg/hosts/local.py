@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .atomic import atomic_write_text
-from .errors import HostError
-from .supervisor import TAG as TASK_TAG
+from opsrg.core.atomic import atomic_write_text
+from opsrg.core.errors import HostError
+from opsrg.tracked.supervisor import TAG as TASK_TAG
 
 # A name a shell and tmux take as an environment variable (what may be passed to a command).
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -127,7 +127,7 @@ class LocalHost:
         ``.rsync-partial/.opsrg-tmp/`` (opsrg.localsync.TEMP_DIR), as on the SSH host. Files with
         holes stay sparse (``--sparse``).
         """
-        from .localsync import TEMP_DIR, drop_temp_dir, safe_args
+        from opsrg.pods.localsync import TEMP_DIR, drop_temp_dir, safe_args
 
         args = ["rsync", "-a", "--sparse", *safe_args(dry_run), "--itemize-changes"]
         if delete:

@@ -25,12 +25,12 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from .atomic import TMP_MARK, TMP_SUFFIX, atomic_write_json
-from .context import Context
-from .errors import HostError, InputError
-from .localsync import NOT_RESULTS
-from .settings import REPO_ROOT
-from .ssh import LinkDropped
+from opsrg.context import Context
+from opsrg.core.atomic import TMP_MARK, TMP_SUFFIX, atomic_write_json
+from opsrg.core.errors import HostError, InputError
+from opsrg.core.settings import REPO_ROOT
+from opsrg.hosts.ssh import LinkDropped
+from opsrg.pods.localsync import NOT_RESULTS
 
 FETCHED = "FETCHED.json"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -313,7 +313,7 @@ def fetch_run(ctx: Context, run_id: str) -> FetchResult:
         return FetchResult(run_id, local, len(files), sum(f["size"] for f in files), 0, True, len(links))
     # From here on the local copy is in flux: it is complete only when the marker says so.
     marker.unlink(missing_ok=True)
-    from .artifacts import human_size
+    from opsrg.ops.artifacts import human_size
 
     need, free = space_needed(local, files), _free_bytes(local)
     if need > free:

@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fsm
-from .atomic import atomic_write_bytes, atomic_write_json, locked
-from .errors import ConfigError, IllegalStateError
-from .fsm import State
+from opsrg.core import fsm
+from opsrg.core.atomic import atomic_write_bytes, atomic_write_json, locked
+from opsrg.core.errors import ConfigError, IllegalStateError
+from opsrg.core.fsm import State
 
 
 def now_iso() -> str:

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .context import Context
-from .errors import ConfigError, HostError, UnreachableError
-from .hosts import LocalHost
-from .settings import REPO_ROOT
+from opsrg.context import Context
+from opsrg.core.errors import ConfigError, HostError, UnreachableError
+from opsrg.core.settings import REPO_ROOT
+from opsrg.hosts.local import LocalHost
 
 PREREQS = ("tmux", "rsync", "git")
 APT_PACKAGES = {"tmux": "tmux", "rsync": "rsync", "git": "git", "python": "python3 python3-venv"}
@@ -44,8 +44,7 @@ def up(ctx: Context) -> str:
     """Make the pod answer and create its folders (lium: rent it first)."""
     extra = ""
     if ctx.s.pod_provider == "lium":
-        from . import lium
-
+        from opsrg.pods import lium
         rec = lium.up(ctx)
         extra = f" (lium pod {rec['name']}, {rec.get('gpu') or 'gpu unknown'})"
     host = ctx.host
@@ -59,8 +58,7 @@ def up(ctx: Context) -> str:
 def down(ctx: Context) -> str:
     """Forget the pod (lium: give it back). Files on an ssh/local pod are left as they are."""
     if ctx.s.pod_provider == "lium":
-        from . import lium
-
+        from opsrg.pods import lium
         return lium.down(ctx)
     return f"pod forgotten ({ctx.s.pod_provider}); its files and tasks are left untouched"
 
@@ -127,8 +125,8 @@ def run_and_wait(ctx: Context, task_id: str, command: str, *, resume: str, timeo
 
     A task of that id still running (an earlier, interrupted call) is waited on, not restarted.
     """
-    from .errors import TaskError
-    from .tracked import TaskState
+    from opsrg.core.errors import TaskError
+    from opsrg.tracked.manager import TaskState
 
     tm = ctx.tasks
     try:

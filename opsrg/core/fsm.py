@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import IllegalStateError
+from opsrg.core.errors import IllegalStateError
 
 
 class State(str, enum.Enum):

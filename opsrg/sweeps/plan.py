@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from . import provenance
-from .localsync import pass_sh
-from .sweep_csv import SweepRow, order
+from opsrg.ops import provenance
+from opsrg.pods.localsync import pass_sh
+from opsrg.sweeps.rows import SweepRow, order
 
 # Spec keys that do not decide a run's result (left out of its identity).
 NOT_IDENTITY = ("__path__", "timeout_secs", "after")

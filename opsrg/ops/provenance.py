@@ -1,0 +1,152 @@
+"""Where a result came from: code version, packages, machine, config, seed, times.
+
+``identity`` names a run by what decides its result (resolved config and seed), so an
+identical sweep row is recognised and not recomputed unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from opsrg.core.atomic import atomic_write_json
+from opsrg.core.settings import REPO_ROOT
+from opsrg.core.workflow_state import now_iso
+
+PACKAGES = ("opsrg", "numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "invoke", "fabric", "pydantic-settings")
+
+
+def identity(resolved: dict[str, Any], seed: int) -> str:
+    """A short, stable hash of the resolved config and seed."""
+    blob = json.dumps({"config": resolved, "seed": int(seed)}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "note": f"{root} is not a git checkout"}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(dirty), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device() -> str:
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=10, check=False)
+        if p.returncode == 0 and p.stdout.strip():
+            return "gpu: " + ", ".join(x.strip() for x in p.stdout.splitlines() if x.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}"
+
+
+def collect(*, run_id: str, seed: int, resolved: dict[str, Any], config_file: str | None = None,
+            overrides: dict[str, Any] | None = None, backend: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "identity": identity(resolved, seed),
+        "seed": seed,
+        "config": resolved,
+        "overrides": overrides or {},
+        "config_file": config_file,
+        "config_sha256": file_sha256(config_file) if config_file and Path(config_file).exists() else None,
+        "git": git_state(),
+        "packages": versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": device(),
+        "backend": backend,
+        "started_at": now_iso(),
+        "ended_at": None,
+    }
+    return meta
+
+
+def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / "meta.json", meta)
+
+
+def finish_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    path = Path(run_dir) / "meta.json"
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    meta.update(fields)
+    meta["ended_at"] = now_iso()
+    atomic_write_json(path, meta)
+    return meta
+
+
+# ------------------------------------------------------------------ entry point (runs where the run runs)
+def begin(meta_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Write ``meta.json`` for a run starting here: the planned fields plus this machine's."""
+    meta = collect(run_id=plan["run_id"], seed=plan["seed"], resolved=plan["config"],
+                   config_file=plan.get("config_file"), overrides=plan.get("overrides"), backend=plan.get("backend"))
+    if meta["config_sha256"] is None:  # the config file is not on this machine: the launcher's hash
+        meta["config_sha256"] = plan.get("config_sha256")
+    meta.update({k: plan[k] for k in ("campaign", "out_dir", "out_mode") if k in plan})
+    if os.environ.get("SLURM_JOB_ID"):
+        meta["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    if plan.get("identity") and plan["identity"] != meta["identity"]:
+        raise SystemExit(f"{plan['run_id']}: identity {meta['identity']} here, {plan['identity']} when planned")
+    write_meta(meta_dir, meta)
+    return meta
+
+
+def end(meta_dir: str, summary: str, exit_code: int) -> dict[str, Any]:
+    """Close ``meta.json``: ``ended_at``, the exit code and ``ok`` from the run's summary.json."""
+    try:
+        ok = bool(json.loads(Path(summary).read_text()).get("ok"))
+    except (OSError, ValueError):
+        ok = False
+    return finish_meta(meta_dir, ok=ok and exit_code == 0, exit_code=exit_code)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "begin":
+        begin(argv[1], json.loads(argv[2]))
+        return 0
+    if len(argv) == 4 and argv[0] == "end":
+        end(argv[1], argv[2], int(argv[3]))
+        return 0
+    print("usage: python -m opsrg.provenance begin META_DIR PLAN_JSON\n"
+          "       python -m opsrg.provenance end META_DIR SUMMARY_JSON EXIT_CODE", file=sys.stderr)
+    return 2
+

@@ -1,0 +1,196 @@
+"""Run manifests: ``<outputs>/<run_id>/run_manifest.json``, one per sweep run.
+
+States move forward only: ``submitted -> running -> synced -> completed | failed | cancelled``
+(``completed_at`` is set for every final state). Every write is locked and atomic, so the
+tmux driver, the monitor and ``sweep-cancel`` can all update a run without losing a change.
+Also names every file a sweep writes (:class:`SweepPaths`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opsrg.core.atomic import atomic_write_json, locked
+
+RUN_STATES = ("submitted", "running", "synced", "completed", "failed", "cancelled")
+# Names opsrg itself uses directly under the outputs folder (control state, manifests, task records,
+# set-aside runs, the Slurm job list): a run or task named so would write into them. Every name
+# starting with '_' is reserved for opsrg, so a later control folder never collides with a run.
+RESERVED_NAMES = frozenset({"_control", "_manifests", "_tasks", "_replaced", "docs"})
+RESERVED_PREFIX = "_"
+
+
+def reserved(name: str) -> str | None:
+    """Why ``name`` cannot name a run or a task folder, or None when it can."""
+    if name.casefold() in RESERVED_NAMES:
+        return f"{name!r} is reserved: opsrg keeps its own files under <outputs>/{name.casefold()}"
+    if name.startswith(RESERVED_PREFIX):
+        return f"{name!r} is reserved: names starting with {RESERVED_PREFIX!r} are opsrg's own folders"
+    return None
+FINAL = ("completed", "failed", "cancelled")
+RANK = {"submitted": 0, "running": 1, "synced": 2, "completed": 3, "failed": 3, "cancelled": 3}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    """Every sweep-level path under one outputs folder, spelled once."""
+
+    outputs: str
+
+    @property
+    def manifests(self) -> Path:
+        return Path(self.outputs) / "_manifests"
+
+    @property
+    def latest_csv(self) -> Path:
+        return self.manifests / "sweep-latest.csv"
+
+    def csv_copy(self, campaign: str) -> Path:
+        return self.manifests / f"sweep-{campaign}.csv"
+
+    def sweep_manifest(self, campaign: str) -> Path:
+        return self.manifests / f"sweep-{campaign}.json"
+
+    @property
+    def latest(self) -> Path:
+        """Holds the campaign id of the sweep started last."""
+        return self.manifests / "LATEST"
+
+    def scripts(self, campaign: str) -> Path:
+        return self.manifests / f"scripts-{campaign}"
+
+    @property
+    def ledger(self) -> Path:
+        return Path(self.outputs) / "docs" / "slurm_job_list.md"
+
+    def run_dir(self, run_id: str) -> Path:
+        return Path(self.outputs) / run_id
+
+    def run_manifest(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "run_manifest.json"
+
+    def summary(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "summary.json"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def summary_ok(paths: SweepPaths, run_id: str) -> bool | None:
+    """True/False from the run's summary.json; None when there is none (yet)."""
+    s = read_json(paths.summary(run_id))
+    if s is None:
+        return None
+    return bool(s.get("ok"))
+
+
+def create(paths: SweepPaths, run_id: str, campaign: str, backend: str, row: dict[str, Any],
+           state: str = "submitted", **extra: Any) -> dict[str, Any]:
+    """Write a fresh manifest for a (re)submitted run; earlier attempts are kept in ``previous``."""
+    path = paths.run_manifest(run_id)
+    with locked(path):
+        old = read_json(path)
+        m = {"run_id": run_id, "campaign": campaign, "backend": backend, "state": state,
+             "submitted_at": now_iso(), "started_at": "", "completed_at": "", "reason": "",
+             "job_ids": [], "tasks": [], "row": row, "summary_ok": None,
+             "history": [{"state": state, "at": now_iso()}], **extra}
+        if old is not None:
+            prev = old.pop("previous", [])
+            m["previous"] = (prev + [old])[-10:]
+            m["attempt"] = int(old.get("attempt", 1)) + 1
+        else:
+            m["attempt"] = 1
+        atomic_write_json(path, m)
+        return m
+
+
+def update(paths: SweepPaths, run_id: str, state: str | None = None, reason: str = "",
+           **changes: Any) -> dict[str, Any] | None:
+    """Apply ``changes`` and move to ``state`` unless that moves backwards or leaves a final state."""
+    path = paths.run_manifest(run_id)
+    if state is not None and state not in RANK:
+        raise ValueError(f"unknown run state {state!r}")
+    with locked(path):
+        m = read_json(path)
+        if m is None:
+            return None
+        old = m.get("state", "submitted")
+        if state is not None and (old in FINAL or RANK[state] < RANK[old]):
+            state = None
+        if old in FINAL:
+            changes = {k: v for k, v in changes.items() if k in ("job_ids", "tasks")}
+        if state is not None and state != old:
+            m["state"] = state
+            m["history"].append({"state": state, "at": now_iso(), **({"reason": reason} if reason else {})})
+            if state == "running" and not m.get("started_at"):
+                m["started_at"] = now_iso()
+            if state in FINAL:
+                m["completed_at"] = now_iso()
+                m["reason"] = reason
+        m.update(changes)
+        atomic_write_json(path, m)
+        return m
+
+
+def read(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
+    return read_json(paths.run_manifest(run_id))
+
+
+def read_for(paths: SweepPaths, run_id: str, campaign: str) -> dict[str, Any] | None:
+    """The run's manifest if it belongs to ``campaign``; None if there is none or it is another campaign's.
+
+    A run folder outlives campaigns: a row of a campaign whose launch was cut short may still hold
+    the manifest of an earlier campaign, which says nothing about this one.
+    """
+    m = read(paths, run_id)
+    return m if m is not None and m.get("campaign") == campaign else None
+
+
+def reconcile(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
+    """A run recorded failed or cancelled whose summary.json is ok did complete: record it completed.
+
+    The one move out of a final state. ``--resume`` never redoes a run whose summary is ok, so a
+    manifest that disagrees with it would leave the campaign failed with nothing to redo.
+    Returns the new manifest when it changed anything.
+    """
+    path = paths.run_manifest(run_id)
+    if (read_json(path) or {}).get("state") not in ("failed", "cancelled") or summary_ok(paths, run_id) is not True:
+        return None  # the common case, read without the lock
+    with locked(path):
+        m = read_json(path)
+        if m is None or m.get("state") not in ("failed", "cancelled"):
+            return None
+        was = f"was {m['state']}" + (f": {m['reason']}" if m.get("reason") else "")
+        why = f"reconciled: summary.json is ok ({was})"
+        m["history"].append({"state": "completed", "at": now_iso(), "reason": why})
+        m.update(state="completed", summary_ok=True, reason=why, completed_at=now_iso())
+        atomic_write_json(path, m)
+        return m
+
+
+def write_shell_summary(run_dir: str, rc: int) -> None:
+    """The summary of a shell row: ok when its command exited 0."""
+    atomic_write_json(Path(run_dir) / "summary.json",
+                      {"ok": rc == 0, "mode": "shell", "exit_code": rc, "written_at": now_iso()})
+
+
+def main(argv: list[str]) -> int:
+    """``python -m opsrg.runs shell-summary RUN_DIR RC`` (the entry point in opsrg/runs.py)."""
+    if len(argv) == 3 and argv[0] == "shell-summary":
+        write_shell_summary(argv[1], int(argv[2]))
+        return 0
+    print("usage: python -m opsrg.runs shell-summary RUN_DIR EXIT_CODE", file=sys.stderr)
+    return 2
