@@ -420,16 +420,16 @@ def sweep_csv_template(c, force=False):
 @ops
 def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=False, json=False):
     """Validate the CSV and start the sweep. CHECKED_OUT -> SWEEP_RUNNING (--resume: from SWEEP_FAILED)."""
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
 
-    out = sweep_runner.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run, force=force)
+    out = commands.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run, force=force)
     if json:
         _print_json(out)
     elif dry_run:
         print(f"dry run ({out['backend']}): {len(out['jobs'])} jobs for runs {', '.join(out['runs'])}")
         for j in out["jobs"]:
-            print(f"--- {j.get('key', j.get('run_id'))} after {j.get('deps', j.get('after')) or '-'}")
-            print(j.get("script") or j.get("command"))
+            print(f"--- {j['key']} after {', '.join(j['after']) or '-'}")
+            print(j["script"])
     elif resume:
         print(f"campaign {out['campaign']} resumed: {', '.join(out['resumed']) or 'nothing to redo'}")
     else:
@@ -464,11 +464,11 @@ def sweep_status(c, json=False, watch=False, campaign=None):
     """One row per run (state, step, elapsed, jobs, exit/reason, summary ok); runs the monitor once."""
     import time
 
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
 
     ctx = _ctx()
     while True:
-        m, rows, verdict = sweep_runner.monitor(ctx, campaign)
+        m, rows, verdict = commands.monitor(ctx, campaign)
         if json:
             _print_json({"campaign": m["campaign"], "backend": m["backend"], "runs": rows, **verdict})
         else:
@@ -490,14 +490,14 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     """Advance run manifests from tasks, the scheduler and marker files; move the FSM at the end."""
     import time
 
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
     from opsrg.sweeps.slurm.watcher import backoff
 
     limit = _number("timeout-secs", timeout_secs)
     ctx = _ctx()
     t0, delays, seen = time.monotonic(), backoff(slow=10.0, cap=30.0), None
     while True:
-        m, rows, verdict = sweep_runner.monitor(ctx, campaign)
+        m, rows, verdict = commands.monitor(ctx, campaign)
         if verdict.get("settled"):
             print(verdict["settled"], file=sys.stderr, flush=True)
         if verdict.get("scheduler_unreachable"):
@@ -525,9 +525,9 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
 @ops
 def sweep_cancel(c, run=None):
     """Cancel the sweep or one run (scancel / stop the tmux task); runs marked cancelled, outputs kept."""
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
 
-    done = sweep_runner.cancel(_ctx(), run)
+    done = commands.cancel(_ctx(), run)
     print(f"cancelled: {', '.join(done) or 'nothing was running'}")
 
 
@@ -589,10 +589,10 @@ def artifacts_ls(c, json=False):
     if json:
         _print_json(artifacts.as_json(runs))
         return
-    from opsrg.core.ui import table
+    from opsrg.core.ui import human_size, table
 
     table(["run", "state", "size", "identity", "age (days)", "live task"],
-          [[r.run_id, r.state, artifacts.human_size(r.size_bytes), r.identity or "", f"{r.age_days:.2f}",
+          [[r.run_id, r.state, human_size(r.size_bytes), r.identity or "", f"{r.age_days:.2f}",
             r.live_task or ""] for r in runs])
 
 
@@ -601,13 +601,14 @@ def artifacts_ls(c, json=False):
 @ops
 def artifacts_gc(c, ttl_days, dry_run=False):
     """Remove expired runs; never an incomplete run that a live task still writes."""
+    from opsrg.core.ui import human_size
     from opsrg.ops import artifacts
 
     ttl = _number("ttl-days", ttl_days, zero_ok=True)
     removed, kept = artifacts.gc(_ctx(), ttl, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for r in removed:
-        print(f"{verb} {r.run_id} ({r.state}, {artifacts.human_size(r.size_bytes)}, {r.age_days:.1f} days)")
+        print(f"{verb} {r.run_id} ({r.state}, {human_size(r.size_bytes)}, {r.age_days:.1f} days)")
     for r, why in kept:
         print(f"kept {r.run_id}: {why}")
     print(f"{len(removed)} run(s) {verb}, {len(kept)} kept")

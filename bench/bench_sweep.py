@@ -31,7 +31,7 @@ def main() -> int:
         return 2
     from opsrg.context import Context
     from opsrg.core.fsm import State
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
     from opsrg.sweeps.rows import parse_file
     from opsrg.sweeps.slurm.cli import Slurm
 
@@ -47,7 +47,7 @@ def main() -> int:
     rows = parse_file(csv, [REPO])
     t_validate = time.perf_counter() - t0
     t1 = time.perf_counter()
-    out = sweep_runner.start(ctx, str(csv), "slurm")
+    out = commands.start(ctx, str(csv), "slurm")
     t_start = time.perf_counter() - t1
     total = time.perf_counter() - t0
     result = {"rows": len(rows), "sbatch_calls": len(out["jobs"]), "validate_s": round(t_validate, 3),

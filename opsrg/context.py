@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from opsrg.core import layout
 from opsrg.core.settings import LoadedSettings, load_settings
 
 
@@ -42,7 +43,7 @@ class Context:
 
     @property
     def control_dir(self) -> str:
-        return f"{self.outputs_dir}/_control"
+        return f"{self.outputs_dir}/{layout.CONTROL}"
 
     @property
     def state_file(self) -> Path:
@@ -64,9 +65,25 @@ class Context:
 
         if self.s.pod_provider == "local":
             return LocalHost()
-        from opsrg.hosts.ssh import host_from_context
+        return self._pod_host()
 
-        return host_from_context(self)
+    def _pod_host(self):
+        """The pod of POD_PROVIDER=ssh (OPS_DEFAULT_HOST) or lium (the pod recorded by `inv pod-up`)."""
+        from opsrg.hosts.ssh import SSHHost, SSHTarget
+
+        s = self.s
+        if s.pod_provider == "lium":
+            from opsrg.pods import lium
+
+            target = lium.recorded_target(self)
+        else:
+            target = SSHTarget.parse(s.ops_default_host, key=s.ops_ssh_key)
+        return SSHHost(
+            target, known_hosts=self.loaded.local_path(s.ops_known_hosts), python=s.remote_python_bin,
+            venv_python=f"{s.ops_remote_repo}/.venv/bin/python", connect_timeout=s.ops_ssh_connect_timeout,
+            retry_secs=s.ops_ssh_retry_secs, command_timeout=s.ops_ssh_command_timeout,
+            rsync_bwlimit_kbps=s.ops_rsync_bwlimit_kbps,
+        )
 
     @cached_property
     def store(self):

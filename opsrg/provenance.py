@@ -6,7 +6,7 @@ name, and they outlive any one layout of the package.
 
 import sys
 
-from opsrg.ops.provenance import main
+from opsrg.sweeps.provenance import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

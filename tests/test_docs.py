@@ -31,3 +31,30 @@ def test_readme_tasks_exist():
     readme = (ROOT / "README.md").read_text()
     used = set(re.findall(r"\binv ([a-z][a-z-]+)", readme))
     assert used - names == set(), "README names tasks that do not exist"
+
+
+def _resolves(dotted: str) -> bool:
+    """``opsrg.a.b.NAME``: the longest importable prefix, then attributes for the rest."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_the_files_and_modules_the_docs_name_exist():
+    bad = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        bad += [f"{doc.name}: {p}" for p in re.findall(r"\bopsrg/[a-z_/]+\.py\b", text) if not (ROOT / p).is_file()]
+        bad += [f"{doc.name}: {m}" for m in set(re.findall(r"`(opsrg(?:\.[A-Za-z_]+)+)", text)) if not _resolves(m)]
+    assert not bad, "docs name what does not exist:\n" + "\n".join(bad)

@@ -16,12 +16,13 @@ import pytest
 
 from opsrg.context import Context
 from opsrg.core.errors import HostError
+from opsrg.hosts import rsync
 from opsrg.ops import artifacts, doctor
 from opsrg.pods import localsync
 
 from support import retry_until
 
-PARTIAL = localsync.PARTIAL_DIR
+PARTIAL = rsync.PARTIAL_DIR
 
 
 class Watch(threading.Thread):
@@ -52,7 +53,7 @@ def in_flight(dst: Path, name: str) -> int:
     """Bytes rsync has written to its temp file of ``name``: ``NAME.XXXXXX`` in the temp folder of the
     destination root ``dst`` (``--temp-dir``), or, as rsync does without one, ``.NAME.XXXXXX`` next to
     the file (which opsrg's passes must never do: see :func:`temps_beside`)."""
-    for p in [*(dst / localsync.TEMP_DIR).glob(f"{name}.??????"), *temps_beside(dst, name)]:
+    for p in [*(dst / rsync.TEMP_DIR).glob(f"{name}.??????"), *temps_beside(dst, name)]:
         try:
             return p.stat().st_size
         except FileNotFoundError:
@@ -92,7 +93,7 @@ def test_killed_pass_keeps_the_old_file_and_the_next_pass_completes(tmp_path, si
     (dst / "big.bin").write_bytes(old)
     os.utime(dst / "big.bin", (1, 1))
     with Watch(dst / "big.bin") as seen:
-        p = subprocess.Popen(["bash", "-c", localsync.pass_sh(str(src), str(dst)).replace(
+        p = subprocess.Popen(["bash", "-c", rsync.pass_sh(str(src), str(dst)).replace(
             "rsync -a", "rsync --bwlimit=20000 -a", 1)], start_new_session=True, stderr=subprocess.DEVNULL)
         retry_until(lambda: in_flight(dst, "big.bin") > 1_000_000, 10, 0.002, what="rsync mid-file")
         assert temps_beside(dst, "big.bin") == []  # in opsrg's temp folder, not next to the file
@@ -103,13 +104,13 @@ def test_killed_pass_keeps_the_old_file_and_the_next_pass_completes(tmp_path, si
         if sig == signal.SIGTERM:  # kept for the next pass, out of the way
             assert 1_000_000 <= (dst / PARTIAL / "big.bin").stat().st_size < len(new)
         else:  # SIGKILL: rsync could not clean up; its temp file is in opsrg's folder, where doctor finds it
-            left = list((dst / localsync.TEMP_DIR).iterdir())
+            left = list((dst / rsync.TEMP_DIR).iterdir())
             assert len(left) == 1 and left[0].name.startswith("big.bin.")
             os.utime(left[0], (1, 1))
             assert [f.subject for f in doctor.check_temp_files(dst, fix=True) if f.fixed] == [str(left[0])]
         # The next pass resumes from the partial copy in the root's partial folder, and rsync then
         # removes that folder: the temp folder inside it keeps it, so the later files still arrive.
-        r = subprocess.run(["bash", "-c", localsync.pass_sh(str(src), str(dst))], capture_output=True, text=True)
+        r = subprocess.run(["bash", "-c", rsync.pass_sh(str(src), str(dst))], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     assert seen.sizes == {len(old), len(new)}
     assert (dst / "big.bin").read_bytes() == new and (dst / "later.txt").exists()

@@ -1,4 +1,4 @@
-from opsrg.ops import provenance
+from opsrg.sweeps import provenance
 
 
 def test_identity_depends_on_config_and_seed_only():

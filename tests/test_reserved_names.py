@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from opsrg.core.layout import RESERVED_NAMES, reserved
 from opsrg.sweeps.rows import SweepCSVError, parse_text
-from opsrg.sweeps.runs import RESERVED_NAMES, reserved
 
 from support import inv
 

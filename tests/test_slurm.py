@@ -117,7 +117,8 @@ def test_watcher_batches_and_caches_final_states():
 
 
 def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
-    from opsrg.sweeps.runner import SlurmBackend, SweepEnv
+    from opsrg.sweeps.campaign import SweepEnv
+    from opsrg.sweeps.slurm.backend import SlurmBackend
 
     class FakeSlurm:
         def __init__(self):
@@ -133,17 +134,39 @@ def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
     fake = FakeSlurm()
     be = SlurmBackend(fake)
     env = SweepEnv(outputs=str(tmp_path), max_requeue=2)
-    be._slurm(env)
     m = {"campaign": "c"}
     j = {"key": "a.RG1.gen", "kind": "gen", "runs": ["a"], "requeues": []}
-    assert be._requeue(env, m, "a.RG1.gen", j, {"5_0": JobInfo("5_0", "NODE_FAIL")})
-    assert be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})
-    assert be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # the budget is per element
-    assert not be._requeue(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # limit reached
-    assert not be._requeue(env, m, "a.RG1.gen", j, {"6": JobInfo("6", "FAILED", 1)})
+    assert be.requeue_ended(env, m, "a.RG1.gen", j, {"5_0": JobInfo("5_0", "NODE_FAIL")})
+    assert be.requeue_ended(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})
+    assert be.requeue_ended(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # the budget is per element
+    assert not be.requeue_ended(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})  # limit reached
+    assert not be.requeue_ended(env, m, "a.RG1.gen", j, {"6": JobInfo("6", "FAILED", 1)})
     assert fake.requeued == ["5_0", "5_1", "5_1"]
     assert [(r["state"], r["attempt"]) for r in j["requeues"]] == [("NODE_FAIL", 2), ("PREEMPTED", 2), ("PREEMPTED", 3)]
     assert "requeued after NODE_FAIL" in (tmp_path / "docs" / "slurm_job_list.md").read_text()
+
+
+def test_the_requeue_budget_is_per_element_and_counts_slurms_own_requeues():
+    from opsrg.sweeps.slurm.requeue import RequeuePolicy
+
+    pol = RequeuePolicy(max_requeue=1)
+    job = {"requeues": []}
+    assert pol.should_requeue(job, "5_0", "PREEMPTED") and pol.should_requeue(job, "5_0", "NODE_FAIL")
+    assert not pol.should_requeue(job, "5_0", "FAILED") and not pol.should_requeue(job, "5_0", "TIMEOUT")
+    job["requeues"].append(pol.entry(job, "5_0", "PREEMPTED", by="opsrg", ok=True, at="t"))
+    assert job["requeues"][0]["attempt"] == 2 and "ended_at" not in job["requeues"][0]
+    assert not pol.should_requeue(job, "5_0", "PREEMPTED")  # its budget is spent
+    assert pol.should_requeue(job, "5_1", "PREEMPTED")      # a neighbour's is not
+    assert not pol.over_budget(job, "5_0")
+    # Slurm restarted 5_0 three times; one is recorded: two are unseen, and past the budget
+    assert list(pol.unseen(job, "5_0", 3)) == [1, 2]
+    for n in pol.unseen(job, "5_0", 3):
+        job["requeues"].append(pol.entry(job, "5_0", "NODE_FAIL", by="slurm", ok=True, at="t", attempt=n + 2,
+                                         ended_at=""))
+    assert [r["attempt"] for r in job["requeues"]] == [2, 3, 4] and pol.over_budget(job, "5_0")
+    # a requeue scontrol refused is not one that happened
+    failed = {"requeues": [pol.entry({"requeues": []}, "7", "PREEMPTED", by="opsrg", ok=False, at="t")]}
+    assert pol.used(failed, "7") == 1 and pol.seen(failed, "7") == 0 and list(pol.unseen(failed, "7", 1)) == [0]
 
 
 def test_ledger_verify_accepts_an_element_of_a_listed_array(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from opsrg.context import Context
 from opsrg.core.errors import HostError, InputError, UnreachableError
+from opsrg.hosts import rsync
 from opsrg.pods import localsync, transfer
 
 from sshd import write_ssh_env
@@ -171,9 +172,9 @@ def make_non_results(run: Path) -> set[str]:
 
     (run / "sub" / ".rsync-partial").mkdir(parents=True)
     (run / "sub" / ".rsync-partial" / "mid.npz").write_bytes(b"p" * 10)
-    (run / localsync.TEMP_DIR).mkdir(parents=True)
+    (run / rsync.TEMP_DIR).mkdir(parents=True)
     (run / ".rsync-partial" / "small.json").write_bytes(b"{")
-    (run / localsync.TEMP_DIR / "mid.npz.Ab12Cd").write_bytes(b"t" * 300)
+    (run / rsync.TEMP_DIR / "mid.npz.Ab12Cd").write_bytes(b"t" * 300)
     fd, _ = tempfile.mkstemp(prefix=tmp_prefix("small.json"), suffix=TMP_SUFFIX, dir=run)
     os.write(fd, b"{half")
     os.close(fd)
@@ -222,7 +223,7 @@ def test_user_dotfiles_are_fetched_and_pulled(provider, request):
     local = ctx.artifacts_dir / "run-u"
     assert res.files == len(digests) and local_digests(local) == digests
     assert sorted(f["path"] for f in json.loads((local / transfer.FETCHED).read_text())["files"]) == sorted(digests)
-    assert not (local / localsync.PARTIAL_DIR).exists()  # rsync's (empty) temp folder is not left behind
+    assert not (local / rsync.PARTIAL_DIR).exists()  # rsync's (empty) temp folder is not left behind
     import shutil
 
     shutil.rmtree(ctx.artifacts_dir)
@@ -344,15 +345,15 @@ def test_every_transfer_keeps_rsync_temp_files_in_opsrg_folder(provider, request
     ctx = Context.load()
     repo = Path(ctx.pod_path(ctx.s.ops_remote_repo))
     r = ctx.host.sync(str(src), str(repo), to_host=True)
-    assert f"--temp-dir={localsync.TEMP_DIR}" in r.command and f"--partial-dir={localsync.PARTIAL_DIR}" in r.command
+    assert f"--temp-dir={rsync.TEMP_DIR}" in r.command and f"--partial-dir={rsync.PARTIAL_DIR}" in r.command
     assert "--sparse" in r.command
-    assert (repo / "pkg" / "m.py").exists() and not (repo / localsync.PARTIAL_DIR).exists()
+    assert (repo / "pkg" / "m.py").exists() and not (repo / rsync.PARTIAL_DIR).exists()
     r = ctx.host.sync(str(repo), str(root / "back"), to_host=False, dry_run=True)
-    assert "--temp-dir" not in r.command and not (root / "back" / localsync.PARTIAL_DIR).exists()
-    assert f"--temp-dir={localsync.TEMP_DIR}" in " ".join(localsync.RSYNC_PASS)
-    loop = localsync.LOOP_SH.format(src="s", dst="d", stop="x", every=1, temp=localsync.TEMP_DIR,
+    assert "--temp-dir" not in r.command and not (root / "back" / rsync.PARTIAL_DIR).exists()
+    assert f"--temp-dir={rsync.TEMP_DIR}" in " ".join(rsync.RSYNC_PASS)
+    loop = localsync.LOOP_SH.format(src="s", dst="d", stop="x", every=1, temp=rsync.TEMP_DIR,
                                     rsync="rsync", clean="")
-    assert f'mkdir -p "$dst/{localsync.TEMP_DIR}" && rsync' in loop
+    assert f'mkdir -p "$dst/{rsync.TEMP_DIR}" && rsync' in loop
 
 
 def test_fetch_run_local_provider(project):

@@ -6,6 +6,17 @@ so ``tasks.py`` maps failures to exit statuses in one place and messages carry t
 
 from __future__ import annotations
 
+from typing import Protocol
+
+
+class CommandResult(Protocol):
+    """What a host's ``run`` returns (opsrg.hosts.base.RunResult): kept on the errors it causes."""
+
+    command: str
+    exited: int
+    stdout: str
+    stderr: str
+
 
 class OpsError(Exception):
     """Root of opsrg's errors; ``exit_code`` is what the command line exits with."""
@@ -46,15 +57,34 @@ class TaskError(OpsError):
 
 
 class HostError(OpsError):
-    """A host operation failed (command, copy, connection)."""
+    """A host operation failed (command, copy, connection); ``result`` is the command's, when one ran."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, result: CommandResult | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class UnreachableError(HostError):
     """The host did not answer within the retry budget; not a task failure."""
 
     exit_code = 3
+
+
+class LinkDropped(UnreachableError):
+    """The link dropped while a command ran: no exit status came back. The command may have
+    run in part or in full; a caller that knows it is safe to repeat may simply try again."""
+
+
+class SlurmError(OpsError):
+    """A Slurm command failed; carries the command and the scheduler's message (and its result)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, result: CommandResult | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class BackendUnavailableError(OpsError):

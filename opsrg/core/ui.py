@@ -15,3 +15,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | No
     for r in rows:
         t.add_row(*[str(x) for x in r])
     Console(width=160 if not Console().is_terminal else None).print(t)
+
+
+def human_size(n: int) -> str:
+    """A byte count as people read it: 1.5 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -21,19 +21,14 @@ import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from opsrg.core import fsm
 from opsrg.core.atomic import atomic_write_bytes, atomic_write_json, locked
+from opsrg.core.clock import now_iso
 from opsrg.core.errors import ConfigError, IllegalStateError
 from opsrg.core.fsm import State
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
 
 HISTORY_SUFFIX = ".history.jsonl"
 

@@ -1,71 +1,19 @@
-"""Where commands run and files live: one small interface, a local and an SSH implementation.
-
-Everything above this layer (tracked tasks, the FSM file, sweeps, fetch-run) talks to a
-:class:`Host` only, so a pod reached over SSH behaves exactly like this machine.
-"""
+"""This machine as a :class:`~opsrg.hosts.base.Host`: the default pod."""
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import socket
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from opsrg.core.atomic import atomic_write_text
 from opsrg.core.errors import HostError
-from opsrg.tracked.supervisor import TAG as TASK_TAG
-
-# A name a shell and tmux take as an environment variable (what may be passed to a command).
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    command: str
-    exited: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exited == 0
-
-
-Command = Sequence[str] | str
-
-
-def as_shell(cmd: Command) -> str:
-    """A command as one shell string; a list is quoted word by word."""
-    return cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
-
-
-class Host(Protocol):
-    """The whole host contract."""
-
-    name: str
-    python: str
-
-    def run(self, cmd: Command, *, check: bool = True, timeout: float | None = None,
-            env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult: ...
-
-    def put(self, local: str | os.PathLike[str], remote: str) -> None: ...
-
-    def get(self, remote: str, local: str | os.PathLike[str]) -> None: ...
-
-    def exists(self, path: str) -> bool: ...
-
-    def read_text(self, path: str) -> str | None: ...
-
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
-
-    def sync(self, src: str, dst: str, *, to_host: bool = True, delete: bool = False,
-             dry_run: bool = False, excludes: Sequence[str] = ()) -> RunResult: ...
+from opsrg.hosts.base import TASK_TAG, Command, RunResult, as_shell
+from opsrg.hosts.rsync import TEMP_DIR, drop_temp_dir, safe_args
 
 
 class LocalHost:
@@ -94,8 +42,8 @@ class LocalHost:
         res = RunResult(shell, p.returncode, p.stdout, p.stderr)
         if check and not res.ok:
             raise HostError(
-                f"{self.name}: command failed with exit {p.returncode}: {shell}\n{p.stderr.strip()[-2000:]}"
-            )
+                f"{self.name}: command failed with exit {p.returncode}: {shell}\n{p.stderr.strip()[-2000:]}",
+                result=res)
         return res
 
     def put(self, local: str | os.PathLike[str], remote: str) -> None:
@@ -124,11 +72,9 @@ class LocalHost:
 
         A cut transfer keeps its partial copy in ``.rsync-partial/`` (resumed by the next call),
         never as a truncated file under the real name, and a killed one its temp file in
-        ``.rsync-partial/.opsrg-tmp/`` (opsrg.localsync.TEMP_DIR), as on the SSH host. Files with
+        ``.rsync-partial/.opsrg-tmp/`` (opsrg.hosts.rsync.TEMP_DIR), as on the SSH host. Files with
         holes stay sparse (``--sparse``).
         """
-        from opsrg.pods.localsync import TEMP_DIR, drop_temp_dir, safe_args
-
         args = ["rsync", "-a", "--sparse", *safe_args(dry_run), "--itemize-changes"]
         if delete:
             args.append("--delete")
@@ -139,7 +85,8 @@ class LocalHost:
         args += [src.rstrip("/") + "/", dst.rstrip("/") + "/"]
         p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
-            raise HostError(f"{self.name}: rsync {src} -> {dst} failed ({p.returncode}): {p.stderr.strip()}")
+            raise HostError(f"{self.name}: rsync {src} -> {dst} failed ({p.returncode}): {p.stderr.strip()}",
+                            result=RunResult(shlex.join(args), p.returncode, p.stdout, p.stderr))
         if not dry_run:
             drop_temp_dir(dst)
         return RunResult(shlex.join(args), p.returncode, p.stdout, p.stderr)

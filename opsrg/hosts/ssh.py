@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from opsrg.core.atomic import TMP_SUFFIX, tmp_prefix
-from opsrg.core.errors import ConfigError, HostError, InputError, UnreachableError
-from opsrg.hosts.local import ENV_NAME_RE, Command, RunResult, as_shell
+from opsrg.core.errors import ConfigError, HostError, InputError, LinkDropped, UnreachableError
+from opsrg.hosts.base import ENV_NAME_RE, Command, RunResult, as_shell
+from opsrg.hosts.rsync import PARTIAL_DIR, TEMP_DIR, drop_temp_dir, safe_args
 
 T = TypeVar("T")
 # paramiko logs a dropped link from its transport thread; the retry below reports it properly.
@@ -42,11 +43,6 @@ RSYNC_TRANSIENT = {10, 12, 30, 35, 255}
 AUTH_LINK_DROPPED = "transport shut down or saw EOF"
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%][A-Za-z0-9_.:\[\]%-]*$")
 USER_RE = re.compile(r"^[^-\s@:/\x00-\x1f\x7f][^\s@:/\x00-\x1f\x7f]*$")
-
-
-class LinkDropped(UnreachableError):
-    """The link dropped while a command ran: no exit status came back. The command may have
-    run in part or in full; a caller that knows it is safe to repeat may simply try again."""
 
 
 @dataclass(frozen=True)
@@ -371,7 +367,7 @@ class SSHHost:
         res = self._retry(f"run {shell[:80]!r}", once)
         if check and not res.ok:
             raise HostError(f"{self.name}: command failed with exit {res.exited}: {shell}\n"
-                            f"{res.stderr.strip()[-2000:]}")
+                            f"{res.stderr.strip()[-2000:]}", result=res)
         return res
 
     # ------------------------------------------------------------ files
@@ -479,7 +475,6 @@ class SSHHost:
         remote = f"{self.target.user}@{self.target.host}:"
         # --protect-args: the remote paths travel inside rsync's protocol, never through the pod's
         # shell (a shell-quoted path would be quoted twice by rsync >= 3.2.4, which escapes it itself).
-        from opsrg.pods.localsync import PARTIAL_DIR, TEMP_DIR, drop_temp_dir, safe_args
 
         # --temp-dir (in safe_args): a killed pass leaves its temp file in opsrg's TEMP_DIR.
         args = ["rsync", "-a", "--protect-args", "--sparse", "--partial", *safe_args(dry_run), "--itemize-changes",
@@ -538,20 +533,3 @@ def probe(host: str, port: int, timeout: float = 2.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def host_from_context(ctx) -> SSHHost:
-    """The pod of POD_PROVIDER=ssh (OPS_DEFAULT_HOST) or lium (the pod recorded by `inv pod-up`)."""
-    s = ctx.s
-    if s.pod_provider == "lium":
-        from opsrg.pods import lium
-        target = lium.recorded_target(ctx)
-    else:
-        target = SSHTarget.parse(s.ops_default_host, key=s.ops_ssh_key)
-    repo = s.ops_remote_repo
-    venv_python = f"{repo}/.venv/bin/python"
-    return SSHHost(
-        target, known_hosts=ctx.loaded.local_path(s.ops_known_hosts), python=s.remote_python_bin,
-        venv_python=venv_python, connect_timeout=s.ops_ssh_connect_timeout, retry_secs=s.ops_ssh_retry_secs,
-        command_timeout=s.ops_ssh_command_timeout, rsync_bwlimit_kbps=s.ops_rsync_bwlimit_kbps,
-    )

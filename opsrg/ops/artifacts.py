@@ -187,11 +187,3 @@ def gc(ctx: Context, ttl_days: float, dry_run: bool = False) -> tuple[list[RunIn
 
 def as_json(runs: list[RunInfo]) -> list[dict]:
     return [asdict(r) for r in runs]
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

@@ -67,7 +67,7 @@ def check_temp_files(root: Path, fix: bool) -> Iterator[Finding]:
     import stat
 
     from opsrg.core.atomic import TMP_RE
-    from opsrg.pods.localsync import PARTIAL_DIR
+    from opsrg.hosts.rsync import PARTIAL_DIR
 
     now = time.time()
     for dirpath, _, names in os.walk(root):
@@ -164,69 +164,51 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
     """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
     from opsrg.core.errors import OpsError
     from opsrg.core.fsm import State
-    from opsrg.sweeps import runner as sr
     from opsrg.sweeps import runs
+    from opsrg.sweeps.campaign import SweepEnv, load_manifest, verdict
+    from opsrg.sweeps.commands import backend_for, monitor
+    from opsrg.sweeps.launch import launcher_gone, settle_launch
+    from opsrg.sweeps.records import FINAL, LAUNCH_OPEN, LaunchState, RunState
 
-    env = sr.SweepEnv.from_context(ctx)
+    env = SweepEnv.from_context(ctx)
     try:
-        m = sr.load_manifest(env.paths)
+        m = load_manifest(env.paths)
     except OpsError:
         return
     camp = m["campaign"]
-    be = sr.backend_for(m["backend"])
+    be = backend_for(m["backend"])
     launch = m.get("launch") or {}
-    gone = sr.launcher_gone(launch)
+    gone = launcher_gone(launch)
     launch_finding = None
     if gone:
         launch_finding = Finding("launch", camp, f"launch recorded {launch.get('state')} but {gone}",
                                  "settle it: runs it never started are failed, so `--resume` redoes them "
                                  "(one monitor pass)")
         if fix:
-            sr.settle_launch(env, m, be)
-            launch_finding.fixed = (m.get("launch") or {}).get("state") not in sr.LAUNCH_OPEN
+            settle_launch(env, m, be)
+            launch_finding.fixed = (m.get("launch") or {}).get("state") not in LAUNCH_OPEN
     for r in m["rows"]:
         rid, st = r["run_id"], (runs.read(env.paths, r["run_id"]) or {}).get("state")
-        if st not in ("failed", "cancelled") or runs.summary_ok(env.paths, rid) is not True:
+        if st not in (RunState.FAILED, RunState.CANCELLED) or runs.summary_ok(env.paths, rid) is not True:
             continue
         f = Finding("manifest", f"{camp}/{rid}", f"recorded {st} but its summary.json is ok "
                     "(`--resume` would skip it, leaving the campaign failed)", "record it completed")
         if fix:
             f.fixed = runs.reconcile(env.paths, rid) is not None
         yield f
-    _, _, unfinished = sr.verdict(env.paths, m)
+    _, _, unfinished = verdict(env.paths, m)
     lagging: list[Finding] = []
-    if m["backend"] == "tmux":
-        tasks = env.tasks()
-        for rid in unfinished:
-            try:
-                rec = tasks.read(rid)
-            except OpsError:
-                continue
-            probe = tasks.probe(rid) if not rec.state.is_terminal else {"alive": False, "evidence": ""}
-            if rec.state.is_terminal or probe["alive"] is False:
-                why = f"its task is {rec.state}" if rec.state.is_terminal else probe["evidence"]
-                lagging.append(Finding("manifest", f"{camp}/{rid}", f"recorded unfinished but {why}",
-                                       "advance the manifest (one monitor pass)"))
-    else:
-        from opsrg.sweeps.slurm.cli import Slurm, base_of
-
-        jobs = [j for j in m.get("jobs", {}).values() if set(j.get("runs", [])) & set(unfinished)]
-        try:
-            infos = Slurm(env.host).query(j["job_id"] for j in jobs)
-        except OpsError as e:
-            yield Finding("scheduler", camp, f"cannot query Slurm: {e}", "")
-            infos = {}
-        for j in jobs:
-            elems = [i for jid, i in infos.items() if base_of(jid) == str(j["job_id"]).split("_")[0]]
-            if elems and all(i.final for i in elems):
-                for rid in sorted(set(j["runs"]) & set(unfinished)):
-                    states = sorted({i.state for i in elems})
-                    lagging.append(Finding("manifest", f"{camp}/{rid}", f"recorded unfinished but job {j['job_id']} "
-                                           f"({j['key']}) is {', '.join(states)} per {elems[0].source}",
-                                           "advance the manifest (one monitor pass)"))
+    try:
+        lags = be.lagging(env, m, unfinished)
+    except OpsError as e:
+        yield Finding("scheduler", camp, f"cannot query {be.name}: {e}", "")
+        lags = []
+    for lag in lags:
+        lagging.append(Finding("manifest", f"{camp}/{lag.run_id}", f"recorded unfinished but {lag.why}",
+                               "advance the manifest (one monitor pass)"))
     yield from _dedupe(lagging)
     state = ctx.store.read().state
-    done, failed, live = sr.verdict(env.paths, m)
+    done, failed, live = verdict(env.paths, m)
     fsm_finding = None
     if state == State.SWEEP_RUNNING and done:
         fsm_finding = Finding("fsm", camp, f"state SWEEP_RUNNING but every run is final "
@@ -237,15 +219,15 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
     elif state == State.SWEEP_COMPLETED and failed:
         yield Finding("fsm", camp, f"state SWEEP_COMPLETED but runs failed: {', '.join(failed)}", "")
     elif state not in (State.SWEEP_RUNNING, State.SWEEP_COMPLETED, State.SWEEP_FAILED) and live \
-            and launch.get("state") == "launched":
+            and launch.get("state") == LaunchState.LAUNCHED:
         yield Finding("fsm", camp, f"state {state.value} but the campaign's runs are live: {', '.join(live)} "
                       "(the state was reset while it ran)", "")
     if launch_finding:
         yield launch_finding
     if fix and (lagging or fsm_finding):
-        sr.monitor(ctx, camp)
+        monitor(ctx, camp)
         for f in lagging:
-            f.fixed = (runs.read(env.paths, f.subject.split("/", 1)[1]) or {}).get("state") in runs.FINAL
+            f.fixed = (runs.read(env.paths, f.subject.split("/", 1)[1]) or {}).get("state") in FINAL
         if fsm_finding:
             fsm_finding.fixed = ctx.store.read().state != State.SWEEP_RUNNING
     if fsm_finding:

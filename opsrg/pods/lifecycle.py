@@ -16,12 +16,14 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opsrg.context import Context
 from opsrg.core.errors import ConfigError, HostError, UnreachableError
 from opsrg.core.settings import REPO_ROOT
 from opsrg.hosts.local import LocalHost
+
+if TYPE_CHECKING:  # the caller's context; nothing here builds one
+    from opsrg.context import Context
 
 PREREQS = ("tmux", "rsync", "git")
 APT_PACKAGES = {"tmux": "tmux", "rsync": "rsync", "git": "git", "python": "python3 python3-venv"}
@@ -49,7 +51,7 @@ def up(ctx: Context) -> str:
         extra = f" (lium pod {rec['name']}, {rec.get('gpu') or 'gpu unknown'})"
     host = ctx.host
     try:
-        host.run(["mkdir", "-p", ctx.outputs_dir, ctx.control_dir, f"{ctx.outputs_dir}/_tasks"])
+        host.run(["mkdir", "-p", ctx.outputs_dir, ctx.control_dir, ctx.tasks.root])
     except UnreachableError as e:
         raise UnreachableError(str(e.message), hint="check OPS_DEFAULT_HOST/OPS_SSH_KEY, then run: inv pod-up") from None
     return f"pod ready: {ctx.s.pod_provider} host {host.name}{extra}, outputs in {ctx.outputs_dir}"
@@ -167,7 +169,7 @@ def bootstrap(ctx: Context) -> str:
                          for m in missing)
         raise HostError(f"{host.name}: missing prerequisites: {what}",
                         hint="install them (or set AUTO_INSTALL_PREREQS=1 as root), then run: inv bootstrap")
-    host.run(["mkdir", "-p", ctx.control_dir, f"{ctx.outputs_dir}/_tasks"])
+    host.run(["mkdir", "-p", ctx.control_dir, ctx.tasks.root])
     if ctx.loaded.env_file:
         # Holds secrets such as WANDB_API_KEY: readable by the pod user only.
         host.write_text(ctx.pod_path(ctx.s.remote_env_path), ctx.loaded.env_file.read_text(), mode=0o600)

@@ -20,39 +20,18 @@ never a truncated file under the real name; a pass killed outright leaves its te
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
 from typing import TYPE_CHECKING
 
-from opsrg.core.atomic import TMP_GLOB
+from opsrg.core import layout
 from opsrg.core.errors import HostError, TaskError
+from opsrg.hosts.rsync import PARTIAL_DIR, RSYNC_PASS, TEMP_DIR, pass_sh
 
 if TYPE_CHECKING:
     from opsrg.context import Context
-    from opsrg.hosts.local import Host
+    from opsrg.hosts.base import Host
     from opsrg.tracked.manager import TaskManager
 
-PARTIAL_DIR = ".rsync-partial"
-# Where every rsync opsrg runs writes its temp files (``--temp-dir``, relative to the destination
-# root, which must hold it before rsync starts: ``mkdir -p DST/TEMP_DIR``). A pass killed with
-# SIGKILL then leaves its temp file there, inside opsrg's own folder, never as ``.NAME.XXXXXX``
-# next to the real file (where it could not be told from a user's ``.model.pickle``). It is a
-# folder *inside* the partial folder, not the partial folder itself: rsync removes the partial
-# folder once it used the last partial copy there, and with it a temp folder of the same name,
-# failing every later file of the pass (rsync 3.5, code 23).
-TEMP_DIR = f"{PARTIAL_DIR}/.opsrg-tmp"
-# ``--partial-dir`` (not ``--partial``): a killed pass leaves its partial copy in the partial
-# folder, where the next pass resumes from it, not under the file's own name.
-RSYNC_SAFE = (f"--partial-dir={PARTIAL_DIR}", f"--temp-dir={TEMP_DIR}")
-# Never results, so never mirrored nor fetched (rsync exclude patterns; each matches a file or
-# folder name): rsync's partial folder (with its temp folder), temp files of opsrg's atomic
-# writes (``.NAME.opsrg-XXXXXXXX.tmp``, opsrg/atomic.py), lock files. Nothing else: a user's
-# dotfile (``.model.pickle``, ``.foo.tmp``) is a result like any other file.
-NOT_RESULTS = (PARTIAL_DIR, TMP_GLOB, "*.lock")
-EXCLUDES = tuple(f"--exclude={x}" for x in NOT_RESULTS)
-# One mirror pass (run it after ``mkdir -p DST/TEMP_DIR``; :func:`pass_sh` does both).
-RSYNC_PASS = ("rsync", "-a", *RSYNC_SAFE, *EXCLUDES)
 # After the final pass every file is complete: a partial copy still there belongs to a file the
 # run removed meanwhile, a temp file to a pass that was killed.
 CLEAN_SH = "find {dst} -type d -name " + PARTIAL_DIR + " -prune -exec rm -rf {{}} +"
@@ -69,26 +48,6 @@ echo "final sync done"
 """
 
 
-def pass_sh(src: str, dst: str, *extra: str) -> str:
-    """One mirror pass as a shell command: the temp folder first, then rsync ``src/`` -> ``dst/``."""
-    return (f"mkdir -p {shlex.quote(f'{dst}/{TEMP_DIR}')} && "
-            f"{shlex.join([*RSYNC_PASS, *extra, f'{src}/', f'{dst}/'])}")
-
-
-def safe_args(dry_run: bool = False) -> tuple[str, ...]:
-    """:data:`RSYNC_SAFE` for one transfer: rsync refuses a --temp-dir that does not exist even for a dry run,
-    which writes nothing, so a dry run goes without it."""
-    return tuple(a for a in RSYNC_SAFE if not (dry_run and a.startswith("--temp-dir=")))
-
-
-def drop_temp_dir(dst: str | os.PathLike[str]) -> None:
-    """After a successful local rsync into ``dst``: remove its temp folder, and the partial folder
-    if that is then empty (a partial copy in it, kept for the next transfer, keeps it)."""
-    for d in (os.path.join(dst, TEMP_DIR), os.path.join(dst, PARTIAL_DIR)):
-        with contextlib.suppress(OSError):
-            os.rmdir(d)
-
-
 def task_id(run_id: str) -> str:
     return f"sync-{run_id}"
 
@@ -103,7 +62,7 @@ def durable_dir(ctx: Context, run_id: str) -> str:
 
 
 def stop_path(outputs: str, run_id: str) -> str:
-    return f"{outputs}/_control/localsync/{run_id}.stop"
+    return f"{outputs}/{layout.CONTROL}/localsync/{run_id}.stop"
 
 
 def stop_file(ctx: Context, run_id: str) -> str:

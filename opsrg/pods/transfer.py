@@ -6,7 +6,7 @@ manifest (size and sha256 of every file) computed on the pod, checked after the 
 only a run whose every file matches gets its ``FETCHED.json`` marker.
 
 Only results travel home: lock files, opsrg's own temp files and rsync's partial folders
-(:data:`opsrg.localsync.NOT_RESULTS`) are left out of the manifest and the copy alike; every other
+(:data:`opsrg.hosts.rsync.NOT_RESULTS`) are left out of the manifest and the copy alike; every other
 file, dotfiles included, is a result. Symlinks are never followed: a link out of the run refuses
 the fetch, a link within it travels as a link, listed and verified by its target. Sparse files
 stay sparse, and a copy that would not fit at home is refused before it starts.
@@ -23,14 +23,15 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opsrg.context import Context
 from opsrg.core.atomic import TMP_MARK, TMP_SUFFIX, atomic_write_json
-from opsrg.core.errors import HostError, InputError
+from opsrg.core.errors import HostError, InputError, LinkDropped
 from opsrg.core.settings import REPO_ROOT
-from opsrg.hosts.ssh import LinkDropped
-from opsrg.pods.localsync import NOT_RESULTS
+from opsrg.hosts.rsync import NOT_RESULTS
+
+if TYPE_CHECKING:  # the caller's context; nothing here builds one
+    from opsrg.context import Context
 
 FETCHED = "FETCHED.json"
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -313,7 +314,7 @@ def fetch_run(ctx: Context, run_id: str) -> FetchResult:
         return FetchResult(run_id, local, len(files), sum(f["size"] for f in files), 0, True, len(links))
     # From here on the local copy is in flux: it is complete only when the marker says so.
     marker.unlink(missing_ok=True)
-    from opsrg.ops.artifacts import human_size
+    from opsrg.core.ui import human_size
 
     need, free = space_needed(local, files), _free_bytes(local)
     if need > free:

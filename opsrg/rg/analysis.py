@@ -18,7 +18,7 @@ from opsrg.core.atomic import atomic_write_json
 from opsrg.rg.histogram import Grid, load_histogram
 
 if TYPE_CHECKING:
-    from opsrg.rg.pipeline import RunConfig, RunPaths
+    from opsrg.rg.run import RunConfig, RunPaths
 
 OBSERVABLES = ("mean", "median", "peak")
 FIT_NMIN = 4

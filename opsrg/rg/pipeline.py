@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,62 +22,12 @@ from opsrg.core.atomic import atomic_save_npz, atomic_write_json, locked
 from opsrg.core.errors import IllegalStateError, InputError
 from opsrg.rg.backends import Backend, StepResult, get_backend
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, load_histogram, save_histogram, symmetrise
+from opsrg.rg.run import RunConfig, RunPaths
 from opsrg.rg.streams import stream_key
 
 Sampler = AliasTable | InverseCDF | None
 
 SCALARS = ("n", "underflow", "overflow", "nonfinite", "sum_z", "sum_z2", "sum_g", "sum_g2")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides the random histograms of a run (and so enters the config hash).
-
-    ``steps``, the backend and the batch size are not part of it: more steps continue a run,
-    and the other two are execution choices recorded per step in the DONE markers.
-    """
-
-    mode: str  # "fp" or "exp"
-    samples: int
-    seed: int
-    nbins: int = 50000
-    zmax: float = 25.0
-    method: str = "analytic"
-    dtype: str = "float32"
-    shards: int = 1
-    shifts: tuple[float, ...] = (0.0,)  # signed and sorted; (0.0,) for fp
-    fp_sha256: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("fp", "exp"):
-            raise InputError(f"mode must be fp or exp (got {self.mode!r})")
-        if self.samples < 1 or self.shards < 1 or self.samples < self.shards:
-            raise InputError(f"need samples >= shards >= 1 (got samples={self.samples}, shards={self.shards})")
-        if self.seed < 0:
-            raise InputError(f"seed must be non-negative (got {self.seed})")
-        if self.method not in ("analytic", "numerical"):
-            raise InputError(f"method must be analytic or numerical (got {self.method!r})")
-        if self.dtype not in ("float32", "float64"):
-            raise InputError(f"dtype must be float32 or float64 (got {self.dtype!r})")
-        Grid(self.nbins, self.zmax)
-
-    @property
-    def grid(self) -> Grid:
-        return Grid(self.nbins, self.zmax)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shifts"] = list(self.shifts)
-        return d
-
-    @property
-    def config_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    def shard_sizes(self) -> list[int]:
-        q, rem = divmod(self.samples, self.shards)
-        return [q + (1 if i < rem else 0) for i in range(self.shards)]
 
 
 def signed_shifts(positive: list[float]) -> tuple[float, ...]:
@@ -88,49 +38,6 @@ def signed_shifts(positive: list[float]) -> tuple[float, ...]:
             raise InputError(f"shifts must be positive numbers (got {s})")
         vals |= {float(s), -float(s)}
     return tuple(sorted(vals))
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The one place that spells the names of a run's files."""
-
-    root: Path
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def nu_json(self) -> Path:
-        return self.root / "nu.json"
-
-    @property
-    def fp_input(self) -> Path:
-        return self.root / "fp_input.npz"
-
-    def done(self, k: int) -> Path:
-        return self.root / f"DONE_RG{k}.json"
-
-    def unsym(self, k: int, shift: float | None = None) -> Path:
-        if shift is None:
-            return self.root / f"z_hist_unsym_RG{k}.npz"
-        return self.root / f"shift_{shift:+.6f}" / f"z_hist_unsym_RG{k}.npz"
-
-    def sym(self, k: int) -> Path:
-        return self.root / f"sym_z_hist_RG{k}.npz"
-
-    def shard_dir(self, k: int) -> Path:
-        return self.root / "shards" / f"RG{k}"
-
-    def part(self, k: int, i: int) -> Path:
-        return self.shard_dir(k) / f"part_{i:05d}.npz"
-
-    def ready(self, k: int, i: int) -> Path:
-        return self.shard_dir(k) / f"part_{i:05d}.READY"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

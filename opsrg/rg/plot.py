@@ -13,7 +13,8 @@ import numpy as np
 
 from opsrg.core.errors import InputError
 from opsrg.rg.histogram import load_histogram
-from opsrg.rg.pipeline import RunPaths, done_ok, load_config
+from opsrg.rg.pipeline import done_ok, load_config
+from opsrg.rg.run import RunPaths
 
 
 def _pyplot():

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from opsrg.ops import provenance
-from opsrg.pods.localsync import pass_sh
+from opsrg.hosts.rsync import pass_sh
+from opsrg.sweeps import provenance
 from opsrg.sweeps.rows import SweepRow, order
 
 # Spec keys that do not decide a run's result (left out of its identity).

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from opsrg.core.errors import InputError
-from opsrg.sweeps.runs import reserved
+from opsrg.core.layout import reserved
 
 COLUMNS = ("run_id", "config", "seed", "overrides", "notes")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")

@@ -11,33 +11,13 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opsrg.core import layout
 from opsrg.core.atomic import atomic_write_json, locked
-
-RUN_STATES = ("submitted", "running", "synced", "completed", "failed", "cancelled")
-# Names opsrg itself uses directly under the outputs folder (control state, manifests, task records,
-# set-aside runs, the Slurm job list): a run or task named so would write into them. Every name
-# starting with '_' is reserved for opsrg, so a later control folder never collides with a run.
-RESERVED_NAMES = frozenset({"_control", "_manifests", "_tasks", "_replaced", "docs"})
-RESERVED_PREFIX = "_"
-
-
-def reserved(name: str) -> str | None:
-    """Why ``name`` cannot name a run or a task folder, or None when it can."""
-    if name.casefold() in RESERVED_NAMES:
-        return f"{name!r} is reserved: opsrg keeps its own files under <outputs>/{name.casefold()}"
-    if name.startswith(RESERVED_PREFIX):
-        return f"{name!r} is reserved: names starting with {RESERVED_PREFIX!r} are opsrg's own folders"
-    return None
-FINAL = ("completed", "failed", "cancelled")
-RANK = {"submitted": 0, "running": 1, "synced": 2, "completed": 3, "failed": 3, "cancelled": 3}
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+from opsrg.core.clock import now_iso
+from opsrg.sweeps.records import RunState
 
 
 @dataclass(frozen=True)
@@ -48,7 +28,7 @@ class SweepPaths:
 
     @property
     def manifests(self) -> Path:
-        return Path(self.outputs) / "_manifests"
+        return Path(self.outputs) / layout.MANIFESTS
 
     @property
     def latest_csv(self) -> Path:
@@ -70,7 +50,7 @@ class SweepPaths:
 
     @property
     def ledger(self) -> Path:
-        return Path(self.outputs) / "docs" / "slurm_job_list.md"
+        return Path(self.outputs) / layout.DOCS / "slurm_job_list.md"
 
     def run_dir(self, run_id: str) -> Path:
         return Path(self.outputs) / run_id
@@ -98,11 +78,12 @@ def summary_ok(paths: SweepPaths, run_id: str) -> bool | None:
 
 
 def create(paths: SweepPaths, run_id: str, campaign: str, backend: str, row: dict[str, Any],
-           state: str = "submitted", **extra: Any) -> dict[str, Any]:
+           state: RunState | str = RunState.SUBMITTED, **extra: Any) -> dict[str, Any]:
     """Write a fresh manifest for a (re)submitted run; earlier attempts are kept in ``previous``."""
     path = paths.run_manifest(run_id)
     with locked(path):
         old = read_json(path)
+        state = RunState(state)
         m = {"run_id": run_id, "campaign": campaign, "backend": backend, "state": state,
              "submitted_at": now_iso(), "started_at": "", "completed_at": "", "reason": "",
              "job_ids": [], "tasks": [], "row": row, "summary_ok": None,
@@ -117,27 +98,27 @@ def create(paths: SweepPaths, run_id: str, campaign: str, backend: str, row: dic
         return m
 
 
-def update(paths: SweepPaths, run_id: str, state: str | None = None, reason: str = "",
+def update(paths: SweepPaths, run_id: str, state: RunState | str | None = None, reason: str = "",
            **changes: Any) -> dict[str, Any] | None:
     """Apply ``changes`` and move to ``state`` unless that moves backwards or leaves a final state."""
     path = paths.run_manifest(run_id)
-    if state is not None and state not in RANK:
-        raise ValueError(f"unknown run state {state!r}")
+    if state is not None:
+        state = RunState(state)  # ValueError: not a run state
     with locked(path):
         m = read_json(path)
         if m is None:
             return None
-        old = m.get("state", "submitted")
-        if state is not None and (old in FINAL or RANK[state] < RANK[old]):
+        old = RunState(m.get("state", RunState.SUBMITTED))
+        if state is not None and (old.is_final or state.rank < old.rank):
             state = None
-        if old in FINAL:
+        if old.is_final:
             changes = {k: v for k, v in changes.items() if k in ("job_ids", "tasks")}
         if state is not None and state != old:
             m["state"] = state
             m["history"].append({"state": state, "at": now_iso(), **({"reason": reason} if reason else {})})
-            if state == "running" and not m.get("started_at"):
+            if state == RunState.RUNNING and not m.get("started_at"):
                 m["started_at"] = now_iso()
-            if state in FINAL:
+            if state.is_final:
                 m["completed_at"] = now_iso()
                 m["reason"] = reason
         m.update(changes)
@@ -167,16 +148,16 @@ def reconcile(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
     Returns the new manifest when it changed anything.
     """
     path = paths.run_manifest(run_id)
-    if (read_json(path) or {}).get("state") not in ("failed", "cancelled") or summary_ok(paths, run_id) is not True:
+    if (read_json(path) or {}).get("state") not in (RunState.FAILED, RunState.CANCELLED) or summary_ok(paths, run_id) is not True:
         return None  # the common case, read without the lock
     with locked(path):
         m = read_json(path)
-        if m is None or m.get("state") not in ("failed", "cancelled"):
+        if m is None or m.get("state") not in (RunState.FAILED, RunState.CANCELLED):
             return None
         was = f"was {m['state']}" + (f": {m['reason']}" if m.get("reason") else "")
         why = f"reconciled: summary.json is ok ({was})"
-        m["history"].append({"state": "completed", "at": now_iso(), "reason": why})
-        m.update(state="completed", summary_ok=True, reason=why, completed_at=now_iso())
+        m["history"].append({"state": RunState.COMPLETED, "at": now_iso(), "reason": why})
+        m.update(state=RunState.COMPLETED, summary_ok=True, reason=why, completed_at=now_iso())
         atomic_write_json(path, m)
         return m
 

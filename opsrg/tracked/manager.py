@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opsrg.core import layout
 from opsrg.core.errors import InputError, OpsError, TaskError
-from opsrg.hosts.local import Host, LocalHost
-from opsrg.sweeps.runs import reserved
+from opsrg.core.layout import reserved
+from opsrg.hosts.base import Host
+from opsrg.hosts.local import LocalHost
 from opsrg.tracked import supervisor
 from opsrg.tracked.tmux import TmuxRunner
 
@@ -136,7 +138,7 @@ class TaskManager:
     def __init__(self, host: Host, outputs_dir: str, *, tmux_socket: str, tmux_session: str,
                  kill_grace: float = 5.0, stale_secs: float = 30.0) -> None:
         self.host = host
-        self.root = f"{outputs_dir.rstrip('/')}/_tasks"
+        self.root = f"{outputs_dir.rstrip('/')}/{layout.TASKS}"
         self.runner = TmuxRunner(host, tmux_socket, tmux_session)
         self.kill_grace, self.stale_secs = kill_grace, stale_secs
 
@@ -199,6 +201,31 @@ class TaskManager:
             raise
         self._update(p, tmux=target.as_dict())
         return self.status(task_id, check=False)
+
+    def register(self, task_id: str, *, runner: str, command: str, log: str,
+                 **fields: Any) -> TaskPaths:
+        """The pending record of a task another runner starts (a Slurm job): ``<id>/status.json``.
+
+        A folder of an earlier task of that id is set aside under ``.replaced/`` first, as ``run
+        --replace`` does; ``log`` is the path its runner writes output to, ``fields`` the rest of the
+        record (``timeout_secs``, the runner's own section).
+        """
+        p = self.paths(task_id)
+        rec = {"id": task_id, "state": "pending", "runner": runner, "command": command,
+               "created_at": supervisor.now_iso(), "host": self.host.name, "exit_code": None,
+               **fields, "paths": {"status": p.status, "command": command, "log": log}}
+        keep = f"{self.root}/.replaced/{task_id}-{int(time.time() * 1000)}"
+        if isinstance(self.host, LocalHost):  # many at a time (a Slurm launch): no process per file
+            if os.path.exists(p.root):
+                os.makedirs(os.path.dirname(keep), exist_ok=True)
+                os.rename(p.root, keep)
+            os.makedirs(p.root)
+            supervisor.write_json_atomic(p.status, rec)
+        else:
+            self.host.run(f"if [ -e {shlex.quote(p.root)} ]; then mkdir -p {shlex.quote(os.path.dirname(keep))} && "
+                          f"mv {shlex.quote(p.root)} {shlex.quote(keep)}; fi; mkdir {shlex.quote(p.root)}")
+            self.host.write_text(p.status, json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        return p
 
     def _claim(self, prep: TaskPaths, p: TaskPaths, keep: str | None) -> dict[str, Any]:
         """:func:`supervisor.claim` where the task lives: in-process here, on the pod over SSH."""
@@ -280,7 +307,7 @@ class TaskManager:
     def wait(self, task_id: str, timeout: float | None = None, poll: float = 0.1,
              on_tick: Callable[[TaskRecord], None] | None = None) -> tuple[TaskRecord, bool]:
         """Block until the task ends; returns (record, timed_out_waiting)."""
-        from opsrg.hosts.ssh import LinkDropped
+        from opsrg.core.errors import LinkDropped
 
         t0 = time.monotonic()
         last_check = 0.0

@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from opsrg.core.errors import InputError, TaskError
-from opsrg.hosts.local import ENV_NAME_RE, Host
+from opsrg.hosts.base import ENV_NAME_RE, Host
 
 # Variables a task needs from the launching environment. Sessions on a running tmux server
 # inherit the server's environment, not ours, so they are passed explicitly with -e.

@@ -42,11 +42,11 @@ def replace(a, b):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(a, b)
 from opsrg.context import Context
-from opsrg.sweeps import runner as sweep_runner
+from opsrg.sweeps import commands
 ctx = Context.load()
 os.replace = replace
 print("ready", flush=True)
-sweep_runner.start(ctx, csv)
+commands.start(ctx, csv)
 print("writes", seen[0], flush=True)
 """
 
@@ -57,7 +57,7 @@ print("writes", seen[0], flush=True)
 RECOVER = r"""
 import json, pathlib, sys, time
 from opsrg.ops import doctor
-from opsrg.sweeps import runner as sweep_runner
+from opsrg.sweeps import commands
 from opsrg.context import Context
 from opsrg.core.errors import InputError
 csv = sys.argv[1]
@@ -71,7 +71,7 @@ for f in pathlib.Path(ctx.outputs_dir).rglob("*.json"):
 def wait():
     t0 = time.monotonic()
     while True:
-        _, rows, v = sweep_runner.monitor(ctx)
+        _, rows, v = commands.monitor(ctx)
         if v["done"]:
             return rows, v
         if time.monotonic() - t0 > 90:
@@ -83,13 +83,13 @@ try:
     if not v["failed"]:
         path = "nothing to do"
     elif v["next"].endswith("--resume"):
-        sweep_runner.start(ctx, resume=True)
+        commands.start(ctx, resume=True)
         path = "resumed"
     else:
-        sweep_runner.start(ctx, csv)
+        commands.start(ctx, csv)
         path = "started again"
 except InputError:  # killed before the campaign was published: nothing of it exists
-    sweep_runner.start(ctx, csv)
+    commands.start(ctx, csv)
     path = "started again"
 rows, v = wait()
 print(json.dumps({"path": path, "states": {r["run_id"]: r["state"] for r in rows}, "failed": v["failed"],
@@ -138,11 +138,11 @@ class Trial:
 
     def wait(self, timeout: float = 90.0) -> dict:
         """In-process monitor passes until every run is final; the monitor must get there."""
-        from opsrg.sweeps import runner as sweep_runner
+        from opsrg.sweeps import commands
 
         ctx, t0 = self.ctx(), time.monotonic()
         while True:
-            _, _, v = sweep_runner.monitor(ctx)
+            _, _, v = commands.monitor(ctx)
             if v["done"]:
                 return v
             assert time.monotonic() - t0 < timeout, f"monitor did not return: {v}"
@@ -279,9 +279,9 @@ def test_tmux_server_killed_mid_sweep_then_resume(project, monkeypatch, tmux_soc
     t = Trial(project, "tk", rows=3, command="echo x >> {count}/$OPSRG_RUN_ID; sleep 3")
     t.csv.write_text(t.csv.read_text().replace("{count}", str(t.count)))
     t.use(monkeypatch)
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
 
-    sweep_runner.start(t.ctx(), str(t.csv))
+    commands.start(t.ctx(), str(t.csv))
     retry_until(lambda: t.runs_of(), timeout=20, what="the first row to start")
     subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], check=True)
     v = t.wait()
@@ -300,9 +300,9 @@ def test_cancel_after_a_killed_driver_completes_a_finished_run(project, monkeypa
     t.csv.write_text(t.csv.read_text().replace("command='echo", "command='sleep 1; echo") + later)
     t.ids.append("r9")
     t.shell_ids.append("r9")
-    from opsrg.sweeps import runner as sweep_runner
+    from opsrg.sweeps import commands
 
-    out = sweep_runner.start(t.ctx(), str(t.csv))
+    out = commands.start(t.ctx(), str(t.csv))
     drv = Path(t.env["OPS_REMOTE_OUTPUTS_DIR"]) / "_tasks" / f"sweep-driver.{out['campaign']}" / "status.json"
     r0 = Path(t.env["OPS_REMOTE_OUTPUTS_DIR"]) / "_tasks" / "r0" / "status.json"
 
@@ -326,10 +326,9 @@ def test_cancel_after_a_killed_driver_completes_a_finished_run(project, monkeypa
 
 def test_resume_and_doctor_reconcile_a_cancelled_run_whose_summary_is_ok(project, monkeypatch):
     t = Trial(project, "rc", rows=2).use(monkeypatch)
-    from opsrg.sweeps import runner as sweep_runner
-    from opsrg.sweeps import runs
+    from opsrg.sweeps import commands, runs
 
-    sweep_runner.start(t.ctx(), str(t.csv))
+    commands.start(t.ctx(), str(t.csv))
     t.wait()
     paths = runs.SweepPaths(t.env["OPS_REMOTE_OUTPUTS_DIR"])
     # what an older opsrg left behind: a run recorded cancelled although its summary is ok

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsrg.core.errors import ConfigError, HostError, InputError, OpsError
-from opsrg.hosts.local import Host
+from opsrg.core.errors import ConfigError, HostError, InputError, SlurmError
+from opsrg.hosts.base import Host
 from opsrg.tracked.manager import TaskState
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "sweeps" / "templates"
@@ -49,13 +49,6 @@ STATE_MAP = {
     "DEADLINE": (TaskState.FAILED, "deadline reached"),
     "SPECIAL_EXIT": (TaskState.FAILED, "special exit"),
 }
-REQUEUEABLE = {"PREEMPTED", "NODE_FAIL"}
-
-
-class SlurmError(OpsError):
-    """A Slurm command failed; carries the command and the scheduler's message."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -326,7 +319,7 @@ class Slurm:
             raise SlurmError(f"{shlex.join(argv)}: no answer within {timeout:g}s ({e}); sbatch keeps retrying "
                              "while slurmctld refuses jobs, e.g. at MaxJobCount (see its log)") from None
         if check and not r.ok:
-            raise SlurmError(f"{shlex.join(argv)} failed with exit {r.exited}: {r.stderr.strip()[-800:]}")
+            raise SlurmError(f"{shlex.join(argv)} failed with exit {r.exited}: {r.stderr.strip()[-800:]}", result=r)
         return r
 
     def config(self) -> dict[str, str]:

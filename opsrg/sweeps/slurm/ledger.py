@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from opsrg.core.atomic import locked
-from opsrg.sweeps.runs import SweepPaths, now_iso, read
+from opsrg.core.clock import now_iso
+from opsrg.sweeps.runs import SweepPaths, read
 
 HEADER = ("# Slurm job list\n\nOne row per submission (written by `inv sweep-start`; checked by "
           "`inv slurm-ledger --verify`).\n\n| at | campaign | run_id | job | job_id | status |\n"

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from opsrg.core.atomic import atomic_write_json
+from opsrg.core.clock import now_iso
 from opsrg.core.settings import REPO_ROOT
-from opsrg.core.workflow_state import now_iso
 
 PACKAGES = ("opsrg", "numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "invoke", "fabric", "pydantic-settings")
 

@@ -1,0 +1,102 @@
+"""The one contract of a sweep backend: tmux (opsrg.sweeps.tmux) and Slurm (opsrg.sweeps.slurm).
+
+Both produce the same things: a tracked-task record (``_tasks/<id>/status.json``) per job, a
+``run_manifest.json`` per run and each run's ``summary.json``. Callers (the sweep commands,
+doctor) hold a :class:`Backend` and never ask which one it is; what differs between the two lives
+behind these methods. ``refresh`` advances the manifests from the evidence (task records,
+scheduler answers, marker files): it is what ``inv sweep-monitor`` and ``inv sweep-status`` run.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from opsrg.sweeps import runs
+from opsrg.sweeps.records import FINAL
+
+if TYPE_CHECKING:
+    from opsrg.sweeps.campaign import SweepEnv
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One unit a launch would start, in the one shape every backend's dry run prints."""
+
+    key: str                      # the task id of its record
+    kind: str                     # row (tmux), gen | merge | shell (Slurm)
+    runs: list[str]               # the runs it works for
+    after: list[str]              # what it waits for: run ids (tmux) or job keys (Slurm)
+    script: str                   # exactly what it would run
+    timeout_secs: float | None = None
+    array: list[int] | None = None  # array element indices (Slurm); None: one job
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "runs": self.runs, "after": self.after,
+                "timeout_secs": self.timeout_secs, "array": self.array, "script": self.script}
+
+
+@dataclass(frozen=True)
+class Lag:
+    """A run recorded unfinished although the evidence says its work ended (doctor reports it)."""
+
+    run_id: str
+    why: str
+
+
+class Backend(abc.ABC):
+    name: ClassVar[str]
+    unreachable: str = ""  # why the scheduler did not answer the last refresh ('' when it did, or there is none)
+
+    # ------------------------------------------------------------ launch
+    def preflight(self, env: SweepEnv) -> None:
+        """Refuse, before anything is written, what this backend could never launch here."""
+        return None
+
+    @abc.abstractmethod
+    def run_tasks(self, run_id: str) -> list[str]:
+        """The task ids a fresh run manifest lists before anything is started."""
+
+    @abc.abstractmethod
+    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str],
+             fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
+        """What a launch of ``todo`` would start, and what else the plan depends on (for the dry run).
+
+        ``fresh``: runs planned from nothing whatever their folders hold (--force sets those aside).
+        """
+
+    @abc.abstractmethod
+    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
+        """Start the runs ``todo`` of the campaign ``m`` (their run manifests exist)."""
+
+    @abc.abstractmethod
+    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
+        """Whether a launch whose process died had gone through (only its last write was lost)."""
+
+    def abandon(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        """Undo what a launch cut short had set up but not let run."""
+        return None
+
+    # ------------------------------------------------------------ observe and control
+    @abc.abstractmethod
+    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        """Advance the run manifests from the evidence; sets :attr:`unreachable`."""
+
+    @abc.abstractmethod
+    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+        """Stop the work of ``run_ids`` and record them cancelled (or completed, when they were)."""
+
+    def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
+        """Whether the run may still produce results (its manifest is not final)."""
+        rm = runs.read(env.paths, run_id)
+        return rm is not None and rm["state"] not in FINAL
+
+    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
+        """Why the campaign cannot be resumed now ('' when it can)."""
+        return ""
+
+    @abc.abstractmethod
+    def lagging(self, env: SweepEnv, m: dict[str, Any], unfinished: list[str]) -> list[Lag]:
+        """Runs among ``unfinished`` whose work the evidence shows ended (a monitor pass would advance
+        them). Raises OpsError when the evidence cannot be had (a scheduler that does not answer)."""

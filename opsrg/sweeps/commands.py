@@ -1,0 +1,214 @@
+"""The sweep commands: start (or resume), one monitor pass, status rows, cancel.
+
+Each takes the command's Context and returns plain data for ``tasks.py`` to print. They hold a
+:class:`~opsrg.sweeps.backend.Backend` chosen by name from the CSV's campaign and never ask which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from opsrg.core import fsm
+from opsrg.core.clock import now_iso, parse_iso
+from opsrg.core.errors import InputError, OpsError
+from opsrg.core.fsm import State
+from opsrg.sweeps import runs
+from opsrg.sweeps.backend import Backend
+from opsrg.sweeps.campaign import (
+    SweepEnv,
+    check_reuse,
+    discard,
+    load_manifest,
+    load_rows,
+    publish,
+    reconcile_runs,
+    save_launch,
+    step_reached,
+    sweep_of,
+    verdict,
+    write_manifest,
+)
+from opsrg.sweeps.launch import claim_runs, launch_runs, new_launch, settle_launch
+from opsrg.sweeps.plan import Sweep, new_campaign_id
+from opsrg.sweeps.records import LAUNCH_CUT, LaunchState, RunState
+from opsrg.sweeps.slurm.backend import SlurmBackend
+from opsrg.sweeps.tmux import TmuxBackend
+
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TmuxBackend, SlurmBackend)}
+
+
+def backend_for(name: str) -> Backend:
+    try:
+        return BACKENDS[name]()
+    except KeyError:
+        raise InputError(f"unknown sweep backend {name!r} ({' or '.join(BACKENDS)})") from None
+
+
+def status_rows(env: SweepEnv, m: dict[str, Any]) -> list[dict[str, Any]]:
+    paths, out = env.paths, []
+    launch = m.get("launch") or {}
+    for r in sweep_of(m).rows:
+        rm = runs.read_for(paths, r.run_id, m["campaign"]) or {}
+        start, end = rm.get("started_at") or rm.get("submitted_at"), rm.get("completed_at")
+        elapsed = None
+        if start:
+            elapsed = (parse_iso(end) if end else time.time()) - parse_iso(start)
+        requeues = rm.get("requeues", [])
+        reason = rm.get("reason", "")
+        if requeues and not reason:  # a live run whose job the scheduler requeued (PREEMPTED, NODE_FAIL)
+            q = requeues[-1]
+            reason = f"{q['element']} requeued after {q['state']} ({len(requeues)}x)"
+        if not rm and launch.get("state") in LAUNCH_CUT:
+            reason = f"campaign {launch['state']}: {launch.get('reason', '')}"
+        out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.get("state", "not started"),
+                    "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
+                    "job_ids": rm.get("job_ids", []), "exit_code": rm.get("exit_code"), "reason": reason,
+                    "summary_ok": runs.summary_ok(paths, r.run_id), "attempt": rm.get("attempt"),
+                    "requeues": requeues})
+    return out
+
+
+def _bases(ctx) -> list[Path]:
+    return [ctx.loaded.root, Path.cwd()]
+
+
+def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bool = False,
+          dry_run: bool = False, force: bool = False) -> dict[str, Any]:
+    """sweep-start: validate, copy the CSV, write manifests, launch. Returns what was done (or planned).
+
+    A row identical to a completed run in its folder is reused, not recomputed (``force``:
+    recompute every row, setting existing folders aside); a different one is refused.
+
+    The check of the workflow state and its commit happen under one lock, with the campaign
+    published in between, and the launch follows: two starts at once cannot both launch, and a
+    start killed at any point leaves a launch record that the monitor and doctor settle.
+    """
+    env = SweepEnv.from_context(ctx)
+    paths = env.paths
+    enforce = ctx.s.wf_fsm_enforce
+    if resume:
+        return _resume(ctx, env, backend, dry_run)
+    backend = backend or ctx.s.sweep_backend
+    be = backend_for(backend)
+    csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
+    rows = load_rows(csv, _bases(ctx))
+    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend)
+    idents, reused = check_reuse(env, sweep, force)
+    todo = [r.run_id for r in sweep.ordered() if r.run_id not in reused]
+    if dry_run:
+        ctx.store.check("sweep-start", enforce=enforce)
+        m = {"campaign": sweep.campaign + " (dry run)", "backend": backend, "env": env.to_json(),
+             "rows": [r.to_json() for r in rows], "jobs": {}}
+        fresh = frozenset(todo) if force else frozenset()  # the real start sets their folders aside
+        return {**_dry_plan(env, m, be, todo, fresh), "reused": {k: u["identity"] for k, u in reused.items()}}
+    be.preflight(env)
+    m = save_launch(env, sweep, csv, backend, new_launch(todo), idents, reused, force)
+    try:
+        with ctx.store.claim("sweep-start", enforce=enforce, note=f"campaign {sweep.campaign}"):
+            publish(env, m)
+    except OpsError:
+        discard(env, m)
+        raise
+    launch_runs(env, m, be, todo)
+    if not todo:  # every row reused: the sweep ends now, not at the next monitor pass
+        _move_fsm(ctx, env, m)
+    return {"campaign": sweep.campaign, "backend": backend, "runs": todo,
+            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.get("replaced", {}),
+            "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m["csv_copy"],
+            "jobs": {k: j["job_id"] for k, j in m.get("jobs", {}).items()}}
+
+
+def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str, Any]:
+    """sweep-start --resume: settle what is known, then launch the runs that are neither ok nor live."""
+    paths = env.paths
+    m = load_manifest(paths)
+    be = backend_for(m["backend"])
+    if backend and backend != m["backend"]:
+        raise InputError(f"campaign {m['campaign']} ran on {m['backend']}; resume it there (got --backend {backend})")
+    if dry_run:
+        ctx.store.check("sweep-resume", enforce=ctx.s.wf_fsm_enforce)
+        return _dry_plan(env, m, be, [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True])
+    with ctx.store.claim("sweep-resume", enforce=ctx.s.wf_fsm_enforce, note=f"campaign {m['campaign']}"):
+        settle_launch(env, m, be)
+        be.refresh(env, m)
+        reconcile_runs(paths, m)
+        busy = be.busy(env, m)
+        if busy:
+            raise InputError(f"campaign {m['campaign']}: {busy}", hint="inv sweep-cancel, then inv sweep-start --resume")
+        todo = [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True
+                and not be.alive(env, m, r["run_id"])]
+        m["resumes"] = m.get("resumes", []) + [{"at": now_iso(), "runs": todo}]
+        m["launch"] = new_launch(todo)
+        write_manifest(env, m)
+        # claimed under the lock: a second resume at the same moment finds them live
+        claim_runs(env, m, be, todo)
+    if todo:
+        launch_runs(env, m, be, todo, claimed=True)
+    else:
+        m["launch"].update(state=LaunchState.LAUNCHED, done_at=now_iso())
+        write_manifest(env, m)
+        _move_fsm(ctx, env, m)  # nothing to redo: the sweep ends now
+    return {"campaign": m["campaign"], "backend": m["backend"], "resumed": todo,
+            "skipped": [r["run_id"] for r in m["rows"] if r["run_id"] not in todo]}
+
+
+def _move_fsm(ctx, env: SweepEnv, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
+    """The campaign's verdict; once every run is final, SWEEP_RUNNING moves to COMPLETED or FAILED."""
+    done, failed, live = verdict(env.paths, m)
+    fsm_state = ctx.store.read().state
+    if done and fsm_state == State.SWEEP_RUNNING:
+        with contextlib.suppress(OpsError):  # somebody moved it meanwhile: theirs stands
+            if failed:
+                ctx.store.set(State.SWEEP_FAILED, "sweep-failed", expect=fsm_state,
+                              note=f"campaign {m['campaign']}: failed runs: {', '.join(failed)}")
+            else:
+                ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
+                              note=f"campaign {m['campaign']}: {len(m['rows'])} runs ok")
+    return done, failed, live
+
+
+def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str],
+              fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What a launch of ``todo`` would start, in the one shape of :class:`~opsrg.sweeps.backend.PlannedJob`."""
+    jobs, extra = be.plan(env, m, todo, fresh)
+    return {"campaign": m["campaign"], "backend": be.name, "dry_run": True, "runs": todo, **extra,
+            "jobs": [j.to_json() for j in jobs]}
+
+
+def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """One monitor pass: settle a launch cut short, advance the manifests, reconcile them with the
+    summaries, then move the FSM when every run is final."""
+    env = SweepEnv.from_context(ctx)
+    m = load_manifest(env.paths, campaign)
+    be = backend_for(m["backend"])
+    settled = settle_launch(env, m, be)
+    be.refresh(env, m)
+    reconcile_runs(env.paths, m)
+    done, failed, live = _move_fsm(ctx, env, m)
+    state = ctx.store.read().state
+    nxt = "inv sweep-start --resume" if fsm.refusal("sweep-resume", state) is None else "inv sweep-start"
+    return m, status_rows(env, m), {"done": done, "failed": failed, "running": live, "fsm": state.value,
+                                    "scheduler_unreachable": be.unreachable,
+                                    "launch": (m.get("launch") or {}).get("state", "launched"),
+                                    "settled": settled, "next": nxt}
+
+
+def cancel(ctx, run_id: str | None = None) -> list[str]:
+    env = SweepEnv.from_context(ctx)
+    m = load_manifest(env.paths)
+    be = backend_for(m["backend"])
+    ids = [r["run_id"] for r in m["rows"]]
+    if run_id is not None:
+        if run_id not in ids:
+            raise InputError(f"no run {run_id!r} in campaign {m['campaign']} (runs: {', '.join(ids)})")
+        be.cancel(env, m, [run_id])
+        return [run_id]
+    settle_launch(env, m, be)
+    todo = sorted(set(m.get("todo", [])) | set((m.get("launch") or {}).get("runs", [])))
+    alive = [r for r in todo if be.alive(env, m, r)]
+    with ctx.transition("sweep-cancel"):
+        be.cancel(env, m, todo)
+    return [r for r in alive if (runs.read(env.paths, r) or {}).get("state") == RunState.CANCELLED]

@@ -1,0 +1,220 @@
+"""The tmux sweep backend: a driver task runs the rows in order, each a tracked task.
+
+The driver (``python -m opsrg.sweep_runner drive MANIFEST``, itself a tracked task) needs no
+settings: everything comes from the launch snapshot in the sweep manifest. It starts each row when
+its dependencies completed, waits for it, and records the run's end; ``refresh`` finishes what a
+dead driver left.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from opsrg.core.atomic import atomic_write_text
+from opsrg.core.errors import InputError, OpsError, TaskError
+from opsrg.pods import localsync
+from opsrg.sweeps import runs
+from opsrg.sweeps.backend import Backend, Lag, PlannedJob
+from opsrg.sweeps.campaign import (
+    SweepEnv,
+    as_launched,
+    finish_run,
+    settle_cancelled,
+    sweep_of,
+    write_manifest,
+)
+from opsrg.sweeps.plan import row_command
+from opsrg.sweeps.records import FINAL, RunState
+from opsrg.tracked.manager import TaskState
+
+DRIVER_PREFIX = "sweep-driver."
+
+
+class TmuxBackend(Backend):
+    """A driver task runs the rows in order, each a tracked task in SWEEP_TMUX_SESSION."""
+
+    name = "tmux"
+
+    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
+        paths = env.paths
+        m["todo"] = todo
+        if not todo:  # every row reused: nothing to drive
+            write_manifest(env, m)
+            return
+        driver = DRIVER_PREFIX + m["campaign"]
+        m["driver_task"] = driver
+        write_manifest(env, m)
+        cmd = shlex.join([env.python, "-m", "opsrg.sweep_runner", "drive", str(paths.sweep_manifest(m["campaign"]))])
+        env.tasks().run(driver, cmd, replace=True, cwd=env.outputs)
+
+    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+        env = as_launched(env, m)
+        paths, tasks = env.paths, env.tasks()
+        driver = None
+        try:
+            driver = tasks.status(m.get("driver_task", ""))
+        except (TaskError, InputError):
+            pass
+        for rid in m.get("todo", []):
+            rm = runs.read(paths, rid)
+            if rm is None or rm["state"] in FINAL:
+                continue
+            try:
+                rec = tasks.status(rid)
+            except TaskError:
+                rec = None
+            driver_done = driver is not None and driver.state.is_terminal
+            if rec is not None and rec.state.is_terminal and (driver_done or rm["state"] != RunState.SUBMITTED
+                                                               and not env.local_sync):
+                # with local_sync a live driver finishes the run itself, after its final sync
+                ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
+                if env.local_sync:  # the driver ended before its final sync: do it here
+                    try:
+                        env.final_sync(rid)
+                    except OpsError as e:
+                        ok, reason = False, reason or str(e)
+                finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
+            elif driver is not None and driver.state.is_terminal and rm["state"] == RunState.SUBMITTED:
+                runs.update(paths, rid, RunState.FAILED, f"sweep driver ended ({driver.state}"
+                            + (f": {driver.reason}" if driver.reason else "") + ") before this run finished")
+
+    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+        env = as_launched(env, m)
+        paths, tasks = env.paths, env.tasks()
+        everything = set(run_ids) >= {r for r in m.get("todo", [])}
+        if everything and m.get("driver_task"):  # first, so that it starts nothing more
+            try:
+                tasks.kill(m["driver_task"])
+            except (TaskError, InputError):
+                pass
+        for rid in run_ids:
+            # decided before its task is stopped: a live driver would record the killed task failed
+            settle_cancelled(paths, rid)
+            if env.local_sync:
+                _stop_sync(env, rid)  # its loop makes one last pass and ends
+        for rid in run_ids:
+            try:
+                tasks.kill(rid)
+            except (TaskError, InputError):
+                pass
+
+    def run_tasks(self, run_id: str) -> list[str]:
+        return [run_id]
+
+    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str],
+             fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
+        """One tracked task per row, in dependency order (the driver starts each when its turn comes)."""
+        sweep = sweep_of(m)
+        return [PlannedJob(key=r.run_id, kind="row", runs=[r.run_id], after=list(r.deps),
+                           script=row_command(sweep, r), timeout_secs=r.spec.get("timeout_secs") or env.run_timeout)
+                for r in sweep.ordered() if r.run_id in todo], {}
+
+    def lagging(self, env: SweepEnv, m: dict[str, Any], unfinished: list[str]) -> list[Lag]:
+        """Runs whose task ended (or is dead) while their manifest says unfinished."""
+        tasks, out = env.tasks(), []
+        for rid in unfinished:
+            try:
+                rec = tasks.read(rid)
+            except OpsError:
+                continue
+            probe = tasks.probe(rid) if not rec.state.is_terminal else {"alive": False, "evidence": ""}
+            if rec.state.is_terminal or probe["alive"] is False:
+                out.append(Lag(rid, f"its task is {rec.state}" if rec.state.is_terminal else probe["evidence"]))
+        return out
+
+    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
+        if not m.get("launch", {}).get("runs"):
+            return True  # nothing to drive
+        if not m.get("driver_task"):
+            return False
+        try:  # its record exists: from here on the driver (or its lost record) decides
+            env.tasks().read(m["driver_task"])
+            return True
+        except (TaskError, InputError):
+            return False
+
+    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
+        if not m.get("driver_task"):
+            return ""
+        try:
+            drv = env.tasks().status(m["driver_task"])
+        except (TaskError, InputError):
+            return ""
+        return "" if drv.state.is_terminal else f"its driver task {drv.id} is still {drv.state}"
+
+
+def _stop_sync(env: SweepEnv, run_id: str) -> None:
+    """Ask a run's sync loop, if it has one, for its last pass (it ends by itself)."""
+    stop = localsync.stop_path(env.outputs, run_id)
+    if not Path(stop).exists() and Path(env.tasks().paths(localsync.task_id(run_id)).root).is_dir():
+        atomic_write_text(stop, "stop\n")
+
+
+def _task_reason(rec) -> str:
+    if rec.state == TaskState.SUCCESS:
+        return ""
+    return f"task {rec.id} {rec.state}" + (f" ({rec.reason})" if rec.reason else "") + \
+        (f" [evidence: {rec.evidence}]" if rec.evidence else "")
+
+
+def drive(manifest_path: str) -> int:
+    """The tmux driver: run the sweep's rows in order, continuing past failures."""
+    m = json.loads(Path(manifest_path).read_text())
+    env = SweepEnv.from_json(m["env"])
+    paths, tasks, sweep = env.paths, env.tasks(), sweep_of(m)
+    todo = set(m.get("todo", []))
+    failed = []
+    for row in sweep.ordered():
+        rid = row.run_id
+        if rid not in todo:
+            continue
+        rm = runs.read(paths, rid) or {}
+        if rm.get("state") in FINAL:
+            failed += [rid] if rm["state"] != RunState.COMPLETED else []
+            continue
+        bad = [d for d in row.deps if (runs.read(paths, d) or {}).get("state", RunState.COMPLETED) != RunState.COMPLETED
+               and not runs.summary_ok(paths, d)]
+        if bad:
+            runs.update(paths, rid, RunState.FAILED, f"dependency {', '.join(bad)} did not complete")
+            failed.append(rid)
+            print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
+            continue
+        Path(sweep.run_dir(rid)).mkdir(parents=True, exist_ok=True)
+        timeout = row.spec.get("timeout_secs") or env.run_timeout
+        try:
+            if env.local_sync:
+                env.start_sync(rid)
+            tasks.run(rid, row_command(sweep, row), timeout_secs=float(timeout), replace=True, cwd=sweep.run_dir(rid))
+        except (TaskError, OpsError) as e:
+            runs.update(paths, rid, RunState.FAILED, f"could not start: {e}")
+            failed.append(rid)
+            continue
+        runs.update(paths, rid, RunState.RUNNING)
+        print(f"[sweep] {rid}: started", flush=True)
+        rec, _ = tasks.wait(rid, poll=0.2)
+        ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
+        if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
+            try:
+                print(f"[sweep] {env.final_sync(rid)}", flush=True)
+            except OpsError as e:
+                ok, reason = False, reason or str(e)
+        finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
+        final = (runs.read(paths, rid) or {}).get("state")
+        print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
+        if final != RunState.COMPLETED:
+            failed.append(rid)
+    print(f"[sweep] {m['campaign']}: {len(todo) - len(failed)} ok, {len(failed)} failed"
+          + (f": {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    """``python -m opsrg.sweep_runner drive MANIFEST`` (the entry point in opsrg/sweep_runner.py)."""
+    if len(argv) == 2 and argv[0] == "drive":
+        return drive(argv[1])
+    print("usage: python -m opsrg.sweep_runner drive SWEEP_MANIFEST.json", file=sys.stderr)
+    return 2
