@@ -311,7 +311,7 @@ def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False)
 @ops
 def task_status(c, id, json=False):
     """Show one task's record (a dead supervisor is detected and recorded as lost)."""
-    from opsrg.tracked.manager import describe
+    from opsrg.tracked.records import describe
 
     rec = _ctx().tasks.status(id)
     if json:
@@ -325,7 +325,7 @@ def task_status(c, id, json=False):
 @ops
 def task_wait(c, id, timeout_secs=None, quiet=False):
     """Wait for a task to end: exit 0 success, 1 failed, 124 timed out (or the wait timed out)."""
-    from opsrg.tracked.manager import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
+    from opsrg.tracked.records import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
 
     rec, waited_out = _ctx().tasks.wait(id, _number("timeout-secs", timeout_secs))
     if waited_out:
@@ -390,7 +390,7 @@ def task_attach(c, id):
 @ops
 def task_kill(c, id):
     """Stop a task's whole process tree; it is recorded as failed (killed by task-kill)."""
-    from opsrg.tracked.manager import describe
+    from opsrg.tracked.records import describe
 
     print(describe(_ctx().tasks.kill(id)))
 
@@ -462,23 +462,16 @@ def _sweep_exit(verdict):
 @ops
 def sweep_status(c, json=False, watch=False, campaign=None):
     """One row per run (state, step, elapsed, jobs, exit/reason, summary ok); runs the monitor once."""
-    import time
-
     from opsrg.sweeps import commands
 
-    ctx = _ctx()
-    while True:
-        m, rows, verdict = commands.monitor(ctx, campaign)
+    for m, rows, verdict in commands.follow(_ctx(), campaign, wait=watch, every=2.0):
         if json:
-            _print_json({"campaign": m["campaign"], "backend": m["backend"], "runs": rows, **verdict})
-        else:
-            if watch:
-                print("\033[2J\033[H", end="")
-            print(f"campaign {m['campaign']} ({m['backend']}), workflow state {verdict['fsm']}")
-            _sweep_table(rows)
-        if not watch or verdict["done"]:
-            break
-        time.sleep(2)
+            _print_json({"campaign": m.campaign, "backend": m.backend, "runs": rows, **verdict})
+            continue
+        if watch:
+            print("\033[2J\033[H", end="")
+        print(f"campaign {m.campaign} ({m.backend}), workflow state {verdict['fsm']}")
+        _sweep_table(rows)
     _sweep_exit(verdict)
 
 
@@ -488,32 +481,18 @@ def sweep_status(c, json=False, watch=False, campaign=None):
 @ops
 def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     """Advance run manifests from tasks, the scheduler and marker files; move the FSM at the end."""
-    import time
-
     from opsrg.sweeps import commands
-    from opsrg.sweeps.slurm.watcher import backoff
 
     limit = _number("timeout-secs", timeout_secs)
-    ctx = _ctx()
-    t0, delays, seen = time.monotonic(), backoff(slow=10.0, cap=30.0), None
-    while True:
-        m, rows, verdict = commands.monitor(ctx, campaign)
+    for last in commands.follow(_ctx(), campaign, wait=wait, timeout=limit):
+        verdict = last[2]
         if verdict.get("settled"):
             print(verdict["settled"], file=sys.stderr, flush=True)
         if verdict.get("scheduler_unreachable"):
             print(f"scheduler unreachable ({verdict['scheduler_unreachable']}): runs keep their last known "
                   "state; polling on", file=sys.stderr, flush=True)
-        if not wait or verdict["done"]:
-            break
-        now = [(r["state"], r["step"]) for r in rows]
-        if now != seen:  # progress: poll soon again
-            seen, delays = now, backoff(slow=10.0, cap=30.0)
-            next(delays)
-        if limit is not None and time.monotonic() - t0 > limit:
-            print(f"still running after {timeout_secs}s: {', '.join(verdict['running'])}", file=sys.stderr)
-            raise Exit(code=124)
-        time.sleep(next(delays))
-    print(f"campaign {m['campaign']}: {len(rows) - len(verdict['failed']) - len(verdict['running'])} completed, "
+    m, rows, verdict = last
+    print(f"campaign {m.campaign}: {len(rows) - len(verdict['failed']) - len(verdict['running'])} completed, "
           f"{len(verdict['failed'])} failed/cancelled, {len(verdict['running'])} unfinished; "
           f"workflow state {verdict['fsm']}")
     if verdict["failed"]:

@@ -18,7 +18,7 @@ from opsrg.sweeps.slurm.cli import (
     time_directive,
 )
 from opsrg.sweeps.slurm.watcher import Watcher, backoff, expected_elements
-from opsrg.tracked.manager import TaskState
+from opsrg.tracked.records import TaskState
 
 SACCT = """1_0|COMPLETED|0:0|2026-11-29T03:14:46|2026-11-29T03:14:47|None
 1_2|FAILED|3:0|2026-11-29T03:14:47|2026-11-29T03:14:48|JobArrayTaskLimit
@@ -118,6 +118,7 @@ def test_watcher_batches_and_caches_final_states():
 
 def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
     from opsrg.sweeps.campaign import SweepEnv
+    from opsrg.sweeps.records import Campaign
     from opsrg.sweeps.slurm.backend import SlurmBackend
 
     class FakeSlurm:
@@ -134,7 +135,7 @@ def test_preempted_and_node_fail_are_requeued_up_to_the_limit(tmp_path):
     fake = FakeSlurm()
     be = SlurmBackend(fake)
     env = SweepEnv(outputs=str(tmp_path), max_requeue=2)
-    m = {"campaign": "c"}
+    m = Campaign(campaign="c", backend="slurm")
     j = {"key": "a.RG1.gen", "kind": "gen", "runs": ["a"], "requeues": []}
     assert be.requeue_ended(env, m, "a.RG1.gen", j, {"5_0": JobInfo("5_0", "NODE_FAIL")})
     assert be.requeue_ended(env, m, "a.RG1.gen", j, {"5_1": JobInfo("5_1", "PREEMPTED")})

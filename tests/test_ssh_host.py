@@ -15,7 +15,8 @@ import pytest
 from opsrg.core.errors import HostError, UnreachableError
 from opsrg.hosts.local import LocalHost
 from opsrg.hosts.ssh import SSHHost, SSHTarget
-from opsrg.tracked.manager import TaskManager, TaskState
+from opsrg.tracked.manager import TaskManager
+from opsrg.tracked.records import TaskState
 
 from support import inv, require
 

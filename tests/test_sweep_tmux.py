@@ -312,3 +312,13 @@ def test_sweep_status_watch_refreshes_until_every_run_is_final_then_exits_with_t
     assert r.returncode == 0, r.stdout + r.stderr
     final = r.stdout.rsplit("\033[2J\033[H", 1)[1]
     assert "ok2" in final and "completed" in final and "SWEEP_COMPLETED" in final, final
+
+
+def test_monitor_wait_gives_up_at_its_timeout_and_status_watch_ends_with_the_sweep(project):
+    checked_out(project)
+    csv = write_csv(project, f"slow,{SH},1,\"command='sleep 4'\",\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    r = inv("sweep-monitor", "--wait", "--timeout-secs", "0.5", timeout=60)
+    assert r.returncode == 124 and "still running after 0.5s: slow" in r.stderr, r.stderr
+    r = inv("sweep-status", "--watch", timeout=60)  # redraws every 2 s until the run is final
+    assert r.returncode == 0 and r.stdout.count("campaign ") >= 2 and "completed" in r.stdout, r.stdout + r.stderr

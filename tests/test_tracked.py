@@ -14,7 +14,7 @@ import pytest
 
 from opsrg.context import Context
 from opsrg.core.errors import InputError, TaskError
-from opsrg.tracked.manager import TaskState, validate_id
+from opsrg.tracked.records import TaskState, validate_id
 from opsrg.tracked.supervisor import proc_state
 
 from support import cgroup_or_skip, retry_until, sleeping

@@ -56,14 +56,18 @@ class TaskError(OpsError):
     exit_code = 1
 
 
-class HostError(OpsError):
-    """A host operation failed (command, copy, connection); ``result`` is the command's, when one ran."""
+class CommandError(OpsError):
+    """A failure that a command caused: ``result`` is the command's (what ran, exit status, output)."""
 
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None, result: CommandResult | None = None) -> None:
         super().__init__(message, hint=hint)
         self.result = result
+
+
+class HostError(CommandError):
+    """A host operation failed (command, copy, connection); ``result`` is the command's, when one ran."""
 
 
 class UnreachableError(HostError):
@@ -77,14 +81,8 @@ class LinkDropped(UnreachableError):
     run in part or in full; a caller that knows it is safe to repeat may simply try again."""
 
 
-class SlurmError(OpsError):
+class SlurmError(CommandError):
     """A Slurm command failed; carries the command and the scheduler's message (and its result)."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, *, hint: str | None = None, result: CommandResult | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.result = result
 
 
 class BackendUnavailableError(OpsError):

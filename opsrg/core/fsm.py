@@ -6,13 +6,13 @@ hard-codes a transition; commands ask :func:`check` and apply :func:`target_of`.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from opsrg.core.enums import StateEnum
 from opsrg.core.errors import IllegalStateError
 
 
-class State(str, enum.Enum):
+class State(StateEnum):
     INIT = "INIT"
     POD_READY = "POD_READY"
     BOOTSTRAPPED = "BOOTSTRAPPED"
@@ -21,8 +21,6 @@ class State(str, enum.Enum):
     SWEEP_COMPLETED = "SWEEP_COMPLETED"
     SWEEP_FAILED = "SWEEP_FAILED"
 
-    def __str__(self) -> str:
-        return self.value
 
 
 ALL = frozenset(State)

@@ -22,13 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from opsrg.context import Context
+from opsrg.core import layout
 from opsrg.core.errors import InputError
+from opsrg.rg.run import RunPaths
 
 # What makes a folder a run, i.e. what opsrg writes into every run it makes: the sweep runner's
 # manifest (opsrg/runs.py), provenance's meta.json (opsrg/provenance.py, first thing a sweep row
 # writes), and the RG engine's run.json / summary.json (opsrg/rg/pipeline.py RunPaths; a sweep's
 # shell row ends with summary.json too). The one list of them.
-RUN_MARKERS = ("run_manifest.json", "meta.json", "run.json", "summary.json")
+RUN_MARKERS = (layout.RUN_MANIFEST, layout.META, RunPaths.RUN_JSON, RunPaths.SUMMARY)
 RUN, NOT_A_RUN, SYMLINK = "run", "not a run", "symlink"
 
 
@@ -66,10 +68,10 @@ def is_run(folder: Path) -> bool:
 
 
 def run_state(run: Path) -> str:
-    manifest = _read(run / "run_manifest.json")
+    manifest = _read(run / layout.RUN_MANIFEST)
     if manifest and manifest.get("state"):
         return str(manifest["state"])
-    summary = _read(run / "summary.json")
+    summary = _read(RunPaths(run).summary)
     if summary is not None:
         return "completed" if summary.get("ok") else "failed"
     return "incomplete"
@@ -134,7 +136,7 @@ def list_runs(ctx: Context) -> list[RunInfo]:
             runs.append(RunInfo(run.name, str(run), NOT_A_RUN, size, None, age, live.get(run.name), NOT_A_RUN,
                                 f"no run marker ({', '.join(RUN_MARKERS)}): not opsrg's, never removed"))
             continue
-        meta = _read(run / "meta.json") or {}
+        meta = _read(run / layout.META) or {}
         runs.append(RunInfo(run.name, str(run), run_state(run), size, meta.get("identity"), age,
                             live.get(run.name)))
     return runs

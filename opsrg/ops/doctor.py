@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from opsrg.context import Context
+from opsrg.rg.run import RunPaths
 
 TMP_AGE_SECS = 300.0
 # A dotfile that merely looks like a temp file (what doctor once took for one: a last suffix of six
 # letters or digits, or ``.tmp``): ``.model.pickle``, ``.env.backup``, ``.foo.tmp``. Without opsrg's
 # marker (opsrg.atomic.TMP_RE) it is a user's file: reported, never deleted.
 LOOKALIKE_RE = re.compile(r"^\..+\.([A-Za-z0-9]{6}|tmp)$")
-DONE_RE = re.compile(r"^DONE_RG(\d+)\.json$")
-READY_RE = re.compile(r"^part_(\d+)\.READY$")
 
 
 @dataclass
@@ -125,11 +124,11 @@ def check_locks(root: Path, fix: bool) -> Iterator[Finding]:
 
 def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
     """DONE/READY markers whose files are missing: resume would trust them."""
-    for done in sorted(root.glob("*/DONE_RG*.json")):
-        m = DONE_RE.match(done.name)
+    for done in sorted(root.glob(f"*/{RunPaths.DONE_GLOB}")):
+        m = RunPaths.DONE_RE.match(done.name)
         if not m:
             continue
-        k, run = int(m.group(1)), done.parent
+        k, run = int(m.group(1)), RunPaths(done.parent)
         try:
             meta = json.loads(done.read_text())
         except ValueError:
@@ -137,18 +136,16 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
         missing = [] if meta is not None else ["a readable marker"]
         mode = (meta or {}).get("mode", "fp")
         if mode == "fp":
-            for name in (f"z_hist_unsym_RG{k}.npz", f"sym_z_hist_RG{k}.npz"):
-                if not (run / name).exists():
-                    missing.append(name)
+            missing += [p.name for p in (run.unsym(k), run.sym(k)) if not p.exists()]
         if not missing:
             continue
-        f = Finding("marker", f"{run.name}/{done.name}", f"step {k} marked done but missing {', '.join(missing)}",
+        f = Finding("marker", f"{run.root.name}/{done.name}", f"step {k} marked done but missing {', '.join(missing)}",
                     f"remove the marker so `resume` recomputes step {k}")
         if fix:
             done.unlink(missing_ok=True)
             f.fixed = True
         yield f
-    for ready in sorted(root.glob("*/shards/RG*/part_*.READY")):
+    for ready in sorted(root.glob(f"*/{RunPaths.shard_glob()}/{RunPaths.READY_GLOB}")):
         part = ready.with_suffix(".npz")
         if part.exists():
             continue
@@ -175,9 +172,9 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
         m = load_manifest(env.paths)
     except OpsError:
         return
-    camp = m["campaign"]
-    be = backend_for(m["backend"])
-    launch = m.get("launch") or {}
+    camp = m.campaign
+    be = backend_for(m.backend)
+    launch = m.launch
     gone = launcher_gone(launch)
     launch_finding = None
     if gone:
@@ -186,9 +183,9 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
                                  "(one monitor pass)")
         if fix:
             settle_launch(env, m, be)
-            launch_finding.fixed = (m.get("launch") or {}).get("state") not in LAUNCH_OPEN
-    for r in m["rows"]:
-        rid, st = r["run_id"], (runs.read(env.paths, r["run_id"]) or {}).get("state")
+            launch_finding.fixed = m.launch.get("state") not in LAUNCH_OPEN
+    for r in m.rows:
+        rid, st = r["run_id"], runs.state_of(env.paths, r["run_id"])
         if st not in (RunState.FAILED, RunState.CANCELLED) or runs.summary_ok(env.paths, rid) is not True:
             continue
         f = Finding("manifest", f"{camp}/{rid}", f"recorded {st} but its summary.json is ok "
@@ -227,7 +224,7 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
     if fix and (lagging or fsm_finding):
         monitor(ctx, camp)
         for f in lagging:
-            f.fixed = (runs.read(env.paths, f.subject.split("/", 1)[1]) or {}).get("state") in FINAL
+            f.fixed = runs.state_of(env.paths, f.subject.split("/", 1)[1]) in FINAL
         if fsm_finding:
             fsm_finding.fixed = ctx.store.read().state != State.SWEEP_RUNNING
     if fsm_finding:

@@ -128,7 +128,7 @@ def run_and_wait(ctx: Context, task_id: str, command: str, *, resume: str, timeo
     A task of that id still running (an earlier, interrupted call) is waited on, not restarted.
     """
     from opsrg.core.errors import TaskError
-    from opsrg.tracked.manager import TaskState
+    from opsrg.tracked.records import TaskState
 
     tm = ctx.tasks
     try:

@@ -83,7 +83,7 @@ def final_sync(ctx: Context, run_id: str, *, timeout: float = 600.0) -> str:
 
 # The same with explicit places (a sweep driver has its launch snapshot, not a Context).
 def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, stop: str, every: int) -> str:
-    from opsrg.tracked.manager import validate_id
+    from opsrg.tracked.records import validate_id
 
     validate_id(run_id)
     host.run(["mkdir", "-p", src, dst, stop.rsplit("/", 1)[0]])
@@ -96,7 +96,7 @@ def start_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, 
 
 def finish_loop(host: Host, tasks: TaskManager, run_id: str, src: str, dst: str, stop: str, *,
                 timeout: float = 600.0) -> str:
-    from opsrg.tracked.manager import TaskState
+    from opsrg.tracked.records import TaskState
 
     host.write_text(stop, "stop\n")
     tid = task_id(run_id)

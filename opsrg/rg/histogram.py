@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from opsrg.core.errors import InputError
+from opsrg.rg.checks import check_grid
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,7 @@ class Grid:
     zmax: float = 25.0
 
     def __post_init__(self) -> None:
-        if int(self.nbins) < 2 or self.nbins % 2:
-            raise InputError(f"nbins must be an even integer >= 2 (got {self.nbins})")
-        if not (np.isfinite(self.zmax) and self.zmax > 0):
-            raise InputError(f"zmax must be positive and finite (got {self.zmax})")
+        check_grid(self.nbins, self.zmax)
 
     @property
     def width(self) -> float:

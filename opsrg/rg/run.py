@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opsrg.core.errors import InputError
+from opsrg.rg.checks import check_grid
 
 if TYPE_CHECKING:
     from opsrg.rg.histogram import Grid
@@ -50,10 +50,7 @@ class RunConfig:
             raise InputError(f"method must be analytic or numerical (got {self.method!r})")
         if self.dtype not in ("float32", "float64"):
             raise InputError(f"dtype must be float32 or float64 (got {self.dtype!r})")
-        if int(self.nbins) < 2 or self.nbins % 2:
-            raise InputError(f"nbins must be an even integer >= 2 (got {self.nbins})")
-        if not (math.isfinite(self.zmax) and self.zmax > 0):
-            raise InputError(f"zmax must be positive and finite (got {self.zmax})")
+        check_grid(self.nbins, self.zmax)
 
     @property
     def grid(self) -> Grid:
@@ -82,13 +79,16 @@ class RunPaths:
 
     root: Path
 
+    RUN_JSON: ClassVar[str] = "run.json"
+    SUMMARY: ClassVar[str] = "summary.json"  # also what a shell row writes: ok and its exit code
+
     @property
     def run_json(self) -> Path:
-        return self.root / "run.json"
+        return self.root / self.RUN_JSON
 
     @property
     def summary(self) -> Path:
-        return self.root / "summary.json"
+        return self.root / self.SUMMARY
 
     @property
     def nu_json(self) -> Path:
@@ -111,6 +111,11 @@ class RunPaths:
 
     def shard_dir(self, k: int) -> Path:
         return self.root / "shards" / f"RG{k}"
+
+    @staticmethod
+    def shard_glob() -> str:
+        """The shard folders of every step, relative to a run's folder."""
+        return "shards/RG*"
 
     def part(self, k: int, i: int) -> Path:
         return self.shard_dir(k) / f"part_{i:05d}.npz"

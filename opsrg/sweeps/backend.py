@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opsrg.sweeps import runs
-from opsrg.sweeps.records import FINAL
+from opsrg.sweeps.records import Campaign
 
 if TYPE_CHECKING:
     from opsrg.sweeps.campaign import SweepEnv
@@ -59,7 +59,7 @@ class Backend(abc.ABC):
         """The task ids a fresh run manifest lists before anything is started."""
 
     @abc.abstractmethod
-    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str],
+    def plan(self, env: SweepEnv, m: Campaign, todo: list[str],
              fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
         """What a launch of ``todo`` would start, and what else the plan depends on (for the dry run).
 
@@ -67,36 +67,36 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
+    def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
         """Start the runs ``todo`` of the campaign ``m`` (their run manifests exist)."""
 
     @abc.abstractmethod
-    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
+    def launched(self, env: SweepEnv, m: Campaign) -> bool:
         """Whether a launch whose process died had gone through (only its last write was lost)."""
 
-    def abandon(self, env: SweepEnv, m: dict[str, Any]) -> None:
+    def abandon(self, env: SweepEnv, m: Campaign) -> None:
         """Undo what a launch cut short had set up but not let run."""
         return None
 
     # ------------------------------------------------------------ observe and control
     @abc.abstractmethod
-    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+    def refresh(self, env: SweepEnv, m: Campaign) -> None:
         """Advance the run manifests from the evidence; sets :attr:`unreachable`."""
 
     @abc.abstractmethod
-    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+    def cancel(self, env: SweepEnv, m: Campaign, run_ids: list[str]) -> None:
         """Stop the work of ``run_ids`` and record them cancelled (or completed, when they were)."""
 
-    def alive(self, env: SweepEnv, m: dict[str, Any], run_id: str) -> bool:
+    def alive(self, env: SweepEnv, m: Campaign, run_id: str) -> bool:
         """Whether the run may still produce results (its manifest is not final)."""
         rm = runs.read(env.paths, run_id)
-        return rm is not None and rm["state"] not in FINAL
+        return rm is not None and not rm.is_final
 
-    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
+    def busy(self, env: SweepEnv, m: Campaign) -> str:
         """Why the campaign cannot be resumed now ('' when it can)."""
         return ""
 
     @abc.abstractmethod
-    def lagging(self, env: SweepEnv, m: dict[str, Any], unfinished: list[str]) -> list[Lag]:
+    def lagging(self, env: SweepEnv, m: Campaign, unfinished: list[str]) -> list[Lag]:
         """Runs among ``unfinished`` whose work the evidence shows ended (a monitor pass would advance
         them). Raises OpsError when the evidence cannot be had (a scheduler that does not answer)."""

@@ -24,7 +24,7 @@ from opsrg.pods import localsync
 from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
 from opsrg.sweeps.plan import RunProgress, Sweep, row_identity
-from opsrg.sweeps.records import FINAL, LAUNCH_CUT, RunState
+from opsrg.sweeps.records import LAUNCH_CUT, Campaign, RunState
 from opsrg.sweeps.rows import SweepRow, parse_file
 from opsrg.sweeps.runs import SweepPaths
 from opsrg.sweeps.slurm.cli import SlurmOptions
@@ -103,7 +103,7 @@ def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
 
 def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str, launch: dict[str, Any],
                 identities: dict[str, str] | None = None, reused: dict[str, Any] | None = None,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False) -> Campaign:
     """Write the campaign's own files (its CSV copy and sweep manifest); returns the manifest.
 
     Nothing reads them until :func:`publish` names the campaign in ``LATEST``, so a command killed
@@ -112,61 +112,61 @@ def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str, launch
     p = env.paths
     p.manifests.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p.csv_copy(sweep.campaign), Path(csv_path).read_bytes())
-    m = {"campaign": sweep.campaign, "backend": backend, "created_at": now_iso(),
-         "source_csv": str(Path(csv_path).resolve()), "csv_copy": str(p.csv_copy(sweep.campaign)),
-         "env": env.to_json(), "rows": [r.to_json() for r in sweep.rows], "jobs": {}, "todo": [],
-         "resumes": [], "identities": identities or {}, "reused": reused or {}, "force": force,
-         "launch": launch}
+    m = Campaign(campaign=sweep.campaign, backend=backend, created_at=now_iso(),
+                 source_csv=str(Path(csv_path).resolve()), csv_copy=str(p.csv_copy(sweep.campaign)),
+                 env=env.to_json(), rows=[r.to_json() for r in sweep.rows], identities=identities or {},
+                 reused=reused or {}, force=force, launch=launch)
     write_manifest(env, m)
     return m
 
 
-def publish(env: SweepEnv, m: dict[str, Any]) -> None:
+def publish(env: SweepEnv, m: Campaign) -> None:
     """Make ``m`` the latest campaign (``LATEST`` and ``sweep-latest.csv``)."""
     p = env.paths
-    atomic_write_bytes(p.latest_csv, Path(m["csv_copy"]).read_bytes())
-    atomic_write_text(p.latest, m["campaign"] + "\n")
+    atomic_write_bytes(p.latest_csv, Path(m.csv_copy).read_bytes())
+    atomic_write_text(p.latest, m.campaign + "\n")
 
 
-def discard(env: SweepEnv, m: dict[str, Any]) -> None:
+def discard(env: SweepEnv, m: Campaign) -> None:
     """Remove the files of a campaign that was refused before it was published."""
-    for f in (env.paths.sweep_manifest(m["campaign"]), env.paths.csv_copy(m["campaign"])):
+    for f in (env.paths.sweep_manifest(m.campaign), env.paths.csv_copy(m.campaign)):
         f.unlink(missing_ok=True)
 
 
-def write_manifest(env: SweepEnv, m: dict[str, Any]) -> None:
-    atomic_write_json(env.paths.sweep_manifest(m["campaign"]), m)
+def write_manifest(env: SweepEnv, m: Campaign) -> None:
+    atomic_write_json(env.paths.sweep_manifest(m.campaign), m.to_json())
 
 
-def load_manifest(paths: SweepPaths, campaign: str | None = None) -> dict[str, Any]:
+def load_manifest(paths: SweepPaths, campaign: str | None = None) -> Campaign:
     if campaign is None:
         try:
             campaign = paths.latest.read_text().strip()
         except FileNotFoundError:
             raise InputError(f"no sweep has been started under {paths.outputs}",
                              hint="inv sweep-start") from None
-    m = runs.read_json(paths.sweep_manifest(campaign))
-    if m is None:
-        raise InputError(f"{paths.sweep_manifest(campaign)}: sweep manifest missing or unreadable")
-    return m
+    d = runs.read_json(paths.sweep_manifest(campaign))
+    try:
+        return Campaign.from_json(d)
+    except (ValueError, TypeError):
+        raise InputError(f"{paths.sweep_manifest(campaign)}: sweep manifest missing or unreadable") from None
 
 
-def sweep_of(m: dict[str, Any]) -> Sweep:
-    rows = [SweepRow(**r) for r in m["rows"]]
-    e = m["env"]
+def sweep_of(m: Campaign) -> Sweep:
+    rows = [SweepRow(**r) for r in m.rows]
+    e = m.env
     scratch = e.get("local_root", "") if e.get("out_mode") == "local_sync" else ""
-    return Sweep(m["campaign"], rows, e["outputs"], e["python"], m["backend"], scratch, e.get("sync_interval", 60))
+    return Sweep(m.campaign, rows, e["outputs"], e["python"], m.backend, scratch, e.get("sync_interval", 60))
 
 
-def as_launched(env: SweepEnv, m: dict[str, Any]) -> SweepEnv:
+def as_launched(env: SweepEnv, m: Campaign) -> SweepEnv:
     """``env`` with the output mode the campaign was launched with (settings may have changed since)."""
-    e = m["env"]
+    e = m.env
     return replace(env, out_mode=e.get("out_mode", "direct"), local_root=e.get("local_root", ""),
                    sync_interval=e.get("sync_interval", 60))
 
 
-def identity_extra(m: dict[str, Any], rid: str, **extra: Any) -> dict[str, Any]:
-    ident = m.get("identities", {}).get(rid)
+def identity_extra(m: Campaign, rid: str, **extra: Any) -> dict[str, Any]:
+    ident = m.identities.get(rid)
     return {**extra, "identity": ident} if ident else extra
 
 
@@ -236,7 +236,7 @@ def check_reuse(env: SweepEnv, sweep: Sweep, force: bool = False) -> tuple[dict[
         rid = r.run_id
         if runs.summary_ok(paths, rid) is not True:
             continue
-        meta = runs.read_json(paths.run_dir(rid) / "meta.json") or {}
+        meta = runs.read_json(paths.run_dir(rid) / layout.META) or {}
         old = meta.get("identity")
         if old == idents[rid]:
             reused[rid] = {"identity": old, "campaign": meta.get("campaign"), "ended_at": meta.get("ended_at")}
@@ -267,35 +267,35 @@ def set_aside(env: SweepEnv, campaign: str, run_ids: list[str]) -> dict[str, str
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(src), str(dst))
                 moved.setdefault(rid, str(dst))
-        old = runs.read_json(Path(moved.get(rid, "-")) / "run_manifest.json")
+        old = runs.read_json(Path(moved.get(rid, "-")) / layout.RUN_MANIFEST)
         if old is not None:
             atomic_write_json(env.paths.run_manifest(rid), old)
     return moved
 
 
-def record_reused(paths: SweepPaths, m: dict[str, Any]) -> None:
+def record_reused(paths: SweepPaths, m: Campaign) -> None:
     """Run manifests of the reused rows: completed at once, with the identity and where it was computed."""
-    rows = {r["run_id"]: r for r in m["rows"]}
+    rows = {r["run_id"]: r for r in m.rows}
     now = now_iso()
-    create_manifests(paths, [(rid, m["campaign"], m["backend"], rows[rid],
+    create_manifests(paths, [(rid, m.campaign, m.backend, rows[rid],
                               {"state": RunState.COMPLETED, "completed_at": now, "summary_ok": True, "reused": True,
                                "identity": u["identity"], "reused_from": u["campaign"],
                                "reason": f"reused: identical completed run (identity {u['identity']}, "
                                          f"campaign {u['campaign']})"})
-                             for rid, u in m.get("reused", {}).items()])
+                             for rid, u in m.reused.items()])
 
 
-def verdict(paths: SweepPaths, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
+def verdict(paths: SweepPaths, m: Campaign) -> tuple[bool, list[str], list[str]]:
     """(all runs final, failed run ids, unfinished run ids) from this campaign's run manifests.
 
     A row without a manifest of this campaign is unfinished while the launch may still write it,
     and failed (never started) once the launch is known to have been cut short.
     """
     failed, live = [], []
-    cut = (m.get("launch") or {}).get("state") in LAUNCH_CUT
-    for r in m["rows"]:
-        rm = runs.read_for(paths, r["run_id"], m["campaign"])
-        st = rm.get("state") if rm else (RunState.FAILED if cut else None)
+    cut = m.launch.get("state") in LAUNCH_CUT
+    for r in m.rows:
+        rm = runs.read_for(paths, r["run_id"], m.campaign)
+        st = rm.state if rm else (RunState.FAILED if cut else None)
         if st in (RunState.FAILED, RunState.CANCELLED):
             failed.append(r["run_id"])
         elif st != RunState.COMPLETED:
@@ -303,9 +303,9 @@ def verdict(paths: SweepPaths, m: dict[str, Any]) -> tuple[bool, list[str], list
     return not live, failed, live
 
 
-def reconcile_runs(paths: SweepPaths, m: dict[str, Any]) -> list[str]:
+def reconcile_runs(paths: SweepPaths, m: Campaign) -> list[str]:
     """Runs recorded failed/cancelled whose summary.json is ok, now recorded completed (see runs.reconcile)."""
-    return [r["run_id"] for r in m["rows"] if runs.reconcile(paths, r["run_id"]) is not None]
+    return [r["run_id"] for r in m.rows if runs.reconcile(paths, r["run_id"]) is not None]
 
 
 def settle_cancelled(paths: SweepPaths, run_id: str) -> None:
@@ -315,7 +315,7 @@ def settle_cancelled(paths: SweepPaths, run_id: str) -> None:
     scheduler that lost its state): ``--resume`` skips it, so it is completed, never cancelled.
     """
     rm = runs.read(paths, run_id)
-    if rm is None or rm["state"] in FINAL:
+    if rm is None or rm.is_final:
         return
     if runs.summary_ok(paths, run_id) is True:
         finish_run(paths, run_id, True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ from opsrg.sweeps.campaign import (
 )
 from opsrg.sweeps.launch import claim_runs, launch_runs, new_launch, settle_launch
 from opsrg.sweeps.plan import Sweep, new_campaign_id
-from opsrg.sweeps.records import LAUNCH_CUT, LaunchState, RunState
+from opsrg.sweeps.records import LAUNCH_CUT, Campaign, LaunchState, RunState
 from opsrg.sweeps.slurm.backend import SlurmBackend
+from opsrg.sweeps.slurm.watcher import backoff
 from opsrg.sweeps.tmux import TmuxBackend
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TmuxBackend, SlurmBackend)}
@@ -47,27 +49,27 @@ def backend_for(name: str) -> Backend:
         raise InputError(f"unknown sweep backend {name!r} ({' or '.join(BACKENDS)})") from None
 
 
-def status_rows(env: SweepEnv, m: dict[str, Any]) -> list[dict[str, Any]]:
+def status_rows(env: SweepEnv, m: Campaign) -> list[dict[str, Any]]:
     paths, out = env.paths, []
-    launch = m.get("launch") or {}
+    launch = m.launch
     for r in sweep_of(m).rows:
-        rm = runs.read_for(paths, r.run_id, m["campaign"]) or {}
-        start, end = rm.get("started_at") or rm.get("submitted_at"), rm.get("completed_at")
-        elapsed = None
-        if start:
-            elapsed = (parse_iso(end) if end else time.time()) - parse_iso(start)
-        requeues = rm.get("requeues", [])
-        reason = rm.get("reason", "")
+        rm = runs.read_for(paths, r.run_id, m.campaign)
+        elapsed, requeues, reason = None, [], ""
+        if rm is not None:
+            start, end = rm.started_at or rm.submitted_at, rm.completed_at
+            if start:
+                elapsed = (parse_iso(end) if end else time.time()) - parse_iso(start)
+            requeues, reason = rm.requeues, rm.reason
         if requeues and not reason:  # a live run whose job the scheduler requeued (PREEMPTED, NODE_FAIL)
             q = requeues[-1]
             reason = f"{q['element']} requeued after {q['state']} ({len(requeues)}x)"
-        if not rm and launch.get("state") in LAUNCH_CUT:
+        if rm is None and launch.get("state") in LAUNCH_CUT:
             reason = f"campaign {launch['state']}: {launch.get('reason', '')}"
-        out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.get("state", "not started"),
+        out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.state if rm else "not started",
                     "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
-                    "job_ids": rm.get("job_ids", []), "exit_code": rm.get("exit_code"), "reason": reason,
-                    "summary_ok": runs.summary_ok(paths, r.run_id), "attempt": rm.get("attempt"),
-                    "requeues": requeues})
+                    "job_ids": rm.job_ids if rm else [], "exit_code": rm.exit_code if rm else None,
+                    "reason": reason, "summary_ok": runs.summary_ok(paths, r.run_id),
+                    "attempt": rm.attempt if rm else None, "requeues": requeues})
     return out
 
 
@@ -100,8 +102,8 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     todo = [r.run_id for r in sweep.ordered() if r.run_id not in reused]
     if dry_run:
         ctx.store.check("sweep-start", enforce=enforce)
-        m = {"campaign": sweep.campaign + " (dry run)", "backend": backend, "env": env.to_json(),
-             "rows": [r.to_json() for r in rows], "jobs": {}}
+        m = Campaign(campaign=sweep.campaign + " (dry run)", backend=backend, env=env.to_json(),
+                     rows=[r.to_json() for r in rows])
         fresh = frozenset(todo) if force else frozenset()  # the real start sets their folders aside
         return {**_dry_plan(env, m, be, todo, fresh), "reused": {k: u["identity"] for k, u in reused.items()}}
     be.preflight(env)
@@ -116,46 +118,46 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     if not todo:  # every row reused: the sweep ends now, not at the next monitor pass
         _move_fsm(ctx, env, m)
     return {"campaign": sweep.campaign, "backend": backend, "runs": todo,
-            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.get("replaced", {}),
-            "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m["csv_copy"],
-            "jobs": {k: j["job_id"] for k, j in m.get("jobs", {}).items()}}
+            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.replaced,
+            "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m.csv_copy,
+            "jobs": {k: j["job_id"] for k, j in m.jobs.items()}}
 
 
 def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str, Any]:
     """sweep-start --resume: settle what is known, then launch the runs that are neither ok nor live."""
     paths = env.paths
     m = load_manifest(paths)
-    be = backend_for(m["backend"])
-    if backend and backend != m["backend"]:
-        raise InputError(f"campaign {m['campaign']} ran on {m['backend']}; resume it there (got --backend {backend})")
+    be = backend_for(m.backend)
+    if backend and backend != m.backend:
+        raise InputError(f"campaign {m.campaign} ran on {m.backend}; resume it there (got --backend {backend})")
     if dry_run:
         ctx.store.check("sweep-resume", enforce=ctx.s.wf_fsm_enforce)
-        return _dry_plan(env, m, be, [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True])
-    with ctx.store.claim("sweep-resume", enforce=ctx.s.wf_fsm_enforce, note=f"campaign {m['campaign']}"):
+        return _dry_plan(env, m, be, [r["run_id"] for r in m.rows if runs.summary_ok(paths, r["run_id"]) is not True])
+    with ctx.store.claim("sweep-resume", enforce=ctx.s.wf_fsm_enforce, note=f"campaign {m.campaign}"):
         settle_launch(env, m, be)
         be.refresh(env, m)
         reconcile_runs(paths, m)
         busy = be.busy(env, m)
         if busy:
-            raise InputError(f"campaign {m['campaign']}: {busy}", hint="inv sweep-cancel, then inv sweep-start --resume")
-        todo = [r["run_id"] for r in m["rows"] if runs.summary_ok(paths, r["run_id"]) is not True
+            raise InputError(f"campaign {m.campaign}: {busy}", hint="inv sweep-cancel, then inv sweep-start --resume")
+        todo = [r["run_id"] for r in m.rows if runs.summary_ok(paths, r["run_id"]) is not True
                 and not be.alive(env, m, r["run_id"])]
-        m["resumes"] = m.get("resumes", []) + [{"at": now_iso(), "runs": todo}]
-        m["launch"] = new_launch(todo)
+        m.resumes = m.resumes + [{"at": now_iso(), "runs": todo}]
+        m.launch = new_launch(todo)
         write_manifest(env, m)
         # claimed under the lock: a second resume at the same moment finds them live
         claim_runs(env, m, be, todo)
     if todo:
         launch_runs(env, m, be, todo, claimed=True)
     else:
-        m["launch"].update(state=LaunchState.LAUNCHED, done_at=now_iso())
+        m.launch.update(state=LaunchState.LAUNCHED, done_at=now_iso())
         write_manifest(env, m)
         _move_fsm(ctx, env, m)  # nothing to redo: the sweep ends now
-    return {"campaign": m["campaign"], "backend": m["backend"], "resumed": todo,
-            "skipped": [r["run_id"] for r in m["rows"] if r["run_id"] not in todo]}
+    return {"campaign": m.campaign, "backend": m.backend, "resumed": todo,
+            "skipped": [r["run_id"] for r in m.rows if r["run_id"] not in todo]}
 
 
-def _move_fsm(ctx, env: SweepEnv, m: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
+def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[str]]:
     """The campaign's verdict; once every run is final, SWEEP_RUNNING moves to COMPLETED or FAILED."""
     done, failed, live = verdict(env.paths, m)
     fsm_state = ctx.store.read().state
@@ -163,18 +165,18 @@ def _move_fsm(ctx, env: SweepEnv, m: dict[str, Any]) -> tuple[bool, list[str], l
         with contextlib.suppress(OpsError):  # somebody moved it meanwhile: theirs stands
             if failed:
                 ctx.store.set(State.SWEEP_FAILED, "sweep-failed", expect=fsm_state,
-                              note=f"campaign {m['campaign']}: failed runs: {', '.join(failed)}")
+                              note=f"campaign {m.campaign}: failed runs: {', '.join(failed)}")
             else:
                 ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
-                              note=f"campaign {m['campaign']}: {len(m['rows'])} runs ok")
+                              note=f"campaign {m.campaign}: {len(m.rows)} runs ok")
     return done, failed, live
 
 
-def _dry_plan(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str],
+def _dry_plan(env: SweepEnv, m: Campaign, be: Backend, todo: list[str],
               fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
     """What a launch of ``todo`` would start, in the one shape of :class:`~opsrg.sweeps.backend.PlannedJob`."""
     jobs, extra = be.plan(env, m, todo, fresh)
-    return {"campaign": m["campaign"], "backend": be.name, "dry_run": True, "runs": todo, **extra,
+    return {"campaign": m.campaign, "backend": be.name, "dry_run": True, "runs": todo, **extra,
             "jobs": [j.to_json() for j in jobs]}
 
 
@@ -183,7 +185,7 @@ def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict
     summaries, then move the FSM when every run is final."""
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths, campaign)
-    be = backend_for(m["backend"])
+    be = backend_for(m.backend)
     settled = settle_launch(env, m, be)
     be.refresh(env, m)
     reconcile_runs(env.paths, m)
@@ -192,23 +194,57 @@ def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict
     nxt = "inv sweep-start --resume" if fsm.refusal("sweep-resume", state) is None else "inv sweep-start"
     return m, status_rows(env, m), {"done": done, "failed": failed, "running": live, "fsm": state.value,
                                     "scheduler_unreachable": be.unreachable,
-                                    "launch": (m.get("launch") or {}).get("state", "launched"),
+                                    "launch": m.launch.get("state", "launched"),
                                     "settled": settled, "next": nxt}
 
 
 def cancel(ctx, run_id: str | None = None) -> list[str]:
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths)
-    be = backend_for(m["backend"])
-    ids = [r["run_id"] for r in m["rows"]]
+    be = backend_for(m.backend)
+    ids = [r["run_id"] for r in m.rows]
     if run_id is not None:
         if run_id not in ids:
-            raise InputError(f"no run {run_id!r} in campaign {m['campaign']} (runs: {', '.join(ids)})")
+            raise InputError(f"no run {run_id!r} in campaign {m.campaign} (runs: {', '.join(ids)})")
         be.cancel(env, m, [run_id])
         return [run_id]
     settle_launch(env, m, be)
-    todo = sorted(set(m.get("todo", [])) | set((m.get("launch") or {}).get("runs", [])))
+    todo = sorted(set(m.todo) | set(m.launch.get("runs", [])))
     alive = [r for r in todo if be.alive(env, m, r)]
     with ctx.transition("sweep-cancel"):
         be.cancel(env, m, todo)
-    return [r for r in alive if (runs.read(env.paths, r) or {}).get("state") == RunState.CANCELLED]
+    return [r for r in alive if runs.state_of(env.paths, r) == RunState.CANCELLED]
+
+
+class StillRunning(OpsError):
+    """``sweep-monitor --wait --timeout-secs``: the campaign was not final in time (exit 124, as timeout(1))."""
+
+    exit_code = 124
+
+
+Pass = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]
+
+
+def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float | None = None,
+           timeout: float | None = None, sleep=time.sleep) -> Iterator[Pass]:
+    """Monitor passes until every run is final (only one without ``wait``), yielding each.
+
+    Between passes it sleeps ``every`` seconds, or, when ``every`` is None, a backed-off delay
+    that starts short again whenever a run moved (opsrg.sweeps.slurm.watcher.backoff). Past
+    ``timeout`` seconds it raises :class:`StillRunning`.
+    """
+    t0, seen = time.monotonic(), None
+    delays = backoff(slow=10.0, cap=30.0)
+    while True:
+        m, rows, v = monitor(ctx, campaign)
+        yield m, rows, v
+        if not wait or v["done"]:
+            return
+        now = [(r["state"], r["step"]) for r in rows]
+        if now != seen:  # progress: poll soon again
+            seen, delays = now, backoff(slow=10.0, cap=30.0)
+            next(delays)
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            raise StillRunning(f"still running after {timeout:g}s: {', '.join(v['running'])}",
+                               hint="inv sweep-status")
+        sleep(every if every is not None else next(delays))

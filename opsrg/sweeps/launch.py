@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opsrg.core.clock import now_iso, parse_iso
 from opsrg.sweeps import runs
 from opsrg.sweeps.campaign import create_manifests, identity_extra, record_reused, set_aside, write_manifest
-from opsrg.sweeps.records import FINAL, LAUNCH_OPEN, LaunchState, RunState
+from opsrg.sweeps.records import LAUNCH_OPEN, Campaign, LaunchState, RunState
 from opsrg.tracked import supervisor
 
 if TYPE_CHECKING:
@@ -53,13 +53,13 @@ def launcher_gone(launch: dict[str, Any]) -> str:
     return ""
 
 
-def settle_launch(env: SweepEnv, m: dict[str, Any], be: Backend) -> str:
+def settle_launch(env: SweepEnv, m: Campaign, be: Backend) -> str:
     """Settle a launch whose process died; returns what was found ('' when nothing had to be done)."""
-    launch = m.get("launch") or {}
+    launch = m.launch
     why = launcher_gone(launch)
     if not why:
         return ""
-    camp = m["campaign"]
+    camp = m.campaign
     if launch["state"] == LaunchState.LAUNCHING and be.launched(env, m):
         launch.update(state=LaunchState.LAUNCHED, note=f"{why} after the launch went through")
         write_manifest(env, m)
@@ -70,36 +70,36 @@ def settle_launch(env: SweepEnv, m: dict[str, Any], be: Backend) -> str:
     return cut_launch(env, m, be, LaunchState.INTERRUPTED, why, f"not started: {why} during the launch")
 
 
-def cut_launch(env: SweepEnv, m: dict[str, Any], be: Backend, state: LaunchState, why: str, reason: str) -> str:
+def cut_launch(env: SweepEnv, m: Campaign, be: Backend, state: LaunchState, why: str, reason: str) -> str:
     """Record a launch that stopped part way: the runs it had not started are failed with ``reason``."""
-    paths, camp, launch = env.paths, m["campaign"], m["launch"]
-    rows = {r["run_id"]: r for r in m["rows"]}
+    paths, camp, launch = env.paths, m.campaign, m.launch
+    rows = {r["run_id"]: r for r in m.rows}
     for rid in launch.get("runs", []):
         rm = runs.read_for(paths, rid, camp)
         if rm is None and state == LaunchState.INTERRUPTED:
             runs.create(paths, rid, camp, be.name, rows[rid], state=RunState.FAILED, reason=reason,
                         completed_at=now_iso())
-        elif rm is not None and rm["state"] not in FINAL:
+        elif rm is not None and not rm.is_final:
             runs.update(paths, rid, RunState.FAILED, reason)
     launch.update(state=state, reason=why, settled_at=now_iso())
     write_manifest(env, m)
     return f"campaign {camp}: launch {state} ({why}); {len(launch.get('runs', []))} run(s) not started"
 
 
-def claim_runs(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str]) -> None:
+def claim_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str]) -> None:
     """Fresh run manifests for the runs a launch is about to start (they are live from here on)."""
-    rows = {r["run_id"]: r for r in m["rows"]}
-    create_manifests(env.paths, [(rid, m["campaign"], be.name, rows[rid],
+    rows = {r["run_id"]: r for r in m.rows}
+    create_manifests(env.paths, [(rid, m.campaign, be.name, rows[rid],
                                   identity_extra(m, rid, tasks=be.run_tasks(rid))) for rid in todo])
 
 
-def launch_runs(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str], *, claimed: bool = False) -> None:
+def launch_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str], *, claimed: bool = False) -> None:
     """Everything a launch does after its workflow state is committed, in an order that any kill
     point leaves recognisable (see LAUNCH_OPEN)."""
-    m["launch"]["state"] = LaunchState.LAUNCHING
+    m.launch["state"] = LaunchState.LAUNCHING
     write_manifest(env, m)
-    if m.get("force") and not claimed:
-        m["replaced"] = set_aside(env, m["campaign"], todo)
+    if m.force and not claimed:
+        m.replaced = set_aside(env, m.campaign, todo)
         write_manifest(env, m)
     if not claimed:
         record_reused(env.paths, m)
@@ -113,5 +113,5 @@ def launch_runs(env: SweepEnv, m: dict[str, Any], be: Backend, todo: list[str], 
                 cut_launch(env, m, be, LaunchState.INTERRUPTED, f"the launch failed ({e.__class__.__name__}: {e})",
                             f"not started: the launch failed ({e})")
         raise
-    m["launch"].update(state=LaunchState.LAUNCHED, done_at=now_iso())
+    m.launch.update(state=LaunchState.LAUNCHED, done_at=now_iso())
     write_manifest(env, m)

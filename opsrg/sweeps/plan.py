@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from opsrg.core import layout
 from opsrg.hosts.rsync import pass_sh
 from opsrg.sweeps import provenance
 from opsrg.sweeps.rows import SweepRow, order
@@ -31,7 +32,7 @@ from opsrg.sweeps.rows import SweepRow, order
 # Spec keys that do not decide a run's result (left out of its identity).
 NOT_IDENTITY = ("__path__", "timeout_secs", "after")
 # Never copied into or out of scratch: the durable copy is the live one.
-DURABLE_ONLY = ("run_manifest.json", "meta.json")
+DURABLE_ONLY = (layout.RUN_MANIFEST, layout.META)
 
 
 def new_campaign_id() -> str:

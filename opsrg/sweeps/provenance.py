@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from opsrg.core import layout
 from opsrg.core.atomic import atomic_write_json
 from opsrg.core.clock import now_iso
 from opsrg.core.settings import REPO_ROOT
@@ -102,11 +103,11 @@ def collect(*, run_id: str, seed: int, resolved: dict[str, Any], config_file: st
 
 
 def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / "meta.json", meta)
+    atomic_write_json(Path(run_dir) / layout.META, meta)
 
 
 def finish_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    path = Path(run_dir) / "meta.json"
+    path = Path(run_dir) / layout.META
     meta = json.loads(path.read_text()) if path.exists() else {}
     meta.update(fields)
     meta["ended_at"] = now_iso()

@@ -6,10 +6,13 @@ that string, so files of earlier opsrg versions read unchanged and new files rea
 
 from __future__ import annotations
 
-import enum
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from opsrg.core.enums import StateEnum
 
 
-class RunState(str, enum.Enum):
+class RunState(StateEnum):
     """A run's state in its ``run_manifest.json``; it only moves forward (see :attr:`rank`)."""
 
     SUBMITTED = "submitted"
@@ -19,8 +22,6 @@ class RunState(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_final(self) -> bool:
@@ -32,7 +33,7 @@ class RunState(str, enum.Enum):
         return {RunState.SUBMITTED: 0, RunState.RUNNING: 1, RunState.SYNCED: 2}.get(self, 3)
 
 
-class LaunchState(str, enum.Enum):
+class LaunchState(StateEnum):
     """How far the command that started or resumed a campaign got (``launch`` in the sweep manifest).
 
     ``pending``: its files are written, the workflow state not yet committed; ``launching``:
@@ -47,8 +48,6 @@ class LaunchState(str, enum.Enum):
     ABORTED = "aborted"
     INTERRUPTED = "interrupted"
 
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_open(self) -> bool:
@@ -63,3 +62,98 @@ RUN_STATES = tuple(RunState)
 FINAL = tuple(s for s in RunState if s.is_final)
 LAUNCH_OPEN = tuple(s for s in LaunchState if s.is_open)
 LAUNCH_CUT = tuple(s for s in LaunchState if s.is_cut)
+
+
+@dataclass
+class RunManifest:
+    """A run's ``run_manifest.json``, typed.
+
+    Read tolerantly: a missing field takes its default (manifests of earlier opsrg versions lack
+    some), a field this version does not know is kept in ``extra`` and written back unchanged.
+    """
+
+    run_id: str
+    campaign: str = ""
+    backend: str = ""
+    state: RunState = RunState.SUBMITTED
+    attempt: int = 1
+    submitted_at: str = ""
+    started_at: str = ""
+    completed_at: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    summary_ok: bool | None = None
+    job_ids: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    requeues: list[dict[str, Any]] = field(default_factory=list)
+    identity: str | None = None
+    row: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    previous: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunManifest:
+        """ValueError when ``data`` is no run manifest (no run id, or a state that is none)."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+            raise ValueError("not a run manifest (no run_id)")
+        # null where a field has a default other than None (an older writer): the default
+        nullable = {"exit_code", "summary_ok", "identity"}
+        known = {k: v for k, v in data.items() if k in names and (v is not None or k in nullable)}
+        known["state"] = RunState(data.get("state", RunState.SUBMITTED))
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d["state"] = self.state.value
+        return {**d, **self.extra}
+
+
+@dataclass
+class Campaign:
+    """A campaign's sweep manifest (``_manifests/<campaign>.json``), typed.
+
+    ``env`` is the launch snapshot (opsrg.sweeps.campaign.SweepEnv as JSON), ``rows`` the CSV rows
+    as validated, ``jobs`` the Slurm submissions by key, ``todo`` the runs started so far, ``launch``
+    the launch record (:class:`LaunchState` in ``state``). Read tolerantly, as :class:`RunManifest`.
+    """
+
+    campaign: str
+    backend: str
+    env: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    created_at: str = ""
+    source_csv: str = ""
+    csv_copy: str = ""
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    todo: list[str] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    identities: dict[str, str] = field(default_factory=dict)
+    reused: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+    launch: dict[str, Any] = field(default_factory=dict)
+    driver_task: str = ""
+    replaced: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r["run_id"] for r in self.rows]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Campaign:
+        """ValueError when ``data`` is no sweep manifest."""
+        if not isinstance(data, dict) or not isinstance(data.get("campaign"), str) or "backend" not in data:
+            raise ValueError("not a sweep manifest (no campaign or backend)")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names and v is not None}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**d, **self.extra}

@@ -253,158 +253,194 @@ def resolve_config(name: str, bases: list[Path]) -> Path | None:
 # ------------------------------------------------------------------ parse
 def parse_text(text: str, source: str, bases: list[Path]) -> list[SweepRow]:
     """Validate CSV text; returns rows in CSV order or raises SweepCSVError with every problem."""
-    problems: list[str] = []
+    return _Reader(source, bases).read(text)
 
-    def bad(line: int, col: int, fld: str, msg: str) -> None:
-        problems.append(f"{source}:{line}:{col}: {fld}: {msg}")
 
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    header: dict[str, tuple[int, int]] | None = None
-    rows: list[SweepRow] = []
-    seen: dict[str, int] = {}
-    configs: dict[str, dict[str, Any] | str] = {}
-    for lineno, line in enumerate(lines, 1):
-        line = line.removesuffix("\r")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+class _Reader:
+    """One pass over a sweep CSV that collects every problem, each with its file, line, column and field."""
+
+    def __init__(self, source: str, bases: list[Path]) -> None:
+        self.source, self.bases = source, bases
+        self.problems: list[str] = []
+        self.header: dict[str, tuple[int, int]] | None = None
+        self.rows: list[SweepRow] = []
+        self.seen: dict[str, int] = {}  # run id -> the line it first appeared on
+        self.configs: dict[str, dict[str, Any] | str] = {}  # config name -> its keys, or why it is unusable
+
+    def bad(self, line: int, col: int, fld: str, msg: str) -> None:
+        self.problems.append(f"{self.source}:{line}:{col}: {fld}: {msg}")
+
+    def read(self, text: str) -> list[SweepRow]:
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        for lineno, line in enumerate(lines, 1):
+            line = line.removesuffix("\r")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            self._control_characters(lineno, line)
+            try:
+                fields = split_line(line)
+            except ValueError as e:
+                col, msg = str(e).split(": ", 1)
+                self.bad(lineno, int(col), "line", msg)
+                continue
+            if self.header is None:
+                self._read_header(lineno, line, fields)
+                if self.problems:
+                    break
+                continue
+            if len(fields) != len(self.header):
+                self.bad(lineno, fields[-1][1], "row", f"{len(fields)} fields, the header has {len(self.header)}")
+                continue
+            if len(self.rows) >= MAX_ROWS:
+                self.bad(lineno, 1, "row", f"more than {MAX_ROWS} rows")
+                break
+            row = self._row(lineno, line, {nm: fields[idx] for nm, (idx, _) in self.header.items()})
+            if row is not None:
+                self.rows.append(row)
+        if self.header is None and not self.problems:
+            self.problems.append(f"{self.source}:1:1: header: empty file; expected {','.join(COLUMNS)}")
+        if not self.problems and not self.rows:
+            self.problems.append(f"{self.source}:1:1: rows: no runs in the sweep")
+        if not self.problems:
+            _check_dependencies(self.rows, self.source, self.problems)
+        if self.problems:
+            raise SweepCSVError(self.problems)
+        return self.rows
+
+    def _control_characters(self, lineno: int, line: str) -> None:
         for pos, ch in enumerate(line):
             if ord(ch) < 32 and ch != "\t":
-                bad(lineno, pos + 1, "line", f"control character {ch!r} is not allowed")
-                break
-        else:
-            pass
-        try:
-            fields = split_line(line)
-        except ValueError as e:
-            col, msg = str(e).split(": ", 1)
-            bad(lineno, int(col), "line", msg)
-            continue
-        if header is None:
-            names = [f.strip().lower() for f, _ in fields]
-            header = {}
-            for idx, ((_, col), nm) in enumerate(zip(fields, names, strict=True)):
-                if nm not in COLUMNS:
-                    bad(lineno, col, nm or "(empty)", f"unknown column; expected {','.join(COLUMNS)}")
-                elif nm in header:
-                    bad(lineno, col, nm, "column given twice")
-                else:
-                    header[nm] = (idx, col)
-            for nm in COLUMNS:
-                if nm not in header:
-                    bad(lineno, len(line) + 1, nm, "missing column")
-            if problems:
-                break
-            continue
-        if len(fields) != len(header):
-            bad(lineno, fields[-1][1], "row", f"{len(fields)} fields, the header has {len(header)}")
-            continue
-        if len(rows) >= MAX_ROWS:
-            bad(lineno, 1, "row", f"more than {MAX_ROWS} rows")
-            break
-        get = {nm: fields[idx] for nm, (idx, _) in header.items()}
-        too_big = False
-        for nm, (val, col) in get.items():
-            if len(val) > MAX_FIELD_CHARS:
-                bad(lineno, col, nm, f"field of {len(val)} characters (limit {MAX_FIELD_CHARS})")
-                too_big = True
-        if too_big:
-            continue
-        n_before = len(problems)
-        run_id, rcol = get["run_id"][0].strip(), get["run_id"][1]
-        if not valid_run_id(run_id):
-            bad(lineno, rcol, "run_id", f"{run_id!r} is not a safe run id (1-100 of [A-Za-z0-9._-], "
-                "no '..', not starting with '-' or '.')")
-        elif reserved(run_id):
-            bad(lineno, rcol, "run_id", f"{reserved(run_id)}; choose another run id")
-        elif run_id in seen:
-            bad(lineno, rcol, "run_id", f"duplicate run id {run_id!r} (first on line {seen[run_id]})")
-        else:
-            seen[run_id] = lineno
-        seed_text, scol = get["seed"][0].strip(), get["seed"][1]
-        seed = -1
-        if not re.fullmatch(r"\d{1,19}", seed_text) or int(seed_text) >= 2**63:
-            bad(lineno, scol, "seed", f"not a non-negative integer: {seed_text!r}")
-        else:
-            seed = int(seed_text)
-        cname, ccol = get["config"][0].strip(), get["config"][1]
-        spec: dict[str, Any] = {}
-        if not cname:
-            bad(lineno, ccol, "config", "empty; name a run config TOML, e.g. sweeps/configs/fp_small.toml")
-        else:
-            if cname not in configs:
-                path = resolve_config(cname, bases)
-                if path is None:
-                    configs[cname] = f"config file not found: {cname} (looked in {', '.join(map(str, bases))})"
-                else:
-                    try:
-                        configs[cname] = {"__path__": str(path), **load_config(path)}
-                    except ValueError as e:
-                        configs[cname] = str(e)
-            c = configs[cname]
-            if isinstance(c, str):
-                bad(lineno, ccol, "config", c)
+                self.bad(lineno, pos + 1, "line", f"control character {ch!r} is not allowed")
+                return
+
+    def _read_header(self, lineno: int, line: str, fields: list[tuple[str, int]]) -> None:
+        names = [f.strip().lower() for f, _ in fields]
+        self.header = {}
+        for idx, ((_, col), nm) in enumerate(zip(fields, names, strict=True)):
+            if nm not in COLUMNS:
+                self.bad(lineno, col, nm or "(empty)", f"unknown column; expected {','.join(COLUMNS)}")
+            elif nm in self.header:
+                self.bad(lineno, col, nm, "column given twice")
             else:
-                spec = dict(c)
+                self.header[nm] = (idx, col)
+        for nm in COLUMNS:
+            if nm not in self.header:
+                self.bad(lineno, len(line) + 1, nm, "missing column")
+
+    def _row(self, lineno: int, line: str, get: dict[str, tuple[str, int]]) -> SweepRow | None:
+        too_big = [(nm, val, col) for nm, (val, col) in get.items() if len(val) > MAX_FIELD_CHARS]
+        for nm, val, col in too_big:
+            self.bad(lineno, col, nm, f"field of {len(val)} characters (limit {MAX_FIELD_CHARS})")
+        if too_big:
+            return None
+        n_before = len(self.problems)
+        run_id = self._run_id(lineno, *get["run_id"])
+        seed = self._seed(lineno, *get["seed"])
+        cname, ccol = get["config"][0].strip(), get["config"][1]
+        spec = self._config(lineno, cname, ccol)
         otext, ocol = get["overrides"]
+        overrides = self._overrides(lineno, line, otext, ocol)
+        if len(self.problems) > n_before or not spec:
+            return None
+        spec = self._spec(lineno, spec, overrides, ccol, ocol)
+        if spec is None:
+            return None
+        return SweepRow(run_id, cname, seed, overrides, get["notes"][0], lineno, spec)
+
+    def _run_id(self, lineno: int, text: str, col: int) -> str:
+        run_id = text.strip()
+        if not valid_run_id(run_id):
+            self.bad(lineno, col, "run_id", f"{run_id!r} is not a safe run id (1-100 of [A-Za-z0-9._-], "
+                     "no '..', not starting with '-' or '.')")
+        elif reserved(run_id):
+            self.bad(lineno, col, "run_id", f"{reserved(run_id)}; choose another run id")
+        elif run_id in self.seen:
+            self.bad(lineno, col, "run_id", f"duplicate run id {run_id!r} (first on line {self.seen[run_id]})")
+        else:
+            self.seen[run_id] = lineno
+        return run_id
+
+    def _seed(self, lineno: int, text: str, col: int) -> int:
+        text = text.strip()
+        if not re.fullmatch(r"\d{1,19}", text) or int(text) >= 2**63:
+            self.bad(lineno, col, "seed", f"not a non-negative integer: {text!r}")
+            return -1
+        return int(text)
+
+    def _config(self, lineno: int, cname: str, col: int) -> dict[str, Any]:
+        """The keys of the row's config file (read once per sweep), or {} after reporting why not."""
+        if not cname:
+            self.bad(lineno, col, "config", "empty; name a run config TOML, e.g. sweeps/configs/fp_small.toml")
+            return {}
+        if cname not in self.configs:
+            path = resolve_config(cname, self.bases)
+            if path is None:
+                self.configs[cname] = (f"config file not found: {cname} "
+                                       f"(looked in {', '.join(map(str, self.bases))})")
+            else:
+                try:
+                    self.configs[cname] = {"__path__": str(path), **load_config(path)}
+                except ValueError as e:
+                    self.configs[cname] = str(e)
+        c = self.configs[cname]
+        if isinstance(c, str):
+            self.bad(lineno, col, "config", c)
+            return {}
+        return dict(c)
+
+    def _overrides(self, lineno: int, line: str, text: str, col: int) -> dict[str, Any]:
         overrides: dict[str, Any] = {}
         try:
-            tokens = shlex.split(otext, comments=False, posix=True)
+            tokens = shlex.split(text, comments=False, posix=True)
         except ValueError as e:
-            bad(lineno, ocol, "overrides", f"cannot split ({e}); quote values with spaces")
+            self.bad(lineno, col, "overrides", f"cannot split ({e}); quote values with spaces")
             tokens = []
         for tok in tokens:
-            tcol = ocol + max(0, line.find(tok.split("=", 1)[0], ocol - 1) - (ocol - 1))
+            tcol = col + max(0, line.find(tok.split("=", 1)[0], col - 1) - (col - 1))
             if "=" not in tok:
-                bad(lineno, tcol, "overrides", f"{tok!r} is not key=value")
+                self.bad(lineno, tcol, "overrides", f"{tok!r} is not key=value")
                 continue
             k, v = tok.split("=", 1)
             if k not in KEYS:
-                bad(lineno, tcol, "overrides", f"unknown key {k!r} (known: {', '.join(sorted(KEYS))})")
+                self.bad(lineno, tcol, "overrides", f"unknown key {k!r} (known: {', '.join(sorted(KEYS))})")
                 continue
             if k in overrides:
-                bad(lineno, tcol, "overrides", f"{k} given twice")
+                self.bad(lineno, tcol, "overrides", f"{k} given twice")
                 continue
             try:
                 overrides[k] = KEYS[k](v)
             except ValueError as e:
-                bad(lineno, tcol, "overrides", f"{k}: {e}")
-        notes = get["notes"][0]
-        if len(problems) > n_before or not spec:
-            continue
+                self.bad(lineno, tcol, "overrides", f"{k}: {e}")
+        return overrides
+
+    def _spec(self, lineno: int, spec: dict[str, Any], overrides: dict[str, Any], ccol: int,
+              ocol: int) -> dict[str, Any] | None:
+        """The row's resolved keys (config, then overrides, then defaults), or None after reporting a clash."""
         spec.update(overrides)
         for k, v in DEFAULTS.items():
             spec.setdefault(k, v)
         mode = spec["mode"]
         missing = [k for k in REQUIRED[mode] if k not in spec]
         if missing:
-            bad(lineno, ccol, "config", f"mode {mode} needs {', '.join(missing)} (in the config or overrides)")
-            continue
+            self.bad(lineno, ccol, "config", f"mode {mode} needs {', '.join(missing)} (in the config or overrides)")
+            return None
         if mode == "shell":
             extra = [k for k in RG_ONLY + ("shifts", "fp_run") if k in overrides]
             if extra:
-                bad(lineno, ocol, "overrides", f"{', '.join(extra)} do not apply to a shell row")
-                continue
+                self.bad(lineno, ocol, "overrides", f"{', '.join(extra)} do not apply to a shell row")
+                return None
         elif "command" in spec:
-            bad(lineno, ocol, "overrides", f"command applies to shell rows only (mode is {mode})")
-            continue
+            self.bad(lineno, ocol, "overrides", f"command applies to shell rows only (mode is {mode})")
+            return None
         if mode == "fp" and "shifts" in overrides:
-            bad(lineno, ocol, "overrides", "shifts apply to exp rows only")
-            continue
+            self.bad(lineno, ocol, "overrides", "shifts apply to exp rows only")
+            return None
         if mode in ("fp", "exp") and spec["shards"] > spec["samples"]:
-            bad(lineno, ocol, "overrides", f"shards ({spec['shards']}) > samples ({spec['samples']})")
-            continue
-        rows.append(SweepRow(run_id, cname, seed, overrides, notes, lineno, spec))
-    if header is None and not problems:
-        problems.append(f"{source}:1:1: header: empty file; expected {','.join(COLUMNS)}")
-    if not problems and not rows:
-        problems.append(f"{source}:1:1: rows: no runs in the sweep")
-    if not problems:
-        _check_dependencies(rows, source, problems)
-    if problems:
-        raise SweepCSVError(problems)
-    return rows
+            self.bad(lineno, ocol, "overrides", f"shards ({spec['shards']}) > samples ({spec['samples']})")
+            return None
+        return spec
 
 
 def _check_dependencies(rows: list[SweepRow], source: str, problems: list[str]) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 from opsrg.core import layout
 from opsrg.core.atomic import atomic_write_json, locked
 from opsrg.core.clock import now_iso
-from opsrg.sweeps.records import RunState
+from opsrg.rg.run import RunPaths
+from opsrg.sweeps.records import RunManifest, RunState
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ class SweepPaths:
         return Path(self.outputs) / run_id
 
     def run_manifest(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / "run_manifest.json"
+        return self.run_dir(run_id) / layout.RUN_MANIFEST
 
     def summary(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / "summary.json"
+        return RunPaths(self.run_dir(run_id)).summary
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -126,18 +127,28 @@ def update(paths: SweepPaths, run_id: str, state: RunState | str | None = None, 
         return m
 
 
-def read(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
-    return read_json(paths.run_manifest(run_id))
+def read(paths: SweepPaths, run_id: str) -> RunManifest | None:
+    """The run's manifest; None when there is none, or it is unreadable or no run manifest."""
+    d = read_json(paths.run_manifest(run_id))
+    try:
+        return RunManifest.from_json(d) if d is not None else None
+    except (ValueError, TypeError):
+        return None
 
 
-def read_for(paths: SweepPaths, run_id: str, campaign: str) -> dict[str, Any] | None:
+def state_of(paths: SweepPaths, run_id: str) -> RunState | None:
+    rm = read(paths, run_id)
+    return rm.state if rm is not None else None
+
+
+def read_for(paths: SweepPaths, run_id: str, campaign: str) -> RunManifest | None:
     """The run's manifest if it belongs to ``campaign``; None if there is none or it is another campaign's.
 
     A run folder outlives campaigns: a row of a campaign whose launch was cut short may still hold
     the manifest of an earlier campaign, which says nothing about this one.
     """
     m = read(paths, run_id)
-    return m if m is not None and m.get("campaign") == campaign else None
+    return m if m is not None and m.campaign == campaign else None
 
 
 def reconcile(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
@@ -164,7 +175,7 @@ def reconcile(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
 
 def write_shell_summary(run_dir: str, rc: int) -> None:
     """The summary of a shell row: ok when its command exited 0."""
-    atomic_write_json(Path(run_dir) / "summary.json",
+    atomic_write_json(RunPaths(Path(run_dir)).summary,
                       {"ok": rc == 0, "mode": "shell", "exit_code": rc, "written_at": now_iso()})
 
 

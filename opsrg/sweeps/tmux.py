@@ -28,8 +28,8 @@ from opsrg.sweeps.campaign import (
     write_manifest,
 )
 from opsrg.sweeps.plan import row_command
-from opsrg.sweeps.records import FINAL, RunState
-from opsrg.tracked.manager import TaskState
+from opsrg.sweeps.records import Campaign, RunState
+from opsrg.tracked.records import TaskState
 
 DRIVER_PREFIX = "sweep-driver."
 
@@ -39,36 +39,36 @@ class TmuxBackend(Backend):
 
     name = "tmux"
 
-    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
+    def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
         paths = env.paths
-        m["todo"] = todo
+        m.todo = todo
         if not todo:  # every row reused: nothing to drive
             write_manifest(env, m)
             return
-        driver = DRIVER_PREFIX + m["campaign"]
-        m["driver_task"] = driver
+        driver = DRIVER_PREFIX + m.campaign
+        m.driver_task = driver
         write_manifest(env, m)
-        cmd = shlex.join([env.python, "-m", "opsrg.sweep_runner", "drive", str(paths.sweep_manifest(m["campaign"]))])
+        cmd = shlex.join([env.python, "-m", "opsrg.sweep_runner", "drive", str(paths.sweep_manifest(m.campaign))])
         env.tasks().run(driver, cmd, replace=True, cwd=env.outputs)
 
-    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+    def refresh(self, env: SweepEnv, m: Campaign) -> None:
         env = as_launched(env, m)
         paths, tasks = env.paths, env.tasks()
         driver = None
         try:
-            driver = tasks.status(m.get("driver_task", ""))
+            driver = tasks.status(m.driver_task)
         except (TaskError, InputError):
             pass
-        for rid in m.get("todo", []):
+        for rid in m.todo:
             rm = runs.read(paths, rid)
-            if rm is None or rm["state"] in FINAL:
+            if rm is None or rm.is_final:
                 continue
             try:
                 rec = tasks.status(rid)
             except TaskError:
                 rec = None
             driver_done = driver is not None and driver.state.is_terminal
-            if rec is not None and rec.state.is_terminal and (driver_done or rm["state"] != RunState.SUBMITTED
+            if rec is not None and rec.state.is_terminal and (driver_done or rm.state != RunState.SUBMITTED
                                                                and not env.local_sync):
                 # with local_sync a live driver finishes the run itself, after its final sync
                 ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
@@ -78,17 +78,17 @@ class TmuxBackend(Backend):
                     except OpsError as e:
                         ok, reason = False, reason or str(e)
                 finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
-            elif driver is not None and driver.state.is_terminal and rm["state"] == RunState.SUBMITTED:
+            elif driver is not None and driver.state.is_terminal and rm.state == RunState.SUBMITTED:
                 runs.update(paths, rid, RunState.FAILED, f"sweep driver ended ({driver.state}"
                             + (f": {driver.reason}" if driver.reason else "") + ") before this run finished")
 
-    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+    def cancel(self, env: SweepEnv, m: Campaign, run_ids: list[str]) -> None:
         env = as_launched(env, m)
         paths, tasks = env.paths, env.tasks()
-        everything = set(run_ids) >= {r for r in m.get("todo", [])}
-        if everything and m.get("driver_task"):  # first, so that it starts nothing more
+        everything = set(run_ids) >= {r for r in m.todo}
+        if everything and m.driver_task:  # first, so that it starts nothing more
             try:
-                tasks.kill(m["driver_task"])
+                tasks.kill(m.driver_task)
             except (TaskError, InputError):
                 pass
         for rid in run_ids:
@@ -105,7 +105,7 @@ class TmuxBackend(Backend):
     def run_tasks(self, run_id: str) -> list[str]:
         return [run_id]
 
-    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str],
+    def plan(self, env: SweepEnv, m: Campaign, todo: list[str],
              fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
         """One tracked task per row, in dependency order (the driver starts each when its turn comes)."""
         sweep = sweep_of(m)
@@ -113,7 +113,7 @@ class TmuxBackend(Backend):
                            script=row_command(sweep, r), timeout_secs=r.spec.get("timeout_secs") or env.run_timeout)
                 for r in sweep.ordered() if r.run_id in todo], {}
 
-    def lagging(self, env: SweepEnv, m: dict[str, Any], unfinished: list[str]) -> list[Lag]:
+    def lagging(self, env: SweepEnv, m: Campaign, unfinished: list[str]) -> list[Lag]:
         """Runs whose task ended (or is dead) while their manifest says unfinished."""
         tasks, out = env.tasks(), []
         for rid in unfinished:
@@ -126,22 +126,22 @@ class TmuxBackend(Backend):
                 out.append(Lag(rid, f"its task is {rec.state}" if rec.state.is_terminal else probe["evidence"]))
         return out
 
-    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
-        if not m.get("launch", {}).get("runs"):
+    def launched(self, env: SweepEnv, m: Campaign) -> bool:
+        if not m.launch.get("runs"):
             return True  # nothing to drive
-        if not m.get("driver_task"):
+        if not m.driver_task:
             return False
         try:  # its record exists: from here on the driver (or its lost record) decides
-            env.tasks().read(m["driver_task"])
+            env.tasks().read(m.driver_task)
             return True
         except (TaskError, InputError):
             return False
 
-    def busy(self, env: SweepEnv, m: dict[str, Any]) -> str:
-        if not m.get("driver_task"):
+    def busy(self, env: SweepEnv, m: Campaign) -> str:
+        if not m.driver_task:
             return ""
         try:
-            drv = env.tasks().status(m["driver_task"])
+            drv = env.tasks().status(m.driver_task)
         except (TaskError, InputError):
             return ""
         return "" if drv.state.is_terminal else f"its driver task {drv.id} is still {drv.state}"
@@ -163,20 +163,21 @@ def _task_reason(rec) -> str:
 
 def drive(manifest_path: str) -> int:
     """The tmux driver: run the sweep's rows in order, continuing past failures."""
-    m = json.loads(Path(manifest_path).read_text())
-    env = SweepEnv.from_json(m["env"])
+    m = Campaign.from_json(json.loads(Path(manifest_path).read_text()))
+    env = SweepEnv.from_json(m.env)
     paths, tasks, sweep = env.paths, env.tasks(), sweep_of(m)
-    todo = set(m.get("todo", []))
+    todo = set(m.todo)
     failed = []
     for row in sweep.ordered():
         rid = row.run_id
         if rid not in todo:
             continue
-        rm = runs.read(paths, rid) or {}
-        if rm.get("state") in FINAL:
-            failed += [rid] if rm["state"] != RunState.COMPLETED else []
+        st = runs.state_of(paths, rid)
+        if st is not None and st.is_final:
+            failed += [rid] if st != RunState.COMPLETED else []
             continue
-        bad = [d for d in row.deps if (runs.read(paths, d) or {}).get("state", RunState.COMPLETED) != RunState.COMPLETED
+        # a dependency without a manifest (not part of this campaign) counts as done
+        bad = [d for d in row.deps if (runs.state_of(paths, d) or RunState.COMPLETED) != RunState.COMPLETED
                and not runs.summary_ok(paths, d)]
         if bad:
             runs.update(paths, rid, RunState.FAILED, f"dependency {', '.join(bad)} did not complete")
@@ -203,11 +204,11 @@ def drive(manifest_path: str) -> int:
             except OpsError as e:
                 ok, reason = False, reason or str(e)
         finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
-        final = (runs.read(paths, rid) or {}).get("state")
+        final = runs.state_of(paths, rid)
         print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
         if final != RunState.COMPLETED:
             failed.append(rid)
-    print(f"[sweep] {m['campaign']}: {len(todo) - len(failed)} ok, {len(failed)} failed"
+    print(f"[sweep] {m.campaign}: {len(todo) - len(failed)} ok, {len(failed)} failed"
           + (f": {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
 

@@ -26,7 +26,7 @@ from opsrg.context import Context
 from opsrg.core.errors import UnreachableError
 from opsrg.hosts.ssh import LinkDropped, SSHHost, SSHTarget
 from opsrg.pods import transfer
-from opsrg.tracked.manager import TaskState
+from opsrg.tracked.records import TaskState
 
 from sshd import write_ssh_env
 from support import REPO

@@ -332,7 +332,7 @@ def test_resume_and_doctor_reconcile_a_cancelled_run_whose_summary_is_ok(project
     t.wait()
     paths = runs.SweepPaths(t.env["OPS_REMOTE_OUTPUTS_DIR"])
     # what an older opsrg left behind: a run recorded cancelled although its summary is ok
-    m = runs.read(paths, "r1")
+    m = runs.read_json(paths.run_manifest("r1"))
     m.update(state="cancelled", reason="cancelled by sweep-cancel")
     (paths.run_manifest("r1")).write_text(json.dumps(m))
     r = inv("doctor", "--json", env=t.env)
@@ -340,8 +340,8 @@ def test_resume_and_doctor_reconcile_a_cancelled_run_whose_summary_is_ok(project
     found = [f for f in json.loads(r.stdout) if f["subject"].endswith("/r1")]
     assert found and "summary.json is ok" in found[0]["evidence"]
     assert inv("doctor", "--fix", env=t.env).returncode == 0
-    assert runs.read(paths, "r1")["state"] == "completed"
-    assert "reconciled" in runs.read(paths, "r1")["reason"]
+    assert runs.read(paths, "r1").state == "completed"
+    assert "reconciled" in runs.read(paths, "r1").reason
     assert t.runs_of() == Counter(dict.fromkeys(t.ids, 1))
 
 

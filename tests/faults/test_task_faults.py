@@ -20,7 +20,7 @@ import pytest
 
 from opsrg.context import Context
 from opsrg.tracked import supervisor as sv
-from opsrg.tracked.manager import TaskState
+from opsrg.tracked.records import TaskState
 
 from support import REPO, inv, retry_until, unavailable
 

@@ -22,7 +22,7 @@ from opsrg.sweeps import runs
 from opsrg.sweeps.backend import Backend, Lag, PlannedJob
 from opsrg.sweeps.campaign import SweepEnv, finish_run, progress, settle_cancelled, sweep_of, write_manifest
 from opsrg.sweeps.plan import Job, RunProgress, array_spec, plan_slurm
-from opsrg.sweeps.records import FINAL, RunState
+from opsrg.sweeps.records import Campaign, RunState
 from opsrg.sweeps.runs import SweepPaths
 from opsrg.sweeps.slurm import ledger
 from opsrg.sweeps.slurm.cli import (
@@ -37,7 +37,7 @@ from opsrg.sweeps.slurm.cli import (
 from opsrg.sweeps.slurm.requeue import RequeuePolicy
 from opsrg.sweeps.slurm.watcher import Watcher, expected_elements
 from opsrg.tracked import supervisor
-from opsrg.tracked.manager import TaskState
+from opsrg.tracked.records import TaskState
 
 
 def _log(task_dir: str, job: Job) -> str:
@@ -57,16 +57,16 @@ def _runs_of(j: dict[str, Any], elem: str) -> list[str]:
     return list(j["runs"])
 
 
-def _note_requeue(env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any], q: dict[str, Any],
+def _note_requeue(env: SweepEnv, m: Campaign, key: str, j: dict[str, Any], q: dict[str, Any],
                   status: str) -> None:
     """Record a requeue on the job (launch manifest), in the ledger and on the run manifests of its runs."""
     j["requeues"].append(q)
     rids = _runs_of(j, q["element"])
-    ledger.append(env.paths, [ledger.entry(m["campaign"], rid, key, q["element"], status) for rid in rids])
+    ledger.append(env.paths, [ledger.entry(m.campaign, rid, key, q["element"], status) for rid in rids])
     for rid in rids:
         rm = runs.read(env.paths, rid)
         if rm is not None:
-            runs.update(env.paths, rid, None, requeues=rm.get("requeues", []) + [{**q, "job": key}])
+            runs.update(env.paths, rid, None, requeues=rm.requeues + [{**q, "job": key}])
 
 
 def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) -> None:
@@ -97,7 +97,7 @@ class SlurmBackend(Backend):
             self.watcher = Watcher(self.slurm.query)
         return self.slurm
 
-    def jobs(self, env: SweepEnv, m: dict[str, Any], todo: list[str], max_array: int,
+    def jobs(self, env: SweepEnv, m: Campaign, todo: list[str], max_array: int,
              fresh: frozenset[str] = frozenset()) -> list[Job]:
         """The submissions for ``todo``: steps already DONE and READY shards are not redone."""
         sweep = sweep_of(m)
@@ -106,14 +106,14 @@ class SlurmBackend(Backend):
             prog[rid].ok = False
         return plan_slurm(sweep, max_array_size=max_array, progress=prog, only=set(todo))
 
-    def script(self, env: SweepEnv, m: dict[str, Any], job: Job, template: str | None = None) -> str:
+    def script(self, env: SweepEnv, m: Campaign, job: Job, template: str | None = None) -> str:
         tdir = env.tasks().paths(job.key).root
         arr = array_spec(job.tasks, env.slurm.array_parallelism) if job.tasks is not None else ""
-        return render(template or load_template(), key=job.key, campaign=m["campaign"], log=_log(tdir, job),
+        return render(template or load_template(), key=job.key, campaign=m.campaign, log=_log(tdir, job),
                       directives=env.slurm.directives(time_directive(job.timeout_secs, env.slurm.time), arr),
                       body=job.body)
 
-    def plan(self, env: SweepEnv, m: dict[str, Any], todo: list[str],
+    def plan(self, env: SweepEnv, m: Campaign, todo: list[str],
              fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
         try:
             max_array = Slurm(env.host).max_array_size()
@@ -124,17 +124,17 @@ class SlurmBackend(Backend):
                            script=self.script(env, m, j, template), timeout_secs=j.timeout_secs, array=j.tasks)
                 for j in self.jobs(env, m, todo, max_array, fresh)], {"max_array_size": max_array}
 
-    def start(self, env: SweepEnv, m: dict[str, Any], todo: list[str]) -> None:
+    def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
         sl = self._slurm(env)
         paths, tasks = env.paths, env.tasks()
         jobs = self.jobs(env, m, todo, sl.max_array_size())
-        sdir = paths.scripts(m["campaign"])
+        sdir = paths.scripts(m.campaign)
         sdir.mkdir(parents=True, exist_ok=True)
-        attempt = len(m.get("resumes", [])) + 1
-        launch = m["launch"]
+        attempt = len(m.resumes) + 1
+        launch = m.launch
         launch.setdefault("jobs", [])
         per_run: dict[str, dict[str, list[str]]] = {rid: {"job_ids": [], "tasks": []} for rid in todo}
-        m["todo"] = sorted(set(m.get("todo", [])) | set(todo))
+        m.todo = sorted(set(m.todo) | set(todo))
         ids: dict[str, str] = {}
         template = load_template()
         for job in jobs:
@@ -144,10 +144,10 @@ class SlurmBackend(Backend):
             jid = sl.submit(str(script), [ids[d] for d in job.deps if d in ids], hold=True)
             ids[job.key] = jid
             tasks.register(job.key, runner="slurm", command=str(script), log=_log(tasks.paths(job.key).root, job),
-                           timeout_secs=job.timeout_secs, campaign=m["campaign"], launch=launch["at"],
+                           timeout_secs=job.timeout_secs, campaign=m.campaign, launch=launch["at"],
                            slurm={"job_id": jid, "array": job.tasks, "elements": {}, "source": "", "attempts": []})
             launch["jobs"].append(jid)
-            m["jobs"][job.key] = {**job.to_json(), "job_id": jid, "script": str(script), "attempt": attempt,
+            m.jobs[job.key] = {**job.to_json(), "job_id": jid, "script": str(script), "attempt": attempt,
                                   "submitted_at": now_iso(), "requeues": []}
             write_manifest(env, m)
             entries = []
@@ -155,7 +155,7 @@ class SlurmBackend(Backend):
                 jref = f"{jid}_{i}" if len(job.runs) > 1 else jid
                 per_run[rid]["job_ids"].append(jref)
                 per_run[rid]["tasks"].append(job.key)
-                entries.append(ledger.entry(m["campaign"], rid, job.key, jref, "submitted"))
+                entries.append(ledger.entry(m.campaign, rid, job.key, jref, "submitted"))
             ledger.append(paths, entries)  # the durable record, one append per submission
         _record_jobs(paths, per_run)
         launch["releasing"] = True  # from here on the launch counts as done (see launched)
@@ -169,8 +169,8 @@ class SlurmBackend(Backend):
         # the job logs go into #SBATCH lines, which cannot be quoted: refuse a bad path before anything is written
         check_log_path(f"{env.tasks().paths('x').root}/stdout-%a.log")
 
-    def launched(self, env: SweepEnv, m: dict[str, Any]) -> bool:
-        launch = m.get("launch", {})
+    def launched(self, env: SweepEnv, m: Campaign) -> bool:
+        launch = m.launch
         if not launch.get("runs"):
             return True
         if not launch.get("releasing"):
@@ -179,14 +179,14 @@ class SlurmBackend(Backend):
             self._slurm(env).release(launch.get("jobs", []), check=False)
         return True
 
-    def abandon(self, env: SweepEnv, m: dict[str, Any]) -> None:
+    def abandon(self, env: SweepEnv, m: Campaign) -> None:
         """Cancel the held jobs of a launch cut short (none of them ever ran)."""
-        launch = m.get("launch", {})
+        launch = m.launch
         ids = set(launch.get("jobs", []))
         mine = []  # this launch's records, also one written just before its job reached the manifest
         for st in (Path(env.outputs) / "_tasks").glob("*/status.json"):
             rec = runs.read_json(st) or {}
-            if rec.get("campaign") == m["campaign"] and rec.get("launch") == launch.get("at"):
+            if rec.get("campaign") == m.campaign and rec.get("launch") == launch.get("at"):
                 mine.append(st.parent)
                 ids.add(str((rec.get("slurm") or {}).get("job_id", "")))
         self._slurm(env).cancel(i for i in ids if i)
@@ -196,9 +196,9 @@ class SlurmBackend(Backend):
                                          reason="cancelled: the launch was cut short before releasing it")
 
     # ---------------------------------------------------------- observe
-    def refresh(self, env: SweepEnv, m: dict[str, Any]) -> None:
+    def refresh(self, env: SweepEnv, m: Campaign) -> None:
         self._slurm(env)
-        live = {k: j for k, j in m["jobs"].items() if not self._record_final(env, k)}
+        live = {k: j for k, j in m.jobs.items() if not self._record_final(env, k)}
         expected = {j["job_id"]: expected_elements(j["job_id"], j["tasks"]) for j in live.values()}
         infos = self.watcher.poll(expected) if expected else {}
         self.unreachable = getattr(self.slurm, "unreachable", "") if expected else ""
@@ -220,10 +220,10 @@ class SlurmBackend(Backend):
         self._advance_runs(env, m)
 
     def _record_final(self, env: SweepEnv, key: str) -> bool:
-        rec = runs.read_json(Path(env.tasks().paths(key).root) / "status.json")
+        rec = runs.read_json(Path(env.tasks().paths(key).status))
         return rec is not None and rec.get("state") in supervisor.TERMINAL
 
-    def _from_markers(self, env: SweepEnv, m: dict[str, Any], j: dict[str, Any], elem: str) -> JobInfo | None:
+    def _from_markers(self, env: SweepEnv, m: Campaign, j: dict[str, Any], elem: str) -> JobInfo | None:
         """Evidence when no scheduler source knows the job: READY/DONE markers and summary.json."""
         rid = _runs_of(j, elem)[0]
         rp = RunPaths(env.paths.run_dir(rid))
@@ -240,7 +240,7 @@ class SlurmBackend(Backend):
             return JobInfo(elem, "COMPLETED", 0, 0, source="markers", raw_state="COMPLETED (marker files)")
         return None
 
-    def _slurm_requeues(self, env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any],
+    def _slurm_requeues(self, env: SweepEnv, m: Campaign, key: str, j: dict[str, Any],
                         got: dict[str, JobInfo]) -> bool:
         """Requeues the scheduler did by itself (with ``JobRequeue=1``, Slurm's default, a batch job on
         a failed node is requeued, never seen ending ``NODE_FAIL``): each is recorded with its cause;
@@ -276,7 +276,7 @@ class SlurmBackend(Backend):
                     self.watcher.final[e] = got[e]
         return did
 
-    def requeue_ended(self, env: SweepEnv, m: dict[str, Any], key: str, j: dict[str, Any],
+    def requeue_ended(self, env: SweepEnv, m: Campaign, key: str, j: dict[str, Any],
                       got: dict[str, JobInfo]) -> bool:
         """Requeue the elements of job ``key`` that ended PREEMPTED or NODE_FAIL, within SLURM_MAX_REQUEUE
         (:class:`~opsrg.sweeps.slurm.requeue.RequeuePolicy`); returns whether any was requeued."""
@@ -322,16 +322,16 @@ class SlurmBackend(Backend):
             changes["state"] = "running"
         supervisor.update_status(tdir, **changes)
 
-    def _advance_runs(self, env: SweepEnv, m: dict[str, Any]) -> None:
+    def _advance_runs(self, env: SweepEnv, m: Campaign) -> None:
         paths = env.paths
-        for rid in m.get("todo", []):
+        for rid in m.todo:
             rm = runs.read(paths, rid)
-            if rm is None or rm["state"] in FINAL:
+            if rm is None or rm.is_final:
                 continue
-            mine = [(k, j) for k, j in m["jobs"].items() if rid in j["runs"] and j["key"] in rm.get("tasks", [])]
+            mine = [(k, j) for k, j in m.jobs.items() if rid in j["runs"] and j["key"] in rm.tasks]
             started = False
             for k, j in mine:
-                rec = runs.read_json(Path(env.tasks().paths(k).root) / "status.json") or {}
+                rec = runs.read_json(Path(env.tasks().paths(k).status)) or {}
                 elems = rec.get("slurm", {}).get("elements", {})
                 if j["kind"] == "shell" and len(j["runs"]) > 1:
                     e = f"{j['job_id']}_{j['runs'].index(rid)}"
@@ -358,28 +358,29 @@ class SlurmBackend(Backend):
                 if started:
                     runs.update(paths, rid, RunState.RUNNING)
 
-    def _cancel_jobs(self, env: SweepEnv, m: dict[str, Any], rid: str, except_key: str = "") -> list[str]:
-        rm = runs.read(env.paths, rid) or {}
+    def _cancel_jobs(self, env: SweepEnv, m: Campaign, rid: str, except_key: str = "") -> list[str]:
+        rm = runs.read(env.paths, rid)
+        tasks = rm.tasks if rm else []
         ids = []
-        for k, j in m["jobs"].items():
-            if rid in j["runs"] and k in rm.get("tasks", []) and k != except_key and not self._record_final(env, k):
+        for k, j in m.jobs.items():
+            if rid in j["runs"] and k in tasks and k != except_key and not self._record_final(env, k):
                 ids.append(f"{j['job_id']}_{j['runs'].index(rid)}" if j["kind"] == "shell" and len(j["runs"]) > 1
                            else j["job_id"])
         self._slurm(env).cancel(ids)
         return ids
 
-    def cancel(self, env: SweepEnv, m: dict[str, Any], run_ids: list[str]) -> None:
+    def cancel(self, env: SweepEnv, m: Campaign, run_ids: list[str]) -> None:
         for rid in run_ids:
             rm = runs.read(env.paths, rid)
-            if rm is None or rm["state"] in FINAL:
+            if rm is None or rm.is_final:
                 continue
             ids = self._cancel_jobs(env, m, rid)
-            ledger.append(env.paths, [ledger.entry(m["campaign"], rid, "-", i, "cancelled") for i in ids])
+            ledger.append(env.paths, [ledger.entry(m.campaign, rid, "-", i, "cancelled") for i in ids])
             settle_cancelled(env.paths, rid)
 
-    def lagging(self, env: SweepEnv, m: dict[str, Any], unfinished: list[str]) -> list[Lag]:
+    def lagging(self, env: SweepEnv, m: Campaign, unfinished: list[str]) -> list[Lag]:
         """Runs whose jobs the scheduler reports all ended while their manifest says unfinished."""
-        jobs = [j for j in m.get("jobs", {}).values() if set(j.get("runs", [])) & set(unfinished)]
+        jobs = [j for j in m.jobs.values() if set(j.get("runs", [])) & set(unfinished)]
         infos = Slurm(env.host).query(j["job_id"] for j in jobs)  # OpsError: the scheduler did not answer
         out = []
         for j in jobs:

@@ -18,7 +18,7 @@ from typing import Any
 
 from opsrg.core.errors import ConfigError, HostError, InputError, SlurmError
 from opsrg.hosts.base import Host
-from opsrg.tracked.manager import TaskState
+from opsrg.tracked.records import TaskState
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "sweeps" / "templates"
 DEFAULT_TEMPLATE = """#!/bin/bash

@@ -70,8 +70,8 @@ def verify(paths: SweepPaths, known_to_scheduler: Callable[[list[str]], set[str]
         if m is None:
             problems.append(f"row {n}: {e.run_id}: no run manifest")
             continue
-        ids = set(m.get("job_ids", []))
-        for prev in m.get("previous", []):
+        ids = set(m.job_ids)
+        for prev in m.previous:
             ids |= set(prev.get("job_ids", []))
         if e.job_id not in ids and e.job_id.split("_")[0] not in ids:  # an element of a listed array is fine
             problems.append(f"row {n}: {e.run_id}: job {e.job_id} ({e.job}) not in its run manifest")
