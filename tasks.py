@@ -341,11 +341,8 @@ def task_wait(c, id, timeout_secs=None, quiet=False):
         raise Exit(code=EXIT_CODES[rec.state])
 
 
-TASK_LIST_RECENT = 30
-
-
 @task(help={"json": "print machine-readable JSON (every task)",
-            "all": f"show every task (default: live ones and the newest {TASK_LIST_RECENT} that ended)"})
+            "all": "show every task (default: live ones and the newest 30 that ended)"})
 @ops
 def task_list(c, json=False, all=False):
     """List tracked tasks with state, exit code, duration and reason (live ones and the newest that ended)."""
@@ -354,12 +351,9 @@ def task_list(c, json=False, all=False):
         _print_json([r.to_json() for r in recs])
         return
     from opsrg.core.ui import table
+    from opsrg.tracked.records import recent
 
-    shown = recs
-    if not all:
-        ended = [r for r in recs if r.state.is_terminal]
-        keep = {id(r) for r in ended[-TASK_LIST_RECENT:]}
-        shown = [r for r in recs if not r.state.is_terminal or id(r) in keep]
+    shown = recs if all else recent(recs)
     table(["id", "state", "exit", "elapsed", "started", "reason"],
           [[r.id, r.state.value, "" if r.exit_code is None else str(r.exit_code),
             "" if r.elapsed is None else f"{r.elapsed:.1f}s", r.started_at[:19], r.reason] for r in shown])

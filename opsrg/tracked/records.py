@@ -129,3 +129,14 @@ def describe(rec: TaskRecord) -> str:
     if rec.evidence:
         line += f" [evidence: {rec.evidence}]"
     return line
+
+
+RECENT_ENDED = 30  # what `task-list` shows of the tasks that ended, newest last
+
+
+def recent(recs: list[TaskRecord], ended: int = RECENT_ENDED) -> list[TaskRecord]:
+    """Every live task and the newest ``ended`` that ended, in the order given (oldest first)."""
+    done = [r for r in recs if r.state.is_terminal]
+    keep = {id(r) for r in done[-ended:]} if ended > 0 else set()
+    return [r for r in recs if not r.state.is_terminal or id(r) in keep]
+
