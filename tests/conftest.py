@@ -7,13 +7,14 @@ turned into a failure, so a missing component can never pass silently.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from support import IN_CI, REPO, SERVICE_MARKS, inv, require  # noqa: F401  (re-exported)
+from support import IN_CI, REPO, SERVICE_MARKS, WORKER, inv, require  # noqa: F401  (re-exported)
 
 pytest_plugins = ["sshd", "slurm_cluster"]  # tests/sshd.py, tests/slurm_cluster.py: real-service fixtures
 
@@ -25,6 +26,33 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and rep.skipped and any(item.get_closest_marker(m) for m in SERVICE_MARKS):
         rep.outcome = "failed"
         rep.longrepr = f"skipped in CI, which must run it: {rep.longrepr}"
+
+
+# Every tmux server of a test run lives in a folder of the run's own (TMUX_TMPDIR, set before any test
+# and inherited by everything the tests start; the test sshd sets it for the pod's sessions too), and
+# under pytest-xdist in a sub-folder per worker. A worker's end-of-session cleanup then sees its own
+# servers only, never another worker's still running nor those of another test run on this machine.
+RUN_DIR = "OPSRG_TEST_TMUX_RUN_DIR"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the xdist controller or a serial run: the workers inherit it
+        base = Path(os.environ.get("TMUX_TMPDIR") or "/tmp")
+        os.environ[RUN_DIR] = str(base / f"opsrg-tmux-{uuid.uuid4().hex[:8]}")
+    d = Path(os.environ[RUN_DIR]) / WORKER if WORKER else Path(os.environ[RUN_DIR])
+    d.mkdir(parents=True, exist_ok=True)
+    os.environ["TMUX_TMPDIR"] = str(d)
+
+
+def pytest_unconfigure(config):
+    """The controller, or a serial run, at the very end: stop what is left in the run's tmux folder
+    (a worker that crashed cleaned nothing up) and remove it."""
+    if hasattr(config, "workerinput") or RUN_DIR not in os.environ:
+        return
+    d = Path(os.environ[RUN_DIR])
+    for sock in d.glob("**/tmux-*/*"):
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _tmux_dir() -> Path:

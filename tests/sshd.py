@@ -8,6 +8,7 @@ Tests using them carry ``@pytest.mark.ssh``: they skip when sshd is missing, and
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -37,14 +38,30 @@ StrictModes no
 MaxStartups 100
 MaxSessions 100
 Subsystem sftp /usr/lib/openssh/sftp-server
-SetEnv HOME={d}/home
+SetEnv HOME={d}/home TMUX_TMPDIR={tmux_tmpdir}
 """
 
 
+_PORTS = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 where nothing listens, from this worker's own block of 500 below the
+    kernel's ephemeral range (32768 on): no client socket, ``bind(0)`` or other xdist worker can take
+    it, also while an sshd of ours is down for a restart. Each call gives the next port of the block."""
+    from support import worker_index
+
+    base = 20000 + 500 * worker_index()
+    for _ in range(500):
+        port = base + next(_PORTS) % 500
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd binds
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {base}-{base + 499}")
 
 
 def _answers(port: int) -> bool:
@@ -71,7 +88,8 @@ class SSHD:
         # The pod user's HOME is an empty folder: bash sources ~/.bashrc for every SSH command, and
         # a developer's rc files (pyenv init: 0.2 s) would otherwise slow each one down.
         (root / "home").mkdir()
-        config = CONFIG.format(port=self.port, d=root)
+        # The pod's tmux servers go where this test run's go (tests/conftest.py).
+        config = CONFIG.format(port=self.port, d=root, tmux_tmpdir=os.environ.get("TMUX_TMPDIR", "/tmp"))
         if not sftp:  # a pod whose sshd offers no SFTP subsystem (shell commands only)
             config = "".join(ln for ln in config.splitlines(keepends=True) if not ln.startswith("Subsystem sftp"))
         (root / "sshd_config").write_text(config)
