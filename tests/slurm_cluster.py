@@ -4,12 +4,18 @@ Brought up once per session with the project's ``scripts/slurm-local-up.sh`` in 
 ``SLURM_LOCAL_DIR`` (reused when already up), with accounting ``dbd`` when it comes up within
 ``OPSRG_TEST_SLURM_DBD_SECS`` (default 40 s), else ``none``; taken down at the end. Skipped
 locally, failed in CI, when the Slurm binaries are missing.
+
+Under pytest-xdist every worker has clusters of its own: worker gwN adds ``-gwN`` to each folder
+and ``1000 * (N + 1)`` to each port (so no worker uses the ports of a serial run either); a port
+block that something else holds is skipped for the next free one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,6 +40,52 @@ class SlurmCluster:
         return {"SLURM_CONF": self.conf}
 
 
+def _worker_dir(d: str) -> Path:
+    from support import WORKER
+
+    return Path(f"{d}-{WORKER}" if WORKER else d)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons bind: TIME_WAIT is no obstacle
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _port(d: Path, requested: str | None, default: int) -> str:
+    """The slurmctld port of the cluster in ``d`` (slurmd +1, slurmdbd +2, MariaDB +3): the one asked
+    for; else the one its live controller already listens on; else this worker's default, or the
+    first block 200 ports further on that is free."""
+    from support import WORKER, worker_index
+
+    if requested:
+        return requested
+    if not WORKER:
+        return str(default)  # a serial run: the fixed ports it always had
+    conf = d / "etc" / "slurm.conf"
+    if conf.exists() and _alive(d / "run" / "slurmctld.pid"):
+        m = re.search(r"^SlurmctldPort=(\d+)$", conf.read_text(), re.M)
+        if m:
+            return m.group(1)
+    base = default + 1000 * (worker_index() + 1)
+    for p in range(base, base + 1000, 200):
+        if all(_free(p + i) for i in range(4)):
+            return str(p)
+    return str(base)
+
+
 def _up(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -44,8 +96,9 @@ def slurm_cluster():
 
     for tool in ("sbatch", "slurmctld", "slurmd", "munged"):
         require(tool, "the slurm tests need a real single-node cluster")
-    d = Path(os.environ.get("OPSRG_TEST_SLURM_DIR", "/tmp/opsrg-test-slurm"))
-    base = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": os.environ.get("OPSRG_TEST_SLURM_PORT", "7017"),
+    d = _worker_dir(os.environ.get("OPSRG_TEST_SLURM_DIR", "/tmp/opsrg-test-slurm"))
+    port = _port(d, os.environ.get("OPSRG_TEST_SLURM_PORT"), 7017)
+    base = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": port,
             "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0"}
     t0 = time.monotonic()
     acct = os.environ.get("OPSRG_TEST_SLURM_ACCT", "")
@@ -107,15 +160,16 @@ def scheduler(d: Path, *argv: str) -> subprocess.CompletedProcess:
 
 @contextlib.contextmanager
 def private_cluster(name: str, port: int, **knobs: str) -> Iterator[PrivateCluster]:
-    """Its own folder and port (``OPSRG_TEST_SLURM_<NAME>_DIR``/``_PORT`` override them), no
-    accounting, ``slurm-local-up.sh`` knobs as keywords; purged at the end."""
+    """Its own folder and port (``OPSRG_TEST_SLURM_<NAME>_DIR``/``_PORT`` override them; per worker
+    under xdist, as the session cluster's), no accounting, ``slurm-local-up.sh`` knobs as keywords;
+    purged at the end."""
     from support import require
 
     for tool in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol", "sinfo"):
         require(tool, f"the slurm {name} tests need a real single-node cluster")
     var = "OPSRG_TEST_SLURM_" + name.upper().replace("-", "_")
-    d = Path(os.environ.get(var + "_DIR", f"/tmp/opsrg-test-slurm-{name}"))
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": os.environ.get(var + "_PORT", str(port)),
+    d = _worker_dir(os.environ.get(var + "_DIR", f"/tmp/opsrg-test-slurm-{name}"))
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": _port(d, os.environ.get(var + "_PORT"), port),
            "SLURM_LOCAL_ACCT": "none", "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0", **knobs}
     c = PrivateCluster(d, env)
     c.up()

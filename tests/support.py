@@ -13,6 +13,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVICE_MARKS = ("tmux", "ssh", "slurm")
+# Under pytest-xdist each worker is its own pytest session (gw0, gw1, ...); "" when run serially.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def worker_index() -> int:
+    """0 for a serial run or worker gw0, N for worker gwN: what per-worker ports and folders derive from."""
+    return int(WORKER[2:]) if WORKER.startswith("gw") and WORKER[2:].isdigit() else 0
+
+
+def tmux_name(kind: str, root: Path) -> str:
+    """The opsrg-* tmux socket of a test project in ``root``: named after the folder, and under xdist
+    after the worker too (each worker numbers its temp folders from 0, so the names would meet)."""
+    return f"opsrg-{kind}-{WORKER}-{root.name}" if WORKER else f"opsrg-{kind}-{root.name}"
 
 
 def require(tool: str, why: str) -> None:
@@ -58,7 +71,7 @@ def cgroup_or_skip() -> None:
 
     if sv.cgroup2_root() is None:
         pytest.skip("no cgroup v2 hierarchy mounted here")
-    cg = sv.cgroup_create("/opsrg-test-probe", sv.now_iso())
+    cg = sv.cgroup_create(f"/opsrg-test-probe-{os.getpid()}", sv.now_iso())  # one per process: workers probe at once
     if cg is None:
         pytest.skip("cgroup v2 is not writable here (needs root and a writable cgroup2 mount)")
     sv.cgroup_remove(cg)

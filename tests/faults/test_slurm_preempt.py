@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import private_cluster, scheduler
-from support import inv
+from support import inv, tmux_name
 
-pytestmark = [pytest.mark.slurm, pytest.mark.tmux]
+pytestmark = [pytest.mark.slurm, pytest.mark.tmux,
+              pytest.mark.xdist_group("slurm-preempt")]  # under xdist: one worker, in order, one module fixture
 HEAD = "run_id,config,seed,overrides,notes\n"
 SH = "sweeps/configs/shell.toml"
 # One array of three elements (SLURM_ARRAY_PARALLELISM=2): q ends at once; a and b each append to
@@ -62,7 +63,7 @@ def jobcomp(d: Path) -> list[tuple[str, str]]:
 def make_project(root: Path, d: Path, max_requeue: int) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
-    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET=opsrg-pe-{root.name}\n"
+    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET={tmux_name('pe', root)}\n"
                         f"SWEEP_BACKEND=slurm\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n"
                         f"SLURM_MAX_REQUEUE={max_requeue}\n")
     env = {"OPSRG_ENV_FILE": str(env_file), "SLURM_CONF": str(d / "etc" / "slurm.conf")}
