@@ -22,12 +22,6 @@ def worker_index() -> int:
     return int(WORKER[2:]) if WORKER.startswith("gw") and WORKER[2:].isdigit() else 0
 
 
-def tmux_name(kind: str, root: Path) -> str:
-    """The opsrg-* tmux socket of a test project in ``root``: named after the folder, and under xdist
-    after the worker too (each worker numbers its temp folders from 0, so the names would meet)."""
-    return f"opsrg-{kind}-{WORKER}-{root.name}" if WORKER else f"opsrg-{kind}-{root.name}"
-
-
 def require(tool: str, why: str) -> None:
     """Skip locally, fail in CI, when ``tool`` is not on PATH."""
     if shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import REPO, inv, tmux_name
+from support import REPO, inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux,
               pytest.mark.xdist_group("sweep-slurm")]  # under xdist: one worker, in order, one module fixture
@@ -31,7 +31,7 @@ TINY_EXP = '"fp_run=a steps=1 samples=2000 shards=2 backend=numpy"'
 def make_project(root: Path, name: str = "outputs", extra: str = "") -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
-    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/{name}\nOPS_TMUX_SOCKET={tmux_name('sw', root)}\n"
+    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/{name}\nOPS_TMUX_SOCKET=opsrg-sw-{root.name}\n"
                         "SWEEP_BACKEND=slurm\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n" + extra)
     env = {"OPSRG_ENV_FILE": str(env_file)}
     assert inv("fsm-reset", "CHECKED_OUT", env=env).returncode == 0

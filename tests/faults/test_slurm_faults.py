@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from slurm_cluster import PrivateCluster, private_cluster
-from support import REPO, inv, tmux_name
+from support import REPO, inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux,
               pytest.mark.xdist_group("slurm-faults")]  # under xdist: one worker, in order, one module fixture
@@ -40,7 +40,7 @@ def cluster():
 def make_project(root: Path, cluster: PrivateCluster | None, backend: str = "slurm") -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
-    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET={tmux_name('sf', root)}\n"
+    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET=opsrg-sf-{root.name}\n"
                         f"SWEEP_BACKEND={backend}\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n")
     env = {"OPSRG_ENV_FILE": str(env_file)}
     if cluster is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import private_cluster, scheduler
-from support import inv, tmux_name
+from support import inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux,
               pytest.mark.xdist_group("slurm-node-fail")]  # under xdist: one worker, in order, one module fixture
@@ -59,7 +59,7 @@ def fail_node(d: Path) -> list[str]:
 def make_project(root: Path, d: Path, max_requeue: int) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
-    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET={tmux_name('nf', root)}\n"
+    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET=opsrg-nf-{root.name}\n"
                         f"SWEEP_BACKEND=slurm\nSLURM_MEM=\nTASK_KILL_GRACE_SECS=2\nSLURM_MAX_REQUEUE={max_requeue}\n")
     env = {"OPSRG_ENV_FILE": str(env_file), "SLURM_CONF": str(d / "etc" / "slurm.conf")}
     assert inv("fsm-reset", "CHECKED_OUT", env=env).returncode == 0

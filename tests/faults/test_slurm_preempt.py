@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import private_cluster, scheduler
-from support import inv, tmux_name
+from support import inv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.tmux,
               pytest.mark.xdist_group("slurm-preempt")]  # under xdist: one worker, in order, one module fixture
@@ -63,7 +63,7 @@ def jobcomp(d: Path) -> list[tuple[str, str]]:
 def make_project(root: Path, d: Path, max_requeue: int) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     env_file = root / "workflow.env"
-    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET={tmux_name('pe', root)}\n"
+    env_file.write_text(f"POD_PROVIDER=local\nOPS_REMOTE_OUTPUTS_DIR={root}/outputs\nOPS_TMUX_SOCKET=opsrg-pe-{root.name}\n"
                         f"SWEEP_BACKEND=slurm\nSLURM_MEM=\nSLURM_ARRAY_PARALLELISM=2\nTASK_KILL_GRACE_SECS=2\n"
                         f"SLURM_MAX_REQUEUE={max_requeue}\n")
     env = {"OPSRG_ENV_FILE": str(env_file), "SLURM_CONF": str(d / "etc" / "slurm.conf")}
