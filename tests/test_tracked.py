@@ -203,9 +203,11 @@ def test_command_is_not_interpolated(tasks, tmp_path):
 def test_lost_pending_task_whose_window_never_came(tasks, monkeypatch):
     tasks.run("never", "true")
     tasks.wait("never", timeout=20)
-    # Forge a pending record whose supervisor never started, created long ago.
+    # Forge a pending record whose supervisor never started, created long ago: once the guardian of the
+    # real run has exited (it would take a pending record without a pid for the one it guards).
     p = tasks.paths("never")
     st = json.load(open(p.status))
+    retry_until(lambda: _gone(st.get("guardian_pid") or 0), timeout=10, what="the guardian to exit")
     st.update(state="pending", pid=None, created_at="2020-01-01T00:00:00+00:00", tmux={
         "socket": "opsrg-none", "session": "none", "window": "never"})
     open(p.status, "w").write(json.dumps(st))
