@@ -29,7 +29,7 @@ from opsrg.pods import transfer
 from opsrg.tracked.records import TaskState
 
 from sshd import write_ssh_env
-from support import REPO
+from support import REPO, retry_until
 
 pytestmark = pytest.mark.ssh
 
@@ -77,18 +77,24 @@ def run_inv(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
 
 
 class Outage:
-    """Kill sshd ``at`` seconds from now; bring it back after ``down_for`` seconds, or, with
-    ``down_for=None``, once ``proc`` has exited (the command must give up on its own)."""
+    """Kill sshd ``at`` seconds from now, or sooner once ``soon()`` is true (a share of the transfer
+    has arrived: on a busy machine a command may take longer or shorter than the clean run that
+    ``at`` was drawn from, and the kill must still land while it runs); bring it back after
+    ``down_for`` seconds, or, with ``down_for=None``, once ``proc`` has exited (the command must
+    give up on its own)."""
 
-    def __init__(self, server, proc: subprocess.Popen, at: float, down_for: float | None) -> None:
-        self.server, self.proc, self.at, self.down_for = server, proc, at, down_for
+    def __init__(self, server, proc: subprocess.Popen, at: float, down_for: float | None,
+                 soon=lambda: False) -> None:
+        self.server, self.proc, self.at, self.down_for, self.soon = server, proc, at, down_for, soon
         self.hit = False  # the command was still running when the link went down
         self.down_at = self.up_at = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        time.sleep(self.at)
+        deadline = time.monotonic() + self.at
+        while time.monotonic() < deadline and not self.soon():
+            time.sleep(0.02)
         self.hit = self.proc.poll() is None
         self.server.stop()
         self.down_at = time.monotonic()
@@ -105,6 +111,21 @@ class Outage:
     def join(self) -> None:
         self.thread.join(90)
         assert not self.thread.is_alive(), "sshd was not restarted"
+
+
+def arrived(root: Path, share: float, total: int):
+    """``soon`` of an Outage: at least ``share`` of the ``total`` files of a transfer are in place
+    under ``root`` (rsync moves each finished file there from its temp folder)."""
+    need = max(1, int(share * total))
+
+    def soon() -> bool:
+        n = 0
+        for _, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in (PARTIAL, ".opsrg-tmp")]
+            n += len(files)
+        return n >= need
+
+    return soon
 
 
 def clear_failure(p: subprocess.CompletedProcess | tuple[int, str], host: str, resume: str) -> bool:
@@ -141,7 +162,9 @@ def test_sshd_killed_during_push(sshd_private, tmp_path, monkeypatch, tmux_socke
         shutil.rmtree(repo)
         stays_down = i % 2 == 1  # odd trials: the pod stays down past the retry budget
         proc = start_inv("push", "--src", str(src), env={"OPS_SSH_RETRY_SECS": "2"} if stays_down else None)
-        out = Outage(sshd_private, proc, at=rng.uniform(0.15, 0.9) * base_s, down_for=None if stays_down else 1.0)
+        share = rng.uniform(0.15, 0.9)
+        out = Outage(sshd_private, proc, at=share * base_s, down_for=None if stays_down else 1.0,
+                     soon=arrived(repo, share, len(want)))
         _, stderr = proc.communicate(timeout=60)
         out.join()
         faults += out.hit
@@ -189,9 +212,13 @@ def test_sshd_down_while_tasks_run(sshd_private, tmp_path, monkeypatch, tmux_soc
     ctx = Context.load()
     n, run_for = 6, 10.0
     expect = {f"t{i}": (1 if i % 3 == 2 else 0) for i in range(n)}  # every third task fails with exit 1
+    # Each task runs at least run_for seconds, and on until the test lets it end (file `go` on the pod):
+    # on a busy machine the task-status calls below may take longer than run_for, and the tasks must
+    # still be running while they answer.
+    go = tmp_path / "pod" / "go"
     for tid, code in expect.items():
-        ctx.tasks.run(tid, f"sleep {run_for}; echo finished {tid} > done-{tid}; exit {code}",
-                      cwd=str(tmp_path / "pod"))
+        ctx.tasks.run(tid, f"sleep {run_for}; while [ ! -e {go} ]; do sleep 0.1; done; "
+                           f"echo finished {tid} > done-{tid}; exit {code}", cwd=str(tmp_path / "pod"))
     ctx.host.close()
     t0 = time.monotonic()
     while not all(_pod_state(ctx, t)["state"] == "running" for t in expect):
@@ -212,6 +239,7 @@ def test_sshd_down_while_tasks_run(sshd_private, tmp_path, monkeypatch, tmux_soc
         unreachable += clear_failure((p.returncode, err), sshd_private.spec, "inv pod-status")
     still_running = sum(_pod_state(ctx, t)["state"] == "running" for t in expect)
     changed = sum(Path(ctx.tasks.paths(t).status).read_bytes() != before[t] for t in expect)
+    go.touch()
     # The tasks run to their end on the pod with no link at all.
     while not all(TaskState(_pod_state(ctx, t)["state"]).is_terminal for t in expect):
         assert time.monotonic() - down_at < 30, "tasks did not finish on the pod"
@@ -275,7 +303,9 @@ def test_sshd_killed_during_fetch_run(sshd_private, tmp_path, monkeypatch, tmux_
         local = artifacts / run_id
         stays_down = i % 2 == 0
         proc = start_inv("fetch-run", run_id, env={"OPS_SSH_RETRY_SECS": "2"} if stays_down else None)
-        out = Outage(sshd_private, proc, at=rng.uniform(0.15, 0.9) * base_s, down_for=None if stays_down else 1.0)
+        share = rng.uniform(0.15, 0.9)
+        out = Outage(sshd_private, proc, at=share * base_s, down_for=None if stays_down else 1.0,
+                     soon=arrived(local, share, len(want)))
         _, stderr = proc.communicate(timeout=60)
         out.join()
         faults += out.hit
@@ -328,9 +358,17 @@ def test_link_cut_mid_command_is_unreachable_not_a_failure(sshd_private, tmp_pat
     host.run("true")
     cuts = 3
     caught = 0
-    for _ in range(cuts):
-        threading.Timer(0.6, sshd_private.restart).start()
+    for i in range(cuts):
+        # cut 0.6 s in, and not before the command runs on the pod (its mark is written; a busy
+        # machine may take longer than that to start it)
+        def cut(n: int, t: float) -> None:
+            retry_until(lambda: marks.exists() and len(marks.read_text().splitlines()) >= n, 10, 0.02,
+                        what="the command to start")
+            time.sleep(max(0.0, 0.6 - (time.monotonic() - t)))
+            sshd_private.restart()
+
         t0 = time.monotonic()
+        threading.Thread(target=cut, args=(i + 1, t0), daemon=True).start()
         with pytest.raises(UnreachableError) as e:
             host.run(f"echo x >> {marks}; sleep 3; echo done")
         caught += isinstance(e.value, LinkDropped) and time.monotonic() - t0 < 2.5
