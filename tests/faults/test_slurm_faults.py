@@ -208,15 +208,23 @@ def test_slurmctld_kill9_mid_sweep_then_cancel_and_resume(cluster, tmp_path):
     equal = sum(same(out / x, tmp_path / "ref" / "outputs" / x) for x in "abc")
     verify = inv("slurm-ledger", "--verify", env=env)
     lost = [ln for ln in verify.stdout.splitlines() if "unknown to the scheduler" in ln]
-    node = subprocess.run(["sinfo", "-h", "-o", "%T %E"], env={**os.environ, "SLURM_CONF": cluster.conf},
-                          capture_output=True, text=True, timeout=30).stdout.strip()
+    def node_now() -> str:
+        return subprocess.run(["sinfo", "-h", "-o", "%T %E"], env={**os.environ, "SLURM_CONF": cluster.conf},
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+
+    # A job the restarted controller still shows running keeps the node `mixed` until slurmd has
+    # reported on it, later on a busy machine; a drained node does not come back by itself.
+    t_node = time.monotonic()
+    while not (node := node_now()).startswith("idle") and time.monotonic() - t_node < 60:
+        time.sleep(0.5)
+    node_wait = time.monotonic() - t_node
     m = json.loads(next((out / "_manifests").glob("sweep-*.json")).read_text())
     print(f"\nFIGURE slurmctld kill -9 mid-sweep, then cancel + resume: runs=3 jobs={len(started['jobs'])} "
           f"killed_at={t_kill - t0:.1f}s restart={back:.1f}s after_restart={after_restart} "
           f"cancel={cancel.stdout.strip()!r} resumed={json.loads(res.stdout)['resumed'] if res.returncode == 0 else res.stderr} "
           f"resubmitted_jobs={sum(j['attempt'] == 2 for j in m['jobs'].values())} monitor_rc={mon.returncode} "
           f"kill_to_completed={took:.0f}s final={ {r['run_id']: r['state'] for r in st['runs']} } "
-          f"equal_histograms={equal}/3 jobs_lost_by_slurm={len(lost)} node={node!r}")
+          f"equal_histograms={equal}/3 jobs_lost_by_slurm={len(lost)} node={node!r} node_idle_after={node_wait:.1f}s")
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     assert res.returncode == 0, res.stdout + res.stderr
     # a was complete on disk: recorded completed, neither cancelled nor run again
