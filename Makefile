@@ -12,8 +12,12 @@ setup:
 demo: setup
 	@$(PY) -m opsrg.ops.demo
 
+# The tests mostly wait (on tmux, sshd, Slurm); on TEST_WORKERS pytest-xdist workers (0: one
+# process) they overlap. Each Slurm module stays on one worker (--dist loadgroup).
+TEST_WORKERS ?= 3
+
 test: setup
-	@$(PY) -m pytest -q -ra --durations=15
+	@$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	@$(VENV)/bin/ruff check opsrg tests tasks.py bench

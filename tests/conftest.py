@@ -28,6 +28,15 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = f"skipped in CI, which must run it: {rep.longrepr}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the grouped modules first (each runs on one worker, in order, and the TIMEOUT
+    wait of tests/test_sweep_slurm.py is a minute or more): the other tests then fill the other
+    workers, and the run does not end waiting on a group that started late. A serial run keeps
+    the usual order."""
+    if WORKER:
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable
+
+
 # Every tmux server of a test run lives in a folder of the run's own (TMUX_TMPDIR, set before any test
 # and inherited by everything the tests start; the test sshd sets it for the pod's sessions too), and
 # under pytest-xdist in a sub-folder per worker. A worker's end-of-session cleanup then sees its own
