@@ -5,14 +5,16 @@ Brought up once per session with the project's ``scripts/slurm-local-up.sh`` in 
 ``OPSRG_TEST_SLURM_DBD_SECS`` (default 40 s), else ``none``; taken down at the end. Skipped
 locally, failed in CI, when the Slurm binaries are missing.
 
-Under pytest-xdist every worker has clusters of its own: worker gwN adds ``-gwN`` to each folder
-and ``1000 * (N + 1)`` to each port (so no worker uses the ports of a serial run either); a port
-block that something else holds is skipped for the next free one.
+Each checkout, and under pytest-xdist each worker, has clusters of its own, so that test runs of
+two checkouts, or two workers of one run, never share one: the folders end in the checkout's tag
+(and ``-gwN``), and each cluster's four ports (slurmctld, slurmd, slurmdbd, MariaDB) are a block
+in 10000-29999 drawn from a hash of checkout, worker and cluster, or the next free one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -40,10 +42,14 @@ class SlurmCluster:
         return {"SLURM_CONF": self.conf}
 
 
-def _worker_dir(d: str) -> Path:
-    from support import WORKER
+def _dir(override: str | None, default: str) -> Path:
+    """``override`` (``OPSRG_TEST_SLURM_..._DIR``; ``-gwN`` appended under xdist) or ``default`` with
+    this checkout's (and worker's) tag appended."""
+    from support import WORKER, instance_tag
 
-    return Path(f"{d}-{WORKER}" if WORKER else d)
+    if override:
+        return Path(f"{override}-{WORKER}" if WORKER else override)
+    return Path(f"{default}-{instance_tag()}")
 
 
 def _free(port: int) -> bool:
@@ -64,26 +70,25 @@ def _alive(pid_file: Path) -> bool:
         return False
 
 
-def _port(d: Path, requested: str | None, default: int) -> str:
-    """The slurmctld port of the cluster in ``d`` (slurmd +1, slurmdbd +2, MariaDB +3): the one asked
-    for; else the one its live controller already listens on; else this worker's default, or the
-    first block 200 ports further on that is free."""
+def _port(d: Path, requested: str | None, name: str) -> str:
+    """The slurmctld port of cluster ``name`` in ``d`` (slurmd +1, slurmdbd +2, MariaDB +3): the one asked
+    for (plus 1000 per xdist worker); else the one its live controller already listens on; else the
+    block this checkout, worker and cluster hash to, or the next free one."""
     from support import WORKER, worker_index
 
     if requested:
-        return requested
-    if not WORKER:
-        return str(default)  # a serial run: the fixed ports it always had
+        return str(int(requested) + 1000 * worker_index())
     conf = d / "etc" / "slurm.conf"
     if conf.exists() and _alive(d / "run" / "slurmctld.pid"):
         m = re.search(r"^SlurmctldPort=(\d+)$", conf.read_text(), re.M)
         if m:
             return m.group(1)
-    base = default + 1000 * (worker_index() + 1)
-    for p in range(base, base + 1000, 200):
-        if all(_free(p + i) for i in range(4)):
+    h = int(hashlib.sha256(f"{REPO}|{WORKER}|{name}".encode()).hexdigest(), 16)
+    for i in range(5000):
+        p = 10000 + (h + i) % 5000 * 4
+        if all(_free(p + k) for k in range(4)):
             return str(p)
-    return str(base)
+    raise RuntimeError("no 4 free ports in 10000-29999 for a Slurm cluster")
 
 
 def _up(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -96,8 +101,8 @@ def slurm_cluster():
 
     for tool in ("sbatch", "slurmctld", "slurmd", "munged"):
         require(tool, "the slurm tests need a real single-node cluster")
-    d = _worker_dir(os.environ.get("OPSRG_TEST_SLURM_DIR", "/tmp/opsrg-test-slurm"))
-    port = _port(d, os.environ.get("OPSRG_TEST_SLURM_PORT"), 7017)
+    d = _dir(os.environ.get("OPSRG_TEST_SLURM_DIR"), "/tmp/opsrg-test-slurm")
+    port = _port(d, os.environ.get("OPSRG_TEST_SLURM_PORT"), "session")
     base = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": port,
             "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0"}
     t0 = time.monotonic()
@@ -159,7 +164,7 @@ def scheduler(d: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def private_cluster(name: str, port: int, **knobs: str) -> Iterator[PrivateCluster]:
+def private_cluster(name: str, **knobs: str) -> Iterator[PrivateCluster]:
     """Its own folder and port (``OPSRG_TEST_SLURM_<NAME>_DIR``/``_PORT`` override them; per worker
     under xdist, as the session cluster's), no accounting, ``slurm-local-up.sh`` knobs as keywords;
     purged at the end."""
@@ -168,8 +173,8 @@ def private_cluster(name: str, port: int, **knobs: str) -> Iterator[PrivateClust
     for tool in ("sbatch", "slurmctld", "slurmd", "munged", "scontrol", "sinfo"):
         require(tool, f"the slurm {name} tests need a real single-node cluster")
     var = "OPSRG_TEST_SLURM_" + name.upper().replace("-", "_")
-    d = _worker_dir(os.environ.get(var + "_DIR", f"/tmp/opsrg-test-slurm-{name}"))
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": _port(d, os.environ.get(var + "_PORT"), port),
+    d = _dir(os.environ.get(var + "_DIR"), f"/tmp/opsrg-test-slurm-{name}")
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(d), "SLURM_LOCAL_PORT": _port(d, os.environ.get(var + "_PORT"), name),
            "SLURM_LOCAL_ACCT": "none", "SLURM_LOCAL_MIN_JOB_AGE": "3600", "SLURM_LOCAL_INSTALL": "0", **knobs}
     c = PrivateCluster(d, env)
     c.up()

@@ -46,14 +46,15 @@ _PORTS = itertools.count()
 
 
 def free_port() -> int:
-    """A port of 127.0.0.1 where nothing listens, from this worker's own block of 500 below the
-    kernel's ephemeral range (32768 on): no client socket, ``bind(0)`` or other xdist worker can take
-    it, also while an sshd of ours is down for a restart. Each call gives the next port of the block."""
-    from support import worker_index
+    """A port of 127.0.0.1 where nothing listens, from a block of 100 of this checkout and worker in
+    30000-32699, below the kernel's ephemeral range (32768 on): no client socket, ``bind(0)``, other
+    xdist worker or (most likely) test run of another checkout takes it, also while an sshd of ours
+    is down for a restart. Each call gives the next port of the block."""
+    from support import CHECKOUT, worker_index
 
-    base = 20000 + 500 * worker_index()
-    for _ in range(500):
-        port = base + next(_PORTS) % 500
+    base = 30000 + (int(CHECKOUT, 16) + worker_index()) % 27 * 100
+    for _ in range(100):
+        port = base + next(_PORTS) % 100
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd binds
             try:
@@ -61,7 +62,7 @@ def free_port() -> int:
             except OSError:
                 continue
         return port
-    raise RuntimeError(f"no free port in {base}-{base + 499}")
+    raise RuntimeError(f"no free port in {base}-{base + 99}")
 
 
 def _answers(port: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVICE_MARKS = ("tmux", "ssh", "slurm")
 # Under pytest-xdist each worker is its own pytest session (gw0, gw1, ...); "" when run serially.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+# Names of what a test run sets up outside its temp folder (Slurm clusters, port blocks): per
+# checkout, so that runs of two checkouts on one machine do not meet, and per worker.
+CHECKOUT = hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
+
+
+def instance_tag() -> str:
+    return f"{CHECKOUT}-{WORKER}" if WORKER else CHECKOUT
 
 
 def worker_index() -> int:

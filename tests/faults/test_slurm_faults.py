@@ -33,7 +33,7 @@ MAX_ARRAY = 4
 
 @pytest.fixture(scope="module")
 def cluster():
-    with private_cluster("faults", 7117, SLURM_LOCAL_MAX_ARRAY_SIZE=str(MAX_ARRAY)) as c:
+    with private_cluster("faults", SLURM_LOCAL_MAX_ARRAY_SIZE=str(MAX_ARRAY)) as c:
         yield c
 
 

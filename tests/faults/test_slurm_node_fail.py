@@ -34,7 +34,7 @@ ROW = f"nf,{SH},1,\"command='echo x >> tries; sleep 12; echo ok > marker'\",\n"
 
 @pytest.fixture(scope="module")
 def cluster():
-    with private_cluster("node-fail", 7137, SLURM_LOCAL_CRED_EXPIRE="5") as c:
+    with private_cluster("node-fail", SLURM_LOCAL_CRED_EXPIRE="5") as c:
         yield c.dir
 
 

@@ -37,7 +37,7 @@ ROWS = (f"q,{SH},1,\"command='echo x >> tries; echo ok > marker'\",\n"
 
 @pytest.fixture(scope="module")
 def cluster():
-    with private_cluster("preempt", 7157, SLURM_LOCAL_CRED_EXPIRE="5", SLURM_LOCAL_PREEMPT="1") as c:
+    with private_cluster("preempt", SLURM_LOCAL_CRED_EXPIRE="5", SLURM_LOCAL_PREEMPT="1") as c:
         yield c.dir
 
 
