@@ -17,11 +17,11 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.errors import ConfigError
 
 ENV_FILE_VAR = "OPSRG_ENV_FILE"
 DEFAULT_ENV_NAME = "workflow.env"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # Path-valued keys. Nothing expands ``$VAR`` in a value (neither the file nor the environment is

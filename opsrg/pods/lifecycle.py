@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.errors import ConfigError, HostError, UnreachableError
-from opsrg.core.settings import REPO_ROOT
 from opsrg.hosts.local import LocalHost
 
 if TYPE_CHECKING:  # the caller's context; nothing here builds one

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsrg.core.atomic import TMP_MARK, TMP_SUFFIX, atomic_write_json
+from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.errors import HostError, InputError, LinkDropped
-from opsrg.core.settings import REPO_ROOT
 from opsrg.hosts.rsync import NOT_RESULTS
 
 if TYPE_CHECKING:  # the caller's context; nothing here builds one

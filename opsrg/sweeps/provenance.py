@@ -19,8 +19,8 @@ from typing import Any
 
 from opsrg.core import layout
 from opsrg.core.atomic import atomic_write_json
+from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.clock import now_iso
-from opsrg.core.settings import REPO_ROOT
 
 PACKAGES = ("opsrg", "numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "invoke", "fabric", "pydantic-settings")
 
