@@ -260,3 +260,13 @@ def test_cli_works_on_a_pod_without_sftp(sshd_private, tmp_path, monkeypatch, tm
     log = inv("task-logs", "--id", "hi").stdout
     assert "\n49999\n50000\ndone-on-pod\n" in log and log.startswith("1\n2\n")
     assert json.loads(inv("task-status", "--id", "hi", "--json").stdout)["exit_code"] == 0
+
+
+def test_a_failed_command_s_error_carries_its_result():
+    from opsrg.core.errors import HostError
+
+    with pytest.raises(HostError) as e:
+        LocalHost().run("echo out; echo err >&2; exit 7")
+    r = e.value.result
+    assert r is not None and r.exited == 7 and r.stdout == "out\n" and r.stderr == "err\n"
+    assert "exit 7" in str(e.value)

@@ -18,7 +18,7 @@ from opsrg.hosts import rsync
 from opsrg.pods import localsync, transfer
 
 from sshd import write_ssh_env
-from support import inv
+from support import inv, unavailable
 
 SIZES = {"empty.txt": 0, "one.bin": 1, "small.json": 700, "sub/mid.npz": 100_000, "sub/deep/big.bin": 3_000_000}
 
@@ -309,7 +309,7 @@ def test_fetch_run_copies_a_sparse_file_sparsely(provider, request):
         fh.write(b"head")
         fh.truncate(size)
     if os.stat(run / "sparse.bin").st_blocks * 512 > 1 << 20:
-        pytest.skip("this filesystem does not keep holes")
+        unavailable("this filesystem does not keep holes")
     ctx = Context.load()
     res = transfer.fetch_run(ctx, "run-sp")
     copy = ctx.artifacts_dir / "run-sp" / "sparse.bin"

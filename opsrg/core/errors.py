@@ -85,6 +85,12 @@ class SlurmError(CommandError):
     """A Slurm command failed; carries the command and the scheduler's message (and its result)."""
 
 
+class StillRunning(OpsError):
+    """A wait with a time limit ended with the work unfinished (exit 124, as timeout(1))."""
+
+    exit_code = 124
+
+
 class BackendUnavailableError(OpsError):
     """A compute backend was requested explicitly but cannot run here."""
 

@@ -48,6 +48,7 @@ class SweepEnv:
     local_root: str = ""           # RUN_OUT_LOCAL_ROOT, as a path on the pod / compute node
     sync_interval: int = 60        # SYNC_INTERVAL_SECS
     host: Host = field(default_factory=LocalHost, repr=False)
+    _tasks: TaskManager | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_context(cls, ctx) -> SweepEnv:
@@ -93,8 +94,11 @@ class SweepEnv:
         return SweepPaths(self.outputs)
 
     def tasks(self) -> TaskManager:
-        return TaskManager(self.host, self.outputs, tmux_socket=self.tmux_socket, tmux_session=self.tmux_session,
-                           kill_grace=self.kill_grace, stale_secs=self.stale_secs)
+        if self._tasks is None:
+            self._tasks = TaskManager(self.host, self.outputs, tmux_socket=self.tmux_socket,
+                                      tmux_session=self.tmux_session, kill_grace=self.kill_grace,
+                                      stale_secs=self.stale_secs)
+        return self._tasks
 
 
 def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
@@ -275,7 +279,7 @@ def set_aside(env: SweepEnv, campaign: str, run_ids: list[str]) -> dict[str, str
 
 def record_reused(paths: SweepPaths, m: Campaign) -> None:
     """Run manifests of the reused rows: completed at once, with the identity and where it was computed."""
-    rows = {r["run_id"]: r for r in m.rows}
+    rows = m.rows_by_id
     now = now_iso()
     create_manifests(paths, [(rid, m.campaign, m.backend, rows[rid],
                               {"state": RunState.COMPLETED, "completed_at": now, "summary_ok": True, "reused": True,
@@ -305,7 +309,7 @@ def verdict(paths: SweepPaths, m: Campaign) -> tuple[bool, list[str], list[str]]
 
 def reconcile_runs(paths: SweepPaths, m: Campaign) -> list[str]:
     """Runs recorded failed/cancelled whose summary.json is ok, now recorded completed (see runs.reconcile)."""
-    return [r["run_id"] for r in m.rows if runs.reconcile(paths, r["run_id"]) is not None]
+    return [rid for rid in m.run_ids if runs.reconcile(paths, rid) is not None]
 
 
 def settle_cancelled(paths: SweepPaths, run_id: str) -> None:

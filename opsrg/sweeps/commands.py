@@ -14,7 +14,7 @@ from typing import Any
 
 from opsrg.core import fsm
 from opsrg.core.clock import now_iso, parse_iso
-from opsrg.core.errors import InputError, OpsError
+from opsrg.core.errors import InputError, OpsError, StillRunning
 from opsrg.core.fsm import State
 from opsrg.sweeps import runs
 from opsrg.sweeps.backend import Backend
@@ -132,7 +132,7 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
         raise InputError(f"campaign {m.campaign} ran on {m.backend}; resume it there (got --backend {backend})")
     if dry_run:
         ctx.store.check("sweep-resume", enforce=ctx.s.wf_fsm_enforce)
-        return _dry_plan(env, m, be, [r["run_id"] for r in m.rows if runs.summary_ok(paths, r["run_id"]) is not True])
+        return _dry_plan(env, m, be, [rid for rid in m.run_ids if runs.summary_ok(paths, rid) is not True])
     with ctx.store.claim("sweep-resume", enforce=ctx.s.wf_fsm_enforce, note=f"campaign {m.campaign}"):
         settle_launch(env, m, be)
         be.refresh(env, m)
@@ -140,8 +140,7 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
         busy = be.busy(env, m)
         if busy:
             raise InputError(f"campaign {m.campaign}: {busy}", hint="inv sweep-cancel, then inv sweep-start --resume")
-        todo = [r["run_id"] for r in m.rows if runs.summary_ok(paths, r["run_id"]) is not True
-                and not be.alive(env, m, r["run_id"])]
+        todo = [rid for rid in m.run_ids if runs.summary_ok(paths, rid) is not True and not be.alive(env, m, rid)]
         m.resumes = m.resumes + [{"at": now_iso(), "runs": todo}]
         m.launch = new_launch(todo)
         write_manifest(env, m)
@@ -154,7 +153,7 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
         write_manifest(env, m)
         _move_fsm(ctx, env, m)  # nothing to redo: the sweep ends now
     return {"campaign": m.campaign, "backend": m.backend, "resumed": todo,
-            "skipped": [r["run_id"] for r in m.rows if r["run_id"] not in todo]}
+            "skipped": [rid for rid in m.run_ids if rid not in todo]}
 
 
 def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[str]]:
@@ -180,7 +179,10 @@ def _dry_plan(env: SweepEnv, m: Campaign, be: Backend, todo: list[str],
             "jobs": [j.to_json() for j in jobs]}
 
 
-def monitor(ctx, campaign: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+Pass = tuple[Campaign, list[dict[str, Any]], dict[str, Any]]  # one monitor pass: the campaign, its rows, the verdict
+
+
+def monitor(ctx, campaign: str | None = None) -> Pass:
     """One monitor pass: settle a launch cut short, advance the manifests, reconcile them with the
     summaries, then move the FSM when every run is final."""
     env = SweepEnv.from_context(ctx)
@@ -202,7 +204,7 @@ def cancel(ctx, run_id: str | None = None) -> list[str]:
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths)
     be = backend_for(m.backend)
-    ids = [r["run_id"] for r in m.rows]
+    ids = m.run_ids
     if run_id is not None:
         if run_id not in ids:
             raise InputError(f"no run {run_id!r} in campaign {m.campaign} (runs: {', '.join(ids)})")
@@ -214,15 +216,6 @@ def cancel(ctx, run_id: str | None = None) -> list[str]:
     with ctx.transition("sweep-cancel"):
         be.cancel(env, m, todo)
     return [r for r in alive if runs.state_of(env.paths, r) == RunState.CANCELLED]
-
-
-class StillRunning(OpsError):
-    """``sweep-monitor --wait --timeout-secs``: the campaign was not final in time (exit 124, as timeout(1))."""
-
-    exit_code = 124
-
-
-Pass = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]
 
 
 def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float | None = None,

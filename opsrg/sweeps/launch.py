@@ -72,8 +72,7 @@ def settle_launch(env: SweepEnv, m: Campaign, be: Backend) -> str:
 
 def cut_launch(env: SweepEnv, m: Campaign, be: Backend, state: LaunchState, why: str, reason: str) -> str:
     """Record a launch that stopped part way: the runs it had not started are failed with ``reason``."""
-    paths, camp, launch = env.paths, m.campaign, m.launch
-    rows = {r["run_id"]: r for r in m.rows}
+    paths, camp, launch, rows = env.paths, m.campaign, m.launch, m.rows_by_id
     for rid in launch.get("runs", []):
         rm = runs.read_for(paths, rid, camp)
         if rm is None and state == LaunchState.INTERRUPTED:
@@ -88,7 +87,7 @@ def cut_launch(env: SweepEnv, m: Campaign, be: Backend, state: LaunchState, why:
 
 def claim_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str]) -> None:
     """Fresh run manifests for the runs a launch is about to start (they are live from here on)."""
-    rows = {r["run_id"]: r for r in m.rows}
+    rows = m.rows_by_id
     create_manifests(env.paths, [(rid, m.campaign, be.name, rows[rid],
                                   identity_extra(m, rid, tasks=be.run_tasks(rid))) for rid in todo])
 

@@ -58,10 +58,24 @@ class LaunchState(StateEnum):
         return self in (LaunchState.ABORTED, LaunchState.INTERRUPTED)
 
 
-RUN_STATES = tuple(RunState)
 FINAL = tuple(s for s in RunState if s.is_final)
 LAUNCH_OPEN = tuple(s for s in LaunchState if s.is_open)
 LAUNCH_CUT = tuple(s for s in LaunchState if s.is_cut)
+
+
+def _fields_of(cls: type, data: dict[str, Any], nullable: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` in ``data``, and ``extra``: the keys it does not know.
+
+    A null where the field has a default other than None (an older writer) takes the default.
+    """
+    names = {f.name for f in fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names and (v is not None or k in nullable)}
+    return {**known, "extra": {k: v for k, v in data.items() if k not in names}}
+
+
+def _as_json(record: Any) -> dict[str, Any]:
+    d = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "extra"}
+    return {**d, **record.extra}
 
 
 @dataclass
@@ -99,19 +113,13 @@ class RunManifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunManifest:
         """ValueError when ``data`` is no run manifest (no run id, or a state that is none)."""
-        names = {f.name for f in fields(cls)} - {"extra"}
         if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
             raise ValueError("not a run manifest (no run_id)")
-        # null where a field has a default other than None (an older writer): the default
-        nullable = {"exit_code", "summary_ok", "identity"}
-        known = {k: v for k, v in data.items() if k in names and (v is not None or k in nullable)}
-        known["state"] = RunState(data.get("state", RunState.SUBMITTED))
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        kw = _fields_of(cls, data, frozenset({"exit_code", "summary_ok", "identity"}))
+        return cls(**{**kw, "state": RunState(data.get("state", RunState.SUBMITTED))})
 
     def to_json(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["state"] = self.state.value
-        return {**d, **self.extra}
+        return {**_as_json(self), "state": self.state.value}
 
 
 @dataclass
@@ -145,15 +153,16 @@ class Campaign:
     def run_ids(self) -> list[str]:
         return [r["run_id"] for r in self.rows]
 
+    @property
+    def rows_by_id(self) -> dict[str, dict[str, Any]]:
+        return {r["run_id"]: r for r in self.rows}
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Campaign:
         """ValueError when ``data`` is no sweep manifest."""
         if not isinstance(data, dict) or not isinstance(data.get("campaign"), str) or "backend" not in data:
             raise ValueError("not a sweep manifest (no campaign or backend)")
-        names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names and v is not None}
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        return cls(**_fields_of(cls, data))
 
     def to_json(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**d, **self.extra}
+        return _as_json(self)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from opsrg.core.errors import BackendUnavailableError
+
+from support import unavailable
 
 BACKENDS = ("numpy", "cpu", "cupy")
 
@@ -19,8 +20,8 @@ def backend_or_skip(name: str):
     try:
         return get_backend(name)
     except BackendUnavailableError as exc:
-        if name != "cupy" and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"backend {name} must run in CI (only cupy needs hardware CI lacks): {exc}")
+        if name != "cupy":  # only cupy needs hardware this machine kind lacks: the others fail in CI
+            unavailable(f"backend {name} unavailable: {exc}")
         pytest.skip(f"backend {name} unavailable: {exc}")
 
 

@@ -58,9 +58,7 @@ def test_bridge_connectivity(bits):
 
 
 def test_bridge_connectivity_backend_signs(backend):
-    """t_i in {0, 1} is z = -inf / +inf: the map gives z' = -inf (connected) or +inf."""
-    if not hasattr(backend, "map_z"):
-        pytest.skip(f"backend {backend.name} exposes no per-sample map_z")
+    """t_i in {0, 1} is z = -inf / +inf: the map gives z' = -inf (connected) or +inf (every backend has map_z)."""
     cases = list(itertools.product((0, 1), repeat=5))
     z = np.array([[-np.inf if b else np.inf for b in bits] for bits in cases]).T
     ph = np.random.default_rng(5).random((4, len(cases))) * 2 * np.pi
@@ -79,15 +77,11 @@ def test_half_point_reference():
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_half_point_backend(backend, dtype):
-    if not hasattr(backend, "map_z"):
-        pytest.skip(f"backend {backend.name} exposes no per-sample map_z")
     zp = np.asarray(backend.map_z(np.zeros((5, 3)), np.zeros((4, 3)), dtype), dtype=np.float64)
     assert np.max(np.abs(zp)) <= (1e-12 if dtype == "float64" else 1e-5)  # f32: a few ulp of ln
 
 
 def test_backend_float64_matches_reference(backend):
-    if not hasattr(backend, "map_z"):
-        pytest.skip(f"backend {backend.name} exposes no per-sample map_z")
     z, ph = _random_inputs(100_000, seed=2)
     ref = kernel.rg_step_z(z, ph)
     got = np.asarray(backend.map_z(z, ph, "float64"), dtype=np.float64)
@@ -96,8 +90,6 @@ def test_backend_float64_matches_reference(backend):
 
 def test_backend_float32_accuracy(backend):
     """0 of 2e5 samples off by more than the 1e-3 bin width (RG_SPEC 3.1)."""
-    if not hasattr(backend, "map_z"):
-        pytest.skip(f"backend {backend.name} exposes no per-sample map_z")
     z, ph = _random_inputs(200_000, seed=3)
     ref = kernel.rg_step_z(z, ph)
     got = np.asarray(backend.map_z(z.astype(np.float32), ph.astype(np.float32), "float32"), dtype=np.float64)

@@ -40,6 +40,11 @@ from opsrg.tracked import supervisor
 from opsrg.tracked.records import TaskState
 
 
+def _status(env: SweepEnv, key: str) -> dict[str, Any] | None:
+    """The record of job ``key`` as its status.json holds it (None: missing or unreadable)."""
+    return runs.read_json(Path(env.tasks().paths(key).status))
+
+
 def _log(task_dir: str, job: Job) -> str:
     """Where a job's output goes: one log per array element (``%a``), else one."""
     return f"{task_dir}/stdout-%a.log" if job.tasks is not None else f"{task_dir}/stdout.log"
@@ -220,7 +225,7 @@ class SlurmBackend(Backend):
         self._advance_runs(env, m)
 
     def _record_final(self, env: SweepEnv, key: str) -> bool:
-        rec = runs.read_json(Path(env.tasks().paths(key).status))
+        rec = _status(env, key)
         return rec is not None and rec.get("state") in supervisor.TERMINAL
 
     def _from_markers(self, env: SweepEnv, m: Campaign, j: dict[str, Any], elem: str) -> JobInfo | None:
@@ -293,7 +298,7 @@ class SlurmBackend(Backend):
 
     def _update_record(self, env: SweepEnv, key: str, j: dict[str, Any], elems: list[str],
                        got: dict[str, JobInfo], down: str = "") -> None:
-        tdir = str(Path(env.tasks().paths(key).root))
+        tdir = env.tasks().paths(key).root
         states = [got[e].task_state() for e in elems if e in got]
         known = len(states) == len(elems)
         sources = sorted({i.source for i in got.values()})
@@ -331,7 +336,7 @@ class SlurmBackend(Backend):
             mine = [(k, j) for k, j in m.jobs.items() if rid in j["runs"] and j["key"] in rm.tasks]
             started = False
             for k, j in mine:
-                rec = runs.read_json(Path(env.tasks().paths(k).status)) or {}
+                rec = _status(env, k) or {}
                 elems = rec.get("slurm", {}).get("elements", {})
                 if j["kind"] == "shell" and len(j["runs"]) > 1:
                     e = f"{j['job_id']}_{j['runs'].index(rid)}"
