@@ -332,7 +332,7 @@ def test_resume_and_doctor_reconcile_a_cancelled_run_whose_summary_is_ok(project
     t.wait()
     # the monitor is done once every run is; the driver may still be writing r1's manifest (on a busy
     # machine, after the edit below): edit it once the driver has ended
-    from opsrg.tracked import TaskState
+    from opsrg.tracked.records import TaskState
 
     drv = next((Path(t.env["OPS_REMOTE_OUTPUTS_DIR"]) / "_tasks").glob("sweep-driver.*/status.json"))
     retry_until(lambda: TaskState(json.loads(drv.read_text())["state"]).is_terminal, timeout=30,
