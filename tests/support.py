@@ -87,3 +87,15 @@ def sleeping(token: str) -> list[int]:
 
     return [int(n) for n in os.listdir("/proc") if n.isdigit()
             and proc_cmdline(int(n)).split() == ["sleep", token] and proc_state(int(n)) not in (None, "Z")]
+
+
+def warm_once(cpu) -> None:
+    """Compile the numba kernels in one test process at a time: the first compiles them into the
+    checkout's cache (about 30 CPU-seconds), the others then load it in a second, instead of every
+    pytest-xdist worker compiling its own copy at once on a fresh clone."""
+    from filelock import FileLock
+
+    lock = REPO / ".pytest_cache" / "numba-compile.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with FileLock(lock):
+        cpu.warm()

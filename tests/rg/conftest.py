@@ -8,7 +8,7 @@ import pytest
 
 from opsrg.core.errors import BackendUnavailableError
 
-from support import unavailable
+from support import unavailable, warm_once
 
 BACKENDS = ("numpy", "cpu", "cupy")
 
@@ -18,11 +18,14 @@ def backend_or_skip(name: str):
     from opsrg.rg.backends import get_backend
 
     try:
-        return get_backend(name)
+        b = get_backend(name)
     except BackendUnavailableError as exc:
         if name != "cupy":  # only cupy needs hardware this machine kind lacks: the others fail in CI
             unavailable(f"backend {name} unavailable: {exc}")
         pytest.skip(f"backend {name} unavailable: {exc}")
+    if name == "cpu":
+        warm_once(b)
+    return b
 
 
 # the cupy case carries the gpu mark, so `pytest -m gpu` on a GPU machine runs it too

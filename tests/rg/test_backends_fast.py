@@ -25,7 +25,7 @@ from opsrg.rg.backends import Backend, StepResult, get_backend
 from opsrg.rg.histogram import AliasTable, Grid, InverseCDF, symmetrise
 from opsrg.rg.streams import stream_key
 
-from support import require
+from support import require, warm_once
 
 REPO = Path(__file__).resolve().parents[2]
 GRID = Grid()
@@ -77,6 +77,7 @@ def assert_chi2_ok(a: np.ndarray, b: np.ndarray) -> None:
 def cpu():
     b = get_backend("cpu")
     assert b.available(), b.unavailable_reason()
+    warm_once(b)
     return b
 
 
