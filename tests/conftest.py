@@ -30,7 +30,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_collection_modifyitems(config, items):
     """Under xdist, the grouped modules first (each runs on one worker, in order, and the TIMEOUT
-    wait of tests/test_sweep_slurm.py is a minute or more): the other tests then fill the other
+    wait of tests/sweeps/slurm/test_sweep_slurm.py is a minute or more): the other tests then fill the other
     workers, and the run does not end waiting on a group that started late. A serial run keeps
     the usual order."""
     if WORKER:

@@ -20,7 +20,7 @@ from typing import Any
 # opsrg's alone, so `inv doctor --fix` can tell a leftover of its own killed writer (deleted) from
 # a user's file that merely looks like a temp file (``.model.pickle``, ``.foo.tmp``: never touched).
 # Spelled once, here; opsrg/supervisor.py (stdlib-only, copied to pods alone) carries a copy of
-# TMP_MARK, which tests/test_doctor.py checks, as it checks every other writer's temp names.
+# TMP_MARK, which tests/ops/test_doctor.py checks, as it checks every other writer's temp names.
 TMP_MARK = ".opsrg-"
 TMP_SUFFIX = ".tmp"
 TMP_RE = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"[a-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")

@@ -83,7 +83,7 @@ def _lock(task_dir: str):
 
 
 # opsrg.atomic.TMP_MARK, copied (this file runs alone on pods): `doctor --fix` deletes only temp files
-# that carry it, so a temp name here must carry it too (tests/test_doctor.py checks that they agree).
+# that carry it, so a temp name here must carry it too (tests/ops/test_doctor.py checks that they agree).
 TMP_MARK = ".opsrg-"
 
 

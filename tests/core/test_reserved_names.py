@@ -12,7 +12,7 @@ from opsrg.sweeps.rows import SweepCSVError, parse_text
 
 from support import inv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEAD = "run_id,config,seed,overrides,notes\n"
 SH = "sweeps/configs/shell.toml"
 

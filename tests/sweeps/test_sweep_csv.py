@@ -8,7 +8,7 @@ import pytest
 
 from opsrg.sweeps.rows import SweepCSVError, order, parse_file, parse_text, split_line
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEAD = "run_id,config,seed,overrides,notes\n"
 FP = "sweeps/configs/fp_tiny.toml"
 

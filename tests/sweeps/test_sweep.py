@@ -8,7 +8,7 @@ from pathlib import Path
 from opsrg.sweeps.plan import RunProgress, Sweep, array_spec, plan_slurm, row_command, split_array
 from opsrg.sweeps.rows import parse_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEAD = "run_id,config,seed,overrides,notes\n"
 
 

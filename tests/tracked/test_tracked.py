@@ -334,7 +334,7 @@ def test_task_logs_of_a_huge_log_runs_in_bounded_memory(tasks):
              "p = subprocess.run([sys.argv[1], 'task-logs', '--id', 'huge'], stdout=subprocess.PIPE)\n"
              "print(p.returncode, len(p.stdout), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", probe, str(Path(sys.executable).parent / "inv")],
-                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     rc, nbytes, maxrss_kib = (int(x) for x in out.stdout.split())
     assert rc == 0 and nbytes == size, out.stderr
     assert maxrss_kib < 100 * 1024, f"task-logs peaked at {maxrss_kib // 1024} MiB for a {size >> 20} MiB log"
