@@ -1,6 +1,6 @@
 """The package's layers, read from its imports (every import, at the top or inside a function).
 
-core <- hosts <- tracked <- pods <- sweeps <- ops, with ``context`` (the composition root that
+core <- hosts <- tracked <- pods <- sweeps <- ops <- cli, with ``context`` (the composition root that
 builds hosts, state and tasks from the settings) beside ops and ``rg`` on core alone. An import
 under ``if TYPE_CHECKING:`` is a type annotation, not a dependency, and is not counted.
 """
@@ -25,6 +25,7 @@ ALLOWED = {
     "context": {"core", "hosts", "tracked", "pods"},
     "ops": {"core", "hosts", "tracked", "pods", "sweeps", "context", "opsrg.rg.run"},
     "rg": {"core"},
+    "cli": {"core", "hosts", "tracked", "pods", "sweeps", "context", "ops"},
 }
 # ``python -m opsrg.X`` names that scripts already written on pods and clusters call
 ENTRY_POINTS = {"opsrg.sweep_runner", "opsrg.runs", "opsrg.provenance"}

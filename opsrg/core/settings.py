@@ -175,14 +175,19 @@ class LoadedSettings:
 
 
 def env_file_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The env file in force: explicit argument, ``$OPSRG_ENV_FILE``, or ``./workflow.env``."""
+    """The env file in force: the explicit argument, ``$OPSRG_ENV_FILE``, else the nearest
+    ``workflow.env`` at or above the working directory (as git finds its repository), else this
+    source checkout's own one."""
     if explicit:
         return Path(explicit).resolve()
     if os.environ.get(ENV_FILE_VAR):
         return Path(os.environ[ENV_FILE_VAR]).resolve()
-    for base in (Path.cwd(), REPO_ROOT):
+    here = Path.cwd().resolve()
+    for base in (here, *here.parents):
         if (base / DEFAULT_ENV_NAME).is_file():
             return (base / DEFAULT_ENV_NAME).resolve()
+    if (REPO_ROOT / ".git").exists() and (REPO_ROOT / DEFAULT_ENV_NAME).is_file():
+        return (REPO_ROOT / DEFAULT_ENV_NAME).resolve()
     return None
 
 

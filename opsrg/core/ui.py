@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from collections.abc import Sequence
+
+
+def prog() -> str:
+    """The command the user typed: ``opsrg`` (the installed tool) or ``inv`` (a project's
+    ``tasks.py``), so that every hint names a command that runs as written."""
+    return "opsrg" if os.path.basename(sys.argv[0]) == "opsrg" else "inv"
+
+
+def hint(text: str) -> str:
+    """``text`` with the package's ``inv TASK`` hints named as the user's program names them."""
+    return text if prog() == "inv" else re.sub(r"\binv (?=[a-z])", "opsrg ", text)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:

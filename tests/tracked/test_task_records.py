@@ -18,5 +18,5 @@ def test_the_task_list_help_names_the_number_it_keeps():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "tasks.py").read_text()
+    text = (Path(__file__).resolve().parents[2] / "opsrg" / "cli" / "tasks.py").read_text()
     assert re.search(rf"newest {RECENT_ENDED} that ended", text)
