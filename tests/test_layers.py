@@ -105,6 +105,16 @@ def test_the_supervisor_stays_stdlib_only():
     assert graph()["opsrg.tracked.supervisor"] == set()
 
 
+def test_the_supervisor_stays_python38_code():
+    """Its grammar is 3.8's, and it uses no later standard-library name that lint would suggest
+    (``datetime.UTC`` is 3.11): pods run it with their own python3."""
+    src = (ROOT / "tracked" / "supervisor.py").read_text()
+    tree = ast.parse(src, feature_version=(3, 8))
+    later = {("datetime", "UTC")}
+    used = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not used & later, used & later
+
+
 def test_the_run_names_import_without_numpy():
     import subprocess
     import sys

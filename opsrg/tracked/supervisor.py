@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 STATES = ("pending", "running", "success", "failed", "timed_out")
 TERMINAL = ("success", "failed", "timed_out")
@@ -64,7 +64,7 @@ RETRY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def parse_iso(s: str) -> float:
