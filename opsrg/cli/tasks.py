@@ -149,7 +149,7 @@ def fsm_status(c, json=False):
 
     ctx = _ctx()
     ws = ctx.store.read()
-    allowed = sorted(cmd for cmd, r in fsm.TABLE.items() if ws.state in r.allowed and r.target not in (None,))
+    allowed = fsm.next_commands(ws.state)
     if json:
         _print_json({"state": ws.state.value, "updated_at": ws.updated_at, "command": ws.command,
                      "state_file": str(ctx.state_file), "transitions_allowed": allowed})
@@ -418,10 +418,13 @@ def sweep_csv_template(c, force=False):
             "json": "print machine-readable JSON"})
 @ops
 def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=False, json=False):
-    """Validate the CSV and start the sweep. CHECKED_OUT -> SWEEP_RUNNING (--resume: from SWEEP_FAILED)."""
+    """Validate the CSV and start a campaign (from CHECKED_OUT, SWEEP_COMPLETED or SWEEP_FAILED), or
+    --resume the last one (from SWEEP_FAILED): -> SWEEP_RUNNING."""
     from opsrg.sweeps import commands
 
     out = commands.start(_ctx(), csv, backend, resume=resume, dry_run=dry_run, force=force)
+    if out.get("csv_changed") and not json:
+        print(hint(f"note: {out['csv_changed']}"), file=sys.stderr)
     if json:
         _print_json(out)
     elif dry_run:

@@ -32,11 +32,15 @@ HAS_CHECKOUT = frozenset(
 
 @dataclass(frozen=True)
 class Rule:
-    """Where a command may run, and the state it leaves behind on success (None: unchanged)."""
+    """Where a command may run, and the state it leaves behind on success (None: unchanged).
+
+    An ``event`` is what opsrg itself records (a resume, a sweep's end), not a command a user
+    types: it is never offered as one."""
 
     allowed: frozenset[State]
     target: State | None
     next_step: str = ""
+    event: bool = False
 
 
 # The one table. Read-only commands are listed too, so `fsm-check` answers for every command.
@@ -53,12 +57,21 @@ TABLE: dict[str, Rule] = {
     "push": Rule(ALL - {State.INIT, State.POD_READY}, None, "inv bootstrap"),
     "pull": Rule(HAS_POD, None, "inv pod-up"),
     "fetch-run": Rule(HAS_POD, None, "inv pod-up"),
-    "sweep-start": Rule(frozenset({State.CHECKED_OUT, State.SWEEP_COMPLETED}), State.SWEEP_RUNNING, "inv checkout"),
-    "sweep-resume": Rule(frozenset({State.SWEEP_FAILED, State.SWEEP_RUNNING}), State.SWEEP_RUNNING),
-    "sweep-completed": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_COMPLETED),
-    "sweep-failed": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_FAILED),
+    # a new campaign after a completed or a failed one: the checkout is still in place
+    "sweep-start": Rule(frozenset({State.CHECKED_OUT, State.SWEEP_COMPLETED, State.SWEEP_FAILED}),
+                        State.SWEEP_RUNNING, "inv checkout"),
+    # sweep-start --resume, and the monitor's verdict once every run is final
+    "sweep-resume": Rule(frozenset({State.SWEEP_FAILED, State.SWEEP_RUNNING}), State.SWEEP_RUNNING, event=True),
+    "sweep-completed": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_COMPLETED, event=True),
+    "sweep-failed": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_FAILED, event=True),
     "sweep-cancel": Rule(frozenset({State.SWEEP_RUNNING}), State.SWEEP_FAILED),
     "sweep-status": Rule(ALL, None),
+    "sweep-monitor": Rule(ALL, None),  # it records the sweep's end (an event) once every run is final
+    "sweep-csv-template": Rule(ALL, None),
+    "slurm-ledger": Rule(ALL, None),
+    "doctor": Rule(ALL, None),
+    "artifacts-ls": Rule(ALL, None),
+    "artifacts-gc": Rule(ALL, None),
     "task-run": Rule(HAS_POD, None, "inv pod-up"),
     "task-kill": Rule(ALL, None),
     "task-status": Rule(ALL, None),
@@ -82,13 +95,19 @@ def parse_state(name: str) -> State:
         raise IllegalStateError(f"unknown state {name!r}; known states: {known}") from None
 
 
+COMMANDS = tuple(sorted(c for c, r in TABLE.items() if not r.event))
+
+
 def rule_for(command: str) -> Rule:
     try:
         return TABLE[command]
     except KeyError:
-        raise IllegalStateError(
-            f"unknown command {command!r}; known: {', '.join(sorted(TABLE))}"
-        ) from None
+        raise IllegalStateError(f"unknown command {command!r}; known: {', '.join(COMMANDS)}") from None
+
+
+def next_commands(current: State) -> list[str]:
+    """The commands a user may type in ``current`` that move the workflow on."""
+    return [c for c in COMMANDS if current in TABLE[c].allowed and TABLE[c].target is not None]
 
 
 def _ordered(states: frozenset[State]) -> list[str]:

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     sweep_tmux_session: str = "opsrg-sweep"
     sweep_csv: str = "sweeps/demo.csv"
     sweep_backend: Literal["tmux", "slurm"] = "tmux"
-    run_timeout_secs: int = Field(3600, gt=0)
+    run_timeout_secs: int = Field(0, ge=0)  # 0: no limit
     run_out_mode: Literal["direct", "local_sync"] = "direct"
     run_out_local_root: str = ".opsrg/pod/scratch"
     sync_interval_secs: int = Field(60, gt=0)

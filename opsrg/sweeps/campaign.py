@@ -17,7 +17,7 @@ from typing import Any
 from opsrg.core import layout
 from opsrg.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from opsrg.core.clock import now_iso
-from opsrg.core.errors import InputError
+from opsrg.core.errors import InputError, OpsError
 from opsrg.hosts.base import Host
 from opsrg.hosts.local import LocalHost
 from opsrg.pods import localsync
@@ -39,7 +39,7 @@ class SweepEnv:
     python: str = sys.executable
     tmux_socket: str = "opsrg"
     tmux_session: str = "opsrg-sweep"
-    run_timeout: int = 3600
+    run_timeout: int = 0  # seconds; 0: no limit
     kill_grace: float = 5.0
     stale_secs: float = 30.0
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
@@ -103,6 +103,25 @@ class SweepEnv:
 
 def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
     return parse_file(csv_path, bases)
+
+
+def csv_drift(m: Campaign, bases: list[Path]) -> str | None:
+    """How the campaign's CSV reads now against the rows the campaign runs, or None when alike
+    (or gone): ``--resume`` runs the campaign's own rows, and an edit it ignored would surprise."""
+    src = Path(m.source_csv) if m.source_csv else None
+    if src is None or not src.is_file():
+        return None
+    try:
+        now = {r.run_id: r.to_json() for r in load_rows(str(src), bases)}
+    except OpsError as e:
+        return f"{src} has changed since campaign {m.campaign} started and no longer reads ({str(e).splitlines()[0]})"
+    then = m.rows_by_id
+    parts = [f"{what}: {', '.join(ids)}" for what, ids in (
+        ("added", sorted(now.keys() - then.keys())), ("removed", sorted(then.keys() - now.keys())),
+        ("changed", sorted(k for k in now.keys() & then.keys() if now[k] != then[k]))) if ids]
+    if not parts:
+        return None
+    return f"{src} has changed since campaign {m.campaign} started ({'; '.join(parts)})"
 
 
 def save_launch(env: SweepEnv, sweep: Sweep, csv_path: str, backend: str, launch: dict[str, Any],

@@ -21,6 +21,7 @@ from opsrg.sweeps.backend import Backend
 from opsrg.sweeps.campaign import (
     SweepEnv,
     check_reuse,
+    csv_drift,
     discard,
     load_manifest,
     load_rows,
@@ -130,9 +131,14 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
     be = backend_for(m.backend)
     if backend and backend != m.backend:
         raise InputError(f"campaign {m.campaign} ran on {m.backend}; resume it there (got --backend {backend})")
+    drift = csv_drift(m, _bases(ctx))
+    if drift:
+        drift += ("; --resume runs the campaign's own rows: to run the file as it is now, start a new campaign"
+                  " with inv sweep-start (its completed rows that did not change are reused)")
     if dry_run:
         ctx.store.check("sweep-resume", enforce=ctx.s.wf_fsm_enforce)
-        return _dry_plan(env, m, be, [rid for rid in m.run_ids if runs.summary_ok(paths, rid) is not True])
+        return {**_dry_plan(env, m, be, [rid for rid in m.run_ids if runs.summary_ok(paths, rid) is not True]),
+                "csv_changed": drift}
     with ctx.store.claim("sweep-resume", enforce=ctx.s.wf_fsm_enforce, note=f"campaign {m.campaign}"):
         settle_launch(env, m, be)
         be.refresh(env, m)
@@ -153,7 +159,7 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
         write_manifest(env, m)
         _move_fsm(ctx, env, m)  # nothing to redo: the sweep ends now
     return {"campaign": m.campaign, "backend": m.backend, "resumed": todo,
-            "skipped": [rid for rid in m.run_ids if rid not in todo]}
+            "skipped": [rid for rid in m.run_ids if rid not in todo], "csv_changed": drift}
 
 
 def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[str]]:

@@ -34,6 +34,13 @@ from opsrg.tracked.records import TaskState
 DRIVER_PREFIX = "sweep-driver."
 
 
+def _limit(row, env: SweepEnv) -> float | None:
+    """A row's time limit in seconds: its own ``timeout_secs``, else RUN_TIMEOUT_SECS; None (no
+    limit) when both are 0 or unset, as a training run of unknown length needs."""
+    secs = row.spec.get("timeout_secs") or env.run_timeout
+    return float(secs) if secs else None
+
+
 class TmuxBackend(Backend):
     """A driver task runs the rows in order, each a tracked task in SWEEP_TMUX_SESSION."""
 
@@ -110,7 +117,7 @@ class TmuxBackend(Backend):
         """One tracked task per row, in dependency order (the driver starts each when its turn comes)."""
         sweep = sweep_of(m)
         return [PlannedJob(key=r.run_id, kind="row", runs=[r.run_id], after=list(r.deps),
-                           script=row_command(sweep, r), timeout_secs=r.spec.get("timeout_secs") or env.run_timeout)
+                           script=row_command(sweep, r), timeout_secs=_limit(r, env))
                 for r in sweep.ordered() if r.run_id in todo], {}
 
     def lagging(self, env: SweepEnv, m: Campaign, unfinished: list[str]) -> list[Lag]:
@@ -185,11 +192,10 @@ def drive(manifest_path: str) -> int:
             print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
             continue
         Path(sweep.run_dir(rid)).mkdir(parents=True, exist_ok=True)
-        timeout = row.spec.get("timeout_secs") or env.run_timeout
         try:
             if env.local_sync:
                 env.start_sync(rid)
-            tasks.run(rid, row_command(sweep, row), timeout_secs=float(timeout), replace=True, cwd=sweep.run_dir(rid))
+            tasks.run(rid, row_command(sweep, row), timeout_secs=_limit(row, env), replace=True, cwd=sweep.run_dir(rid))
         except (TaskError, OpsError) as e:
             runs.update(paths, rid, RunState.FAILED, f"could not start: {e}")
             failed.append(rid)

@@ -15,11 +15,13 @@ def test_happy_path_walks_every_state():
         assert s == expected
 
 
-def test_failed_sweep_can_resume_but_not_start():
+def test_failed_sweep_can_resume_or_start_a_new_campaign_but_not_complete():
     fsm.check("sweep-resume", State.SWEEP_FAILED)
     assert fsm.target_of("sweep-resume", State.SWEEP_FAILED) == State.SWEEP_RUNNING
+    fsm.check("sweep-start", State.SWEEP_FAILED)
+    assert fsm.target_of("sweep-start", State.SWEEP_FAILED) == State.SWEEP_RUNNING
     with pytest.raises(IllegalStateError):
-        fsm.check("sweep-start", State.SWEEP_FAILED)
+        fsm.check("sweep-completed", State.SWEEP_FAILED)
 
 
 def test_refusal_names_state_and_allowed_states():

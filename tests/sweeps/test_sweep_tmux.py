@@ -322,3 +322,37 @@ def test_monitor_wait_gives_up_at_its_timeout_and_status_watch_ends_with_the_swe
     assert r.returncode == 124 and "still running after 0.5s: slow" in r.stderr, r.stderr
     r = inv("sweep-status", "--watch", timeout=60)  # redraws every 2 s until the run is final
     assert r.returncode == 0 and r.stdout.count("campaign ") >= 2 and "completed" in r.stdout, r.stdout + r.stderr
+
+
+def _state() -> str:
+    r = inv("fsm-status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["state"]
+
+
+def test_after_a_failed_campaign_resume_says_the_csv_changed_and_a_new_campaign_needs_no_reset(project):
+    checked_out(project)
+    flag = project / "flag"
+    ok = f"ok,{SH},1,\"command='echo fine'\",\n"
+    csv = write_csv(project, ok + f"flaky,{SH},1,\"command='test -f {flag} || exit 4'\",\n")
+    assert inv("sweep-start", "--csv", csv).returncode == 0
+    assert wait().returncode == 1 and _state() == "SWEEP_FAILED"
+    # RUN_TIMEOUT_SECS is unset: no time limit on a row
+    assert json.loads((project / "outputs" / "_tasks" / "ok" / "status.json").read_text())["timeout_secs"] is None
+
+    # edited after the start: --resume runs the campaign's own rows, and says how to run the edit
+    write_csv(project, ok + f"flaky,{SH},1,\"command='true'\",\nnew,{SH},3,\"command='true'\",\n")
+    r = inv("sweep-start", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"{csv} has changed since campaign" in r.stderr and "added: new" in r.stderr
+    assert "changed: flaky" in r.stderr and "start a new campaign with inv sweep-start" in r.stderr
+    assert "resumed: flaky" in r.stdout
+    assert wait().returncode == 1 and _state() == "SWEEP_FAILED"  # the old command, still failing
+    assert "new" not in by_run(status())
+
+    # a new campaign straight from SWEEP_FAILED: the unchanged completed row is reused
+    r = inv("sweep-start", "--csv", csv, "--json")
+    assert r.returncode == 0, r.stderr
+    started = json.loads(r.stdout)
+    assert sorted(started["runs"]) == ["flaky", "new"] and list(started["reused"]) == ["ok"]
+    assert wait().returncode == 0 and _state() == "SWEEP_COMPLETED"
