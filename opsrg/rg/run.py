@@ -91,6 +91,12 @@ class RunPaths:
         return self.root / self.SUMMARY
 
     @property
+    def logs(self) -> Path:
+        """The logs of the run's task, every attempt's, copied in when it ends: they travel with
+        the results (``fetch-run``)."""
+        return self.root / "logs"
+
+    @property
     def nu_json(self) -> Path:
         return self.root / "nu.json"
 

@@ -215,8 +215,12 @@ def step_reached(paths: SweepPaths, row: SweepRow) -> str:
     return f"{max(done) if done else 0}/{row.spec['steps']}"
 
 
-def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = "", **extra: Any) -> None:
-    """A run whose last job ended: synced when its summary is here, then completed or failed."""
+def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = "",
+               log_tail: list[str] | None = None, **extra: Any) -> None:
+    """A run whose last job ended: synced when its summary is here, then completed or failed.
+
+    A failure's reason ends with the last lines of its log (``log_tail``, kept whole in the
+    manifest too): the exit code alone rarely says what went wrong."""
     ok = runs.summary_ok(paths, run_id)
     if ok is not None:
         runs.update(paths, run_id, RunState.SYNCED, summary_ok=ok)
@@ -224,7 +228,10 @@ def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = ""
         runs.update(paths, run_id, RunState.COMPLETED, **extra)
     else:
         why = reason or ("summary.json missing" if ok is None else "summary.json has ok=false")
-        runs.update(paths, run_id, RunState.FAILED, why, **extra)
+        if log_tail:
+            last = " | ".join(log_tail[-3:])
+            why += f"; log ends: {last[-300:]}"
+        runs.update(paths, run_id, RunState.FAILED, why, log_tail=list(log_tail or []), **extra)
 
 
 def create_manifests(paths: SweepPaths, items: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]]) -> None:

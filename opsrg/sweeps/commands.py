@@ -70,7 +70,8 @@ def status_rows(env: SweepEnv, m: Campaign) -> list[dict[str, Any]]:
                     "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
                     "job_ids": rm.job_ids if rm else [], "exit_code": rm.exit_code if rm else None,
                     "reason": reason, "summary_ok": runs.summary_ok(paths, r.run_id),
-                    "attempt": rm.attempt if rm else None, "requeues": requeues})
+                    "attempt": rm.attempt if rm else None, "requeues": requeues,
+                    "log_tail": rm.log_tail if rm else []})
     return out
 
 

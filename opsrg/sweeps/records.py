@@ -97,6 +97,7 @@ class RunManifest:
     reason: str = ""
     exit_code: int | None = None
     summary_ok: bool | None = None
+    log_tail: list[str] = field(default_factory=list)  # a failed run's last log lines
     job_ids: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     requeues: list[dict[str, Any]] = field(default_factory=list)

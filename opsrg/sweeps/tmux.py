@@ -8,6 +8,7 @@ dead driver left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 from opsrg.core.atomic import atomic_write_text
 from opsrg.core.errors import InputError, OpsError, TaskError
 from opsrg.pods import localsync
+from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
 from opsrg.sweeps.backend import Backend, Lag, PlannedJob
 from opsrg.sweeps.campaign import (
@@ -29,6 +31,7 @@ from opsrg.sweeps.campaign import (
 )
 from opsrg.sweeps.plan import row_command
 from opsrg.sweeps.records import Campaign, RunState
+from opsrg.tracked import supervisor
 from opsrg.tracked.records import TaskState
 
 DRIVER_PREFIX = "sweep-driver."
@@ -79,12 +82,13 @@ class TmuxBackend(Backend):
                                                                and not env.local_sync):
                 # with local_sync a live driver finishes the run itself, after its final sync
                 ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
+                tail = tasks.tail(rid)
                 if env.local_sync:  # the driver ended before its final sync: do it here
                     try:
                         env.final_sync(rid)
                     except OpsError as e:
                         ok, reason = False, reason or str(e)
-                finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
+                finish_run(paths, rid, ok, reason, exit_code=rec.exit_code, log_tail=tail)
             elif driver is not None and driver.state.is_terminal and rm.state == RunState.SUBMITTED:
                 runs.update(paths, rid, RunState.FAILED, f"sweep driver ended ({driver.state}"
                             + (f": {driver.reason}" if driver.reason else "") + ") before this run finished")
@@ -204,12 +208,15 @@ def drive(manifest_path: str) -> int:
         print(f"[sweep] {rid}: started", flush=True)
         rec, _ = tasks.wait(rid, poll=0.2)
         ok, reason = rec.state == TaskState.SUCCESS, _task_reason(rec)
+        tail = tasks.tail(rid)
+        with contextlib.suppress(OSError):  # the logs stay in the task's folder regardless
+            supervisor.keep_logs(tasks.paths(rid).root, str(RunPaths(Path(sweep.run_dir(rid))).logs))
         if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
             try:
                 print(f"[sweep] {env.final_sync(rid)}", flush=True)
             except OpsError as e:
                 ok, reason = False, reason or str(e)
-        finish_run(paths, rid, ok, reason, exit_code=rec.exit_code)
+        finish_run(paths, rid, ok, reason, exit_code=rec.exit_code, log_tail=tail)
         final = runs.state_of(paths, rid)
         print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
         if final != RunState.COMPLETED:

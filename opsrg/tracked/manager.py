@@ -232,6 +232,24 @@ class TaskManager:
                 on_tick(rec)
         return rec, False
 
+    def tail(self, task_id: str, lines: int = 10, max_bytes: int = 8192) -> list[str]:
+        """The last ``lines`` non-empty lines of the task's log (read from its end, at most
+        ``max_bytes``): what a failure's reason quotes. Empty when there is no log."""
+        log = self.paths(task_id).log
+        if isinstance(self.host, LocalHost):
+            try:
+                with open(log, "rb") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    fh.seek(max(0, fh.tell() - max_bytes))
+                    data = fh.read()
+            except FileNotFoundError:
+                return []
+        else:
+            r = self.host.run(f"tail -c {int(max_bytes)} {shlex.quote(log)} 2>/dev/null || true", check=False)
+            data = r.stdout.encode() if isinstance(r.stdout, str) else r.stdout
+        text = data.decode("utf-8", "replace").replace("\r", "\n")
+        return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+
     def logs(self, task_id: str, *, follow: bool = False, poll: float = 0.2,
              chunk: int = 1 << 20) -> Iterator[str]:
         """The log's content in pieces of at most ``chunk`` bytes (never the whole log in memory);

@@ -67,6 +67,10 @@ class TaskPaths:
     def command(self) -> str:
         return f"{self.root}/{supervisor.COMMAND}"
 
+    def earlier_log(self, n: int) -> str:
+        """The log of attempt ``n`` of this task id (``stdout.log`` is the latest one's)."""
+        return f"{self.root}/{supervisor.EARLIER_LOG.format(n=n)}"
+
     @property
     def heartbeat(self) -> str:
         return f"{self.root}/{supervisor.HEARTBEAT}"

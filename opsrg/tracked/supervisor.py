@@ -28,6 +28,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +44,7 @@ RANK = {"pending": 0, "running": 1, "success": 2, "failed": 2, "timed_out": 2}
 STATUS = "status.json"
 HEARTBEAT = "heartbeat"
 LOG = "stdout.log"
+EARLIER_LOG = "stdout.{n}.log"  # the log of attempt n of a task id started again (--replace)
 COMMAND = "command.sh"
 HEARTBEAT_EVERY = 2.0
 ORPHAN_KILL_GRACE = 1.0  # TERM, then KILL, for the processes of a task whose supervisor died
@@ -875,6 +878,57 @@ def _state_of(task_dir: str) -> str:
         return "unreadable"
 
 
+def earlier_logs(task_dir: str) -> list[tuple[int, str]]:
+    """The numbered logs of earlier attempts in ``task_dir``: (attempt, file name), oldest first."""
+    pat = re.compile("^" + re.escape(EARLIER_LOG).replace(re.escape("{n}"), "([0-9]+)") + "$")
+    try:
+        found = [(int(m.group(1)), name) for name in os.listdir(task_dir) for m in [pat.match(name)] if m]
+    except FileNotFoundError:
+        return []
+    return sorted(found)
+
+
+def carry_logs(old_dir: str, new_dir: str) -> None:
+    """The logs of a task id's earlier attempts travel to its new folder: the old one's numbered
+    logs as they are, its ``stdout.log`` as the next number (hard links where the disk allows)."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    earlier = earlier_logs(old_dir)
+    for _, name in earlier:
+        link(os.path.join(old_dir, name), os.path.join(new_dir, name))
+    if os.path.isfile(os.path.join(old_dir, LOG)):
+        n = earlier[-1][0] + 1 if earlier else 1
+        link(os.path.join(old_dir, LOG), os.path.join(new_dir, EARLIER_LOG.format(n=n)))
+
+
+def keep_logs(task_dir: str, dest: str) -> list[str]:
+    """Copy a task's log and its earlier attempts' into ``dest`` (a run's ``logs/``, so that they
+    travel with its results), each replacing its older copy atomically; returns the names copied."""
+    names = [name for _, name in earlier_logs(task_dir)] + [LOG]
+    os.makedirs(dest, exist_ok=True)
+    kept = []
+    for name in names:
+        src = os.path.join(task_dir, name)
+        if not os.path.isfile(src):
+            continue
+        fd, tmp = tempfile.mkstemp(prefix="." + name + TMP_MARK, suffix=".tmp", dir=dest)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, os.path.join(dest, name))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        kept.append(name)
+    return kept
+
+
 def claim(prepared: str, task_dir: str, keep: str | None = None) -> dict:
     """Make the prepared folder ``prepared`` the task folder ``task_dir``, only if no task holds that name.
 
@@ -913,6 +967,8 @@ def claim(prepared: str, task_dir: str, keep: str | None = None) -> dict:
         os.rename(task_dir, keep)
     finally:
         os.close(fd)
+    with contextlib.suppress(OSError):  # the old folder, logs and all, is kept at ``keep`` regardless
+        carry_logs(keep, prepared)
     try:
         os.rename(prepared, task_dir)
     except OSError as e:

@@ -331,17 +331,22 @@ def _state() -> str:
 
 
 def test_after_a_failed_campaign_resume_says_the_csv_changed_and_a_new_campaign_needs_no_reset(project):
+    """Also: a failure's reason quotes its log, and every attempt's log is kept and fetched."""
     checked_out(project)
     flag = project / "flag"
     ok = f"ok,{SH},1,\"command='echo fine'\",\n"
-    csv = write_csv(project, ok + f"flaky,{SH},1,\"command='test -f {flag} || exit 4'\",\n")
+    flaky = f"flaky,{SH},1,\"command='echo loss is nan at step 7 >&2; test -f {flag} || exit 4'\",\n"
+    csv = write_csv(project, ok + flaky)
     assert inv("sweep-start", "--csv", csv).returncode == 0
     assert wait().returncode == 1 and _state() == "SWEEP_FAILED"
+    st = by_run(status())["flaky"]
+    assert "exit code 4" in st["reason"] and "log ends: loss is nan at step 7" in st["reason"], st
+    assert "loss is nan at step 7" in st["log_tail"]
     # RUN_TIMEOUT_SECS is unset: no time limit on a row
     assert json.loads((project / "outputs" / "_tasks" / "ok" / "status.json").read_text())["timeout_secs"] is None
 
     # edited after the start: --resume runs the campaign's own rows, and says how to run the edit
-    write_csv(project, ok + f"flaky,{SH},1,\"command='true'\",\nnew,{SH},3,\"command='true'\",\n")
+    write_csv(project, ok + f"flaky,{SH},1,\"command='echo at last'\",\nnew,{SH},3,\"command='true'\",\n")
     r = inv("sweep-start", "--resume")
     assert r.returncode == 0, r.stderr
     assert f"{csv} has changed since campaign" in r.stderr and "added: new" in r.stderr
@@ -356,3 +361,17 @@ def test_after_a_failed_campaign_resume_says_the_csv_changed_and_a_new_campaign_
     started = json.loads(r.stdout)
     assert sorted(started["runs"]) == ["flaky", "new"] and list(started["reused"]) == ["ok"]
     assert wait().returncode == 0 and _state() == "SWEEP_COMPLETED"
+    assert by_run(status())["flaky"]["log_tail"] == []
+
+    # three attempts of flaky: the latest log at stdout.log, the earlier two beside it, numbered;
+    # in the task's folder, in the run's logs/, and at home after fetch-run
+    task_dir = project / "outputs" / "_tasks" / "flaky"
+    logs = project / "outputs" / "flaky" / "logs"
+    for d in (task_dir, logs):
+        assert "at last" in (d / "stdout.log").read_text()
+        assert "loss is nan" in (d / "stdout.1.log").read_text() and "loss is nan" in (d / "stdout.2.log").read_text()
+    r = inv("fetch-run", "flaky")
+    assert r.returncode == 0, r.stderr
+    home = Path(json.loads(inv("config-show", "--json").stdout)["settings"]["LOCAL_ARTIFACTS_DIR"]["value"])
+    home = home if home.is_absolute() else project / home
+    assert sorted(p.name for p in (home / "flaky" / "logs").iterdir()) == ["stdout.1.log", "stdout.2.log", "stdout.log"]

@@ -278,3 +278,20 @@ def test_a_command_that_cannot_join_its_cgroup_runs_once_under_the_subreaper(tmp
     st = _status(d)
     assert st["state"] == "success" and st["containment"] == "subreaper" and "cgroup" not in st
     assert ran.read_text() == "x\n"
+
+
+def test_a_task_started_again_carries_its_earlier_logs_numbered(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "stdout.1.log").write_text("first\n")
+    (old / "stdout.log").write_text("second\n")
+    (new / "stdout.log").write_text("")
+    sv.carry_logs(str(old), str(new))
+    assert sorted(p.name for p in new.iterdir()) == ["stdout.1.log", "stdout.2.log", "stdout.log"]
+    assert (new / "stdout.1.log").read_text() == "first\n" and (new / "stdout.2.log").read_text() == "second\n"
+    assert (new / "stdout.log").read_text() == ""  # the new attempt's own log is untouched
+    assert sv.earlier_logs(str(new)) == [(1, "stdout.1.log"), (2, "stdout.2.log")]
+    kept = sv.keep_logs(str(new), str(tmp_path / "run" / "logs"))
+    assert kept == ["stdout.1.log", "stdout.2.log", "stdout.log"]
+    assert sorted(p.name for p in (tmp_path / "run" / "logs").iterdir()) == kept  # no temp file left
