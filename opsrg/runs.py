@@ -1,4 +1,4 @@
-"""``python -m opsrg.runs shell-summary RUN_DIR RC``: the summary.json of a shell row.
+"""``python -m opsrg.runs shell-summary|command-summary RUN_DIR RC``: the summary.json of a shell or command row.
 
 A stable entry point: the scripts opsrg writes into outputs folders and job scripts call this
 name, and they outlive any one layout of the package.

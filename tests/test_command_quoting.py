@@ -119,6 +119,25 @@ def test_sweep_commands_parse_in_bash_for_hostile_outputs(tmp_path):
                 bash_n(job.body)
 
 
+def test_command_row_words_reach_the_program_unevaluated(tmp_path):
+    """A command row's template fields and arguments, hostile all, arrive as the words written."""
+    from opsrg.sweeps.plan import GPUS_SH, command_words
+
+    h = hostile(tmp_path)
+    (tmp_path / "cfg.py").write_text("")
+    args = [h["everything"], h["subst-no-space"], "--lr=3e-4", ""]  # a newline cannot be in a CSV: set here
+    template = "printf '[%s]\\n' {config} {seed} {run_id} {run_dir} {overrides} lit{{x}} n={gpus}"
+    (row,) = parse_text(HEAD + "r1,cfg.py,7,--lr=1,\n", "s.csv", [tmp_path], template)
+    assert row.spec["args"] == ["--lr=1"]
+    row.spec["args"] = args
+    sw = Sweep("c1", [row], f"{tmp_path}/{h['everything']}/out", sys.executable, repo=str(tmp_path))
+    r = subprocess.run(["bash", "-c", GPUS_SH + "\n" + " ".join(command_words(sw, row))], capture_output=True,
+                       text=True, env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "".join(f"[{w}]\n" for w in ["cfg.py", "7", "r1", sw.out_dir("r1"), *args, "lit{x}", "n=1"])
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_shell_row_runs_in_a_hostile_outputs_folder(tmp_path):
     h = hostile(tmp_path)["everything"]
     sw = _sweep(f"{tmp_path}/{h}/out")

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     sweep_tmux_session: str = "opsrg-sweep"
     sweep_csv: str = "sweeps/demo.csv"
     sweep_backend: Literal["tmux", "slurm"] = "tmux"
+    run_command: str = ""  # the template of rows whose config is the user's own file
     run_timeout_secs: int = Field(0, ge=0)  # 0: no limit
     run_out_mode: Literal["direct", "local_sync"] = "direct"
     run_out_local_root: str = ".opsrg/pod/scratch"

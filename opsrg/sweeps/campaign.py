@@ -25,7 +25,7 @@ from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
 from opsrg.sweeps.plan import RunProgress, Sweep, row_identity
 from opsrg.sweeps.records import LAUNCH_CUT, Campaign, RunState
-from opsrg.sweeps.rows import SweepRow, parse_file
+from opsrg.sweeps.rows import SCRIPT_MODES, SweepRow, parse_file
 from opsrg.sweeps.runs import SweepPaths
 from opsrg.sweeps.slurm.cli import SlurmOptions
 from opsrg.tracked.manager import TaskManager
@@ -47,6 +47,7 @@ class SweepEnv:
     out_mode: str = "direct"       # RUN_OUT_MODE
     local_root: str = ""           # RUN_OUT_LOCAL_ROOT, as a path on the pod / compute node
     sync_interval: int = 60        # SYNC_INTERVAL_SECS
+    repo: str = ""                 # OPS_REMOTE_REPO on the pod: where command rows run
     host: Host = field(default_factory=LocalHost, repr=False)
     _tasks: TaskManager | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -59,7 +60,8 @@ class SweepEnv:
                    slurm=SlurmOptions(s.slurm_partition, s.slurm_account, s.slurm_time, s.slurm_cpus_per_task,
                                       s.slurm_mem, s.slurm_gres, s.slurm_array_parallelism),
                    max_requeue=s.slurm_max_requeue, out_mode=s.run_out_mode,
-                   local_root=ctx.pod_path(s.run_out_local_root), sync_interval=s.sync_interval_secs, host=ctx.host)
+                   local_root=ctx.pod_path(s.run_out_local_root), sync_interval=s.sync_interval_secs,
+                   repo=ctx.pod_path(s.ops_remote_repo), host=ctx.host)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SweepEnv:
@@ -71,7 +73,8 @@ class SweepEnv:
         return {"outputs": self.outputs, "python": self.python, "tmux_socket": self.tmux_socket,
                 "tmux_session": self.tmux_session, "run_timeout": self.run_timeout, "kill_grace": self.kill_grace,
                 "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue,
-                "out_mode": self.out_mode, "local_root": self.local_root, "sync_interval": self.sync_interval}
+                "out_mode": self.out_mode, "local_root": self.local_root, "sync_interval": self.sync_interval,
+                "repo": self.repo}
 
     @property
     def local_sync(self) -> bool:
@@ -101,18 +104,18 @@ class SweepEnv:
         return self._tasks
 
 
-def load_rows(csv_path: str, bases: list[Path]) -> list[SweepRow]:
-    return parse_file(csv_path, bases)
+def load_rows(csv_path: str, bases: list[Path], run_command: str = "") -> list[SweepRow]:
+    return parse_file(csv_path, bases, run_command)
 
 
-def csv_drift(m: Campaign, bases: list[Path]) -> str | None:
+def csv_drift(m: Campaign, bases: list[Path], run_command: str = "") -> str | None:
     """How the campaign's CSV reads now against the rows the campaign runs, or None when alike
     (or gone): ``--resume`` runs the campaign's own rows, and an edit it ignored would surprise."""
     src = Path(m.source_csv) if m.source_csv else None
     if src is None or not src.is_file():
         return None
     try:
-        now = {r.run_id: r.to_json() for r in load_rows(str(src), bases)}
+        now = {r.run_id: r.to_json() for r in load_rows(str(src), bases, run_command)}
     except OpsError as e:
         return f"{src} has changed since campaign {m.campaign} started and no longer reads ({str(e).splitlines()[0]})"
     then = m.rows_by_id
@@ -178,7 +181,8 @@ def sweep_of(m: Campaign) -> Sweep:
     rows = [SweepRow(**r) for r in m.rows]
     e = m.env
     scratch = e.get("local_root", "") if e.get("out_mode") == "local_sync" else ""
-    return Sweep(m.campaign, rows, e["outputs"], e["python"], m.backend, scratch, e.get("sync_interval", 60))
+    return Sweep(m.campaign, rows, e["outputs"], e["python"], m.backend, scratch, e.get("sync_interval", 60),
+                 e.get("repo", ""))
 
 
 def as_launched(env: SweepEnv, m: Campaign) -> SweepEnv:
@@ -196,7 +200,7 @@ def identity_extra(m: Campaign, rid: str, **extra: Any) -> dict[str, Any]:
 def progress(paths: SweepPaths, row: SweepRow) -> RunProgress:
     """What a run's folder already holds (summary ok, DONE steps, READY shards), for planning a resume."""
     p = RunProgress(ok=runs.summary_ok(paths, row.run_id) is True)
-    if row.mode != "shell":
+    if row.mode not in SCRIPT_MODES:
         rp = RunPaths(paths.run_dir(row.run_id))
         for k in range(1, row.spec["steps"] + 1):
             if rp.done(k).exists():
@@ -208,7 +212,7 @@ def progress(paths: SweepPaths, row: SweepRow) -> RunProgress:
 
 
 def step_reached(paths: SweepPaths, row: SweepRow) -> str:
-    if row.mode == "shell":
+    if row.mode in SCRIPT_MODES:
         return ""
     rp = RunPaths(paths.run_dir(row.run_id))
     done = [k for k in range(1, row.spec["steps"] + 1) if rp.done(k).exists()]

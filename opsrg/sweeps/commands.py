@@ -98,8 +98,8 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     backend = backend or ctx.s.sweep_backend
     be = backend_for(backend)
     csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
-    rows = load_rows(csv, _bases(ctx))
-    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend)
+    rows = load_rows(csv, _bases(ctx), ctx.s.run_command)
+    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend, repo=env.repo)
     idents, reused = check_reuse(env, sweep, force)
     todo = [r.run_id for r in sweep.ordered() if r.run_id not in reused]
     if dry_run:
@@ -132,7 +132,7 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
     be = backend_for(m.backend)
     if backend and backend != m.backend:
         raise InputError(f"campaign {m.campaign} ran on {m.backend}; resume it there (got --backend {backend})")
-    drift = csv_drift(m, _bases(ctx))
+    drift = csv_drift(m, _bases(ctx), ctx.s.run_command)
     if drift:
         drift += ("; --resume runs the campaign's own rows: to run the file as it is now, start a new campaign"
                   " with inv sweep-start (its completed rows that did not change are reused)")

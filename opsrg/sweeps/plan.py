@@ -26,8 +26,9 @@ from typing import Any
 
 from opsrg.core import layout
 from opsrg.hosts.rsync import pass_sh
+from opsrg.rg.run import RunPaths
 from opsrg.sweeps import provenance
-from opsrg.sweeps.rows import SweepRow, order
+from opsrg.sweeps.rows import SCRIPT_MODES, SweepRow, order
 
 # Spec keys that do not decide a run's result (left out of its identity).
 NOT_IDENTITY = ("__path__", "timeout_secs", "after")
@@ -48,6 +49,7 @@ class Sweep:
     backend: str = "tmux"
     scratch: str = ""         # RUN_OUT_MODE=local_sync: the fast-disk root runs write under
     sync_every: int = 60      # local_sync on Slurm: seconds between mirror passes inside a job
+    repo: str = ""            # the project's checkout on the pod: where command rows run
 
     def row(self, run_id: str) -> SweepRow:
         for r in self.rows:
@@ -184,10 +186,63 @@ def shell_body(sweep: Sweep, row: SweepRow) -> str:
                 f"{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {od} \"$rc\"\n(exit $rc)\n")
 
 
+# How many GPUs a row sees: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; 1 with
+# none, so that `torchrun --nproc_per_node={gpus}` still runs (on the CPU).
+GPUS_SH = ('if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then OPSRG_GPUS=$(printf %s "$CUDA_VISIBLE_DEVICES" | tr , "\\n" '
+           '| grep -c .); elif command -v nvidia-smi >/dev/null 2>&1; then OPSRG_GPUS=$(nvidia-smi -L 2>/dev/null '
+           '| grep -c "^GPU"); fi; [ "${OPSRG_GPUS:-0}" -gt 0 ] 2>/dev/null || OPSRG_GPUS=1; export OPSRG_GPUS')
+
+
+def command_words(sweep: Sweep, row: SweepRow) -> list[str]:
+    """A command row's program as bash words: the template's words with its fields filled in,
+    every piece quoted; ``{overrides}`` becomes the row's arguments, one word each, and
+    ``{gpus}`` the count the row sees when it starts."""
+    import string
+
+    from opsrg.sweeps.rows import template_words
+
+    values = {"config": row.config, "seed": str(row.seed), "run_id": row.run_id,
+              "run_dir": sweep.out_dir(row.run_id), "repo": sweep.repo}
+    out: list[str] = []
+    for w in template_words(row.spec["command"]):
+        if w == "{overrides}":
+            out += [shlex.quote(a) for a in row.spec.get("args", [])]
+            continue
+        pieces = []
+        for literal, name, _spec, _conv in string.Formatter().parse(w):
+            if literal:
+                pieces.append(shlex.quote(literal))
+            if name == "gpus":
+                pieces.append('"$OPSRG_GPUS"')
+            elif name is not None:
+                pieces.append(shlex.quote(values[name]))
+        out.append("".join(pieces) or "''")
+    return out
+
+
+def command_body(sweep: Sweep, row: SweepRow) -> str:
+    """Bash for a command row: the user's program in their checkout, the project's venv first on
+    PATH; then summary.json (``opsrg.runs command-summary``: the program's own, if it wrote one)."""
+    od, repo = shlex.quote(sweep.out_dir(row.run_id)), shlex.quote(sweep.repo or sweep.out_dir(row.run_id))
+    lines = [f"cd {repo} || exit 1",
+             'if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; export VIRTUAL_ENV="$PWD/.venv"; fi',
+             GPUS_SH,
+             f"rm -f {od}/{RunPaths.SUMMARY}  # this attempt's verdict, not an earlier one's",
+             " ".join(command_words(sweep, row)),
+             "rc=$?",
+             f'{shlex.quote(sweep.python)} -m opsrg.runs command-summary {od} "$rc"']
+    return wrap(sweep, row, "\n".join(lines) + "\n")
+
+
+def script_body(sweep: Sweep, row: SweepRow) -> str:
+    """The one script of a shell or command row."""
+    return shell_body(sweep, row) if row.mode == "shell" else command_body(sweep, row)
+
+
 def row_command(sweep: Sweep, row: SweepRow) -> str:
     """What a tmux row runs (bash)."""
-    if row.mode == "shell":
-        return shell_body(sweep, row)
+    if row.mode in SCRIPT_MODES:
+        return script_body(sweep, row)
     return wrap(sweep, row, shlex.join(loop_argv(sweep, row)))
 
 
@@ -256,8 +311,8 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
     def wanted(row: SweepRow) -> bool:
         return not progress.get(row.run_id, RunProgress()).ok and (only is None or row.run_id in only)
 
-    # Shell rows without dependencies go first, packed into arrays; a dependent waits for its pack.
-    packable = [r for r in sweep.ordered() if r.mode == "shell" and not r.deps and wanted(r)]
+    # Shell and command rows without dependencies go first, packed into arrays; a dependent waits for its pack.
+    packable = [r for r in sweep.ordered() if r.mode in SCRIPT_MODES and not r.deps and wanted(r)]
     jobs: list[Job] = _pack_shell(sweep, packable, max_array_size) if packable else []
     for j in jobs:
         for rid in j.runs:
@@ -268,8 +323,8 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
             continue
         dep_keys = list(dict.fromkeys(last[d] for d in row.deps if d in last))
         timeout = row.spec.get("timeout_secs")
-        if row.mode == "shell":
-            jobs.append(Job(f"{row.run_id}.run", "shell", shell_body(sweep, row), [row.run_id], dep_keys,
+        if row.mode in SCRIPT_MODES:
+            jobs.append(Job(f"{row.run_id}.run", "shell", script_body(sweep, row), [row.run_id], dep_keys,
                             None, timeout, final_for=row.run_id))
             last[row.run_id] = jobs[-1].key
             continue
@@ -306,7 +361,8 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
 
 
 def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list[Job]:
-    """Independent shell rows as arrays: element i runs row i of its chunk (a ``case`` on the index)."""
+    """Independent shell and command rows as arrays: element i runs row i of its chunk (a ``case`` on
+    the index)."""
     out = []
     by_timeout: dict[Any, list[SweepRow]] = {}
     for r in rows:
@@ -318,7 +374,7 @@ def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list
             for i, r in enumerate(members):
                 lines.append(f"{i})")
                 # Not indented: a quoted value (a multi-line command, a path) spans lines verbatim.
-                lines.append(shell_body(sweep, r).rstrip("\n"))
+                lines.append(script_body(sweep, r).rstrip("\n"))
                 lines.append("  ;;")
             lines += ['*) echo "no row for array index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
             key = f"shell.{members[0].run_id}" + (f".x{len(members)}" if len(members) > 1 else "")

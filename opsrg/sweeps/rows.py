@@ -2,7 +2,10 @@
 
 Columns ``run_id,config,seed,overrides,notes``. ``config`` names a TOML run config (see
 ``sweeps/configs/``); ``overrides`` is space-separated ``key=value`` on top of it (shell-style
-quoting allowed). Every problem is reported as ``file:line:column: field: message`` and all of
+quoting allowed). A *command* row runs the user's own program: its config is a run config with
+``mode = "command"`` and a ``command`` template, or any file of the user's project when
+``RUN_COMMAND`` gives the template; its overrides are the program's own arguments, passed
+through word for word (only ``after=`` and ``timeout_secs=`` are opsrg's). Every problem is reported as ``file:line:column: field: message`` and all of
 them are reported together; a sweep with any bad row is refused as a whole.
 """
 
@@ -25,7 +28,13 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_FIELD_CHARS = 4096
 MAX_ROWS = 100_000
-MODES = ("fp", "exp", "shell")
+MODES = ("fp", "exp", "shell", "command")
+# The fields of a command template, and the keys of a command row's overrides that are opsrg's
+# (the rest are the program's own arguments).
+COMMAND_FIELDS = ("config", "seed", "overrides", "run_id", "run_dir", "repo", "gpus")
+COMMAND_KEYS = ("after", "timeout_secs")
+# Rows run by one script (no RG steps or shards): on Slurm one job, or one element of an array.
+SCRIPT_MODES = ("shell", "command")
 
 TEMPLATE = """\
 run_id,config,seed,overrides,notes
@@ -139,8 +148,35 @@ KEYS: dict[str, Callable[[Any], Any]] = {
 }
 DEFAULTS: dict[str, Any] = {"bins": 50000, "zmax": 25.0, "backend": "auto", "method": "analytic",
                             "dtype": "float32", "shards": 1, "after": []}
-REQUIRED = {"fp": ("steps", "samples"), "exp": ("steps", "samples", "shifts", "fp_run"), "shell": ("command",)}
+REQUIRED = {"fp": ("steps", "samples"), "exp": ("steps", "samples", "shifts", "fp_run"), "shell": ("command",),
+            "command": ("command",)}
 RG_ONLY = ("steps", "samples", "bins", "zmax", "backend", "method", "dtype", "shards", "batch_size")
+
+
+def template_words(template: str) -> list[str]:
+    """The words of a command template (shell-style quoting), each checked: only the fields of
+    COMMAND_FIELDS, and ``{overrides}`` as a word of its own (it becomes the program's arguments).
+    Raises ValueError naming the problem."""
+    import string
+
+    try:
+        words = shlex.split(template, comments=False, posix=True)
+    except ValueError as e:
+        raise ValueError(f"cannot split the command template ({e})") from None
+    if not words:
+        raise ValueError("empty command template")
+    for w in words:
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(w) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"bad braces in {w!r} ({e}; write a literal brace as {{{{ or }}}})") from None
+        for name in names:
+            if name not in COMMAND_FIELDS:
+                raise ValueError(f"unknown field {{{name}}} in {w!r} (known: "
+                                 + ", ".join("{" + f + "}" for f in COMMAND_FIELDS) + ")")
+        if "overrides" in names and w != "{overrides}":
+            raise ValueError(f"{{overrides}} must be a word of its own (in {w!r}): it becomes the row's arguments")
+    return words
 
 
 def valid_run_id(s: str) -> bool:
@@ -240,6 +276,16 @@ def load_config(path: Path) -> dict[str, Any]:
     return out
 
 
+def _is_run_config(path: Path) -> bool:
+    """An opsrg run config: a TOML file with a ``mode`` key. Any other file is the user's own."""
+    if path.suffix != ".toml":
+        return False
+    try:
+        return "mode" in tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
 def resolve_config(name: str, bases: list[Path]) -> Path | None:
     p = Path(name)
     if p.is_absolute():
@@ -251,16 +297,18 @@ def resolve_config(name: str, bases: list[Path]) -> Path | None:
 
 
 # ------------------------------------------------------------------ parse
-def parse_text(text: str, source: str, bases: list[Path]) -> list[SweepRow]:
-    """Validate CSV text; returns rows in CSV order or raises SweepCSVError with every problem."""
-    return _Reader(source, bases).read(text)
+def parse_text(text: str, source: str, bases: list[Path], run_command: str = "") -> list[SweepRow]:
+    """Validate CSV text; returns rows in CSV order or raises SweepCSVError with every problem.
+
+    ``run_command`` (RUN_COMMAND) is the template of rows whose config is not an opsrg run config."""
+    return _Reader(source, bases, run_command).read(text)
 
 
 class _Reader:
     """One pass over a sweep CSV that collects every problem, each with its file, line, column and field."""
 
-    def __init__(self, source: str, bases: list[Path]) -> None:
-        self.source, self.bases = source, bases
+    def __init__(self, source: str, bases: list[Path], run_command: str = "") -> None:
+        self.source, self.bases, self.run_command = source, bases, run_command
         self.problems: list[str] = []
         self.header: dict[str, tuple[int, int]] | None = None
         self.rows: list[SweepRow] = []
@@ -341,7 +389,10 @@ class _Reader:
         cname, ccol = get["config"][0].strip(), get["config"][1]
         spec = self._config(lineno, cname, ccol)
         otext, ocol = get["overrides"]
-        overrides = self._overrides(lineno, line, otext, ocol)
+        if spec.get("mode") == "command":
+            overrides, spec = self._command_args(lineno, line, otext, ocol, spec)
+        else:
+            overrides = self._overrides(lineno, line, otext, ocol)
         if len(self.problems) > n_before or not spec:
             return None
         spec = self._spec(lineno, spec, overrides, ccol, ocol)
@@ -379,10 +430,17 @@ class _Reader:
             if path is None:
                 self.configs[cname] = (f"config file not found: {cname} "
                                        f"(looked in {', '.join(map(str, self.bases))})")
+            elif self.run_command and not _is_run_config(path):
+                # the user's own config file: the row runs RUN_COMMAND with it
+                self.configs[cname] = {"__path__": str(path), "mode": "command", "command": self.run_command}
             else:
                 try:
                     self.configs[cname] = {"__path__": str(path), **load_config(path)}
                 except ValueError as e:
+                    if not _is_run_config(path):
+                        e = ValueError(f"{e}. To run your own program with this file, set RUN_COMMAND in "
+                                       "workflow.env, e.g. RUN_COMMAND=python train.py {config} --seed={seed} "
+                                       "{overrides}")
                     self.configs[cname] = str(e)
         c = self.configs[cname]
         if isinstance(c, str):
@@ -415,9 +473,38 @@ class _Reader:
                 self.bad(lineno, tcol, "overrides", f"{k}: {e}")
         return overrides
 
+    def _command_args(self, lineno: int, line: str, text: str, col: int,
+                      spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A command row's overrides: ``after=``/``timeout_secs=`` are opsrg's, every other word is
+        the program's own argument (``spec["args"]``), kept exactly as written."""
+        try:
+            tokens = shlex.split(text, comments=False, posix=True)
+        except ValueError as e:
+            self.bad(lineno, col, "overrides", f"cannot split ({e}); quote values with spaces")
+            return {}, {}
+        ours: dict[str, Any] = {}
+        args: list[str] = []
+        for tok in tokens:
+            k, eq, v = tok.partition("=")
+            if eq and k in COMMAND_KEYS:
+                try:
+                    ours[k] = KEYS[k](v)
+                except ValueError as e:
+                    self.bad(lineno, col, "overrides", f"{k}: {e}")
+            else:
+                args.append(tok)
+        try:
+            template_words(spec["command"])
+        except ValueError as e:
+            src = "RUN_COMMAND" if spec["command"] == self.run_command else f"{spec.get('__path__')}: command"
+            self.bad(lineno, col, "config", f"{src}: {e}")
+            return {}, {}
+        return ours, {**spec, "args": args}
+
     def _spec(self, lineno: int, spec: dict[str, Any], overrides: dict[str, Any], ccol: int,
               ocol: int) -> dict[str, Any] | None:
         """The row's resolved keys (config, then overrides, then defaults), or None after reporting a clash."""
+        given = set(spec) | set(overrides)
         spec.update(overrides)
         for k, v in DEFAULTS.items():
             spec.setdefault(k, v)
@@ -431,6 +518,14 @@ class _Reader:
             if extra:
                 self.bad(lineno, ocol, "overrides", f"{', '.join(extra)} do not apply to a shell row")
                 return None
+        elif mode == "command":
+            extra = [k for k in RG_ONLY + ("shifts", "fp_run") if k in given]
+            if extra:
+                self.bad(lineno, ccol, "config", f"{', '.join(extra)} do not apply to a command row")
+                return None
+            for k in RG_ONLY:  # the RG defaults mean nothing to the user's program
+                if k in DEFAULTS:
+                    spec.pop(k, None)
         elif "command" in spec:
             self.bad(lineno, ocol, "overrides", f"command applies to shell rows only (mode is {mode})")
             return None
@@ -494,7 +589,7 @@ def order(rows: list[SweepRow]) -> list[SweepRow]:
     return out
 
 
-def parse_file(path: str | Path, bases: list[Path] | None = None) -> list[SweepRow]:
+def parse_file(path: str | Path, bases: list[Path] | None = None, run_command: str = "") -> list[SweepRow]:
     """Validate a CSV file (encoding, size, rows); config paths resolve against ``bases``."""
     p = Path(path)
     try:
@@ -515,4 +610,4 @@ def parse_file(path: str | Path, bases: list[Path] | None = None) -> list[SweepR
         raise SweepCSVError([f"{p}:{line}:{col}: encoding: not UTF-8 (byte 0x{data[e.start]:02x}); "
                              "save the CSV as UTF-8"]) from None
     bases = list(bases or []) + [p.resolve().parent]
-    return parse_text(text, str(p), bases)
+    return parse_text(text, str(p), bases, run_command)

@@ -179,10 +179,34 @@ def write_shell_summary(run_dir: str, rc: int) -> None:
                       {"ok": rc == 0, "mode": "shell", "exit_code": rc, "written_at": now_iso()})
 
 
+def write_command_summary(run_dir: str, rc: int) -> int:
+    """The summary of a command row; returns the run's exit status.
+
+    A ``summary.json`` the program wrote itself stands, and its ``ok: false`` fails the run even
+    at exit 0; a non-zero exit fails it whatever the program wrote (its summary is kept inside
+    ours). Without one, the run is ok when the program exited 0."""
+    path = RunPaths(Path(run_dir)).summary
+    own = read_json(path)
+    if isinstance(own, dict) and "ok" in own:
+        if own["ok"] is True and rc != 0:
+            atomic_write_json(path, {"ok": False, "mode": "command", "exit_code": rc, "written_at": now_iso(),
+                                     "program_summary": own})
+        elif own["ok"] is not True:
+            print(f"[opsrg] the program's {RunPaths.SUMMARY} says ok: {json.dumps(own['ok'])}", file=sys.stderr,
+                  flush=True)
+            return rc or 1
+        return rc
+    atomic_write_json(path, {"ok": rc == 0, "mode": "command", "exit_code": rc, "written_at": now_iso()})
+    return rc
+
+
 def main(argv: list[str]) -> int:
-    """``python -m opsrg.runs shell-summary RUN_DIR RC`` (the entry point in opsrg/runs.py)."""
+    """``python -m opsrg.runs shell-summary|command-summary RUN_DIR RC`` (the entry point in
+    opsrg/runs.py)."""
     if len(argv) == 3 and argv[0] == "shell-summary":
         write_shell_summary(argv[1], int(argv[2]))
         return 0
-    print("usage: python -m opsrg.runs shell-summary RUN_DIR EXIT_CODE", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "command-summary":
+        return write_command_summary(argv[1], int(argv[2]))
+    print("usage: python -m opsrg.runs shell-summary|command-summary RUN_DIR EXIT_CODE", file=sys.stderr)
     return 2

@@ -1,0 +1,129 @@
+"""Command rows: the user's own program, with their own config files and arguments, in their own
+checkout, driven through the installed `opsrg` command in a project of their own (real tmux)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.tmux
+BIN = Path(sys.executable).parent
+
+TRAIN = '''\
+"""A tiny trainer: a config file, --key=value overrides, metrics in the run folder."""
+import json, os, sys
+
+cfg_path, args = sys.argv[1], sys.argv[2:]
+cfg = {}
+exec(open(cfg_path).read(), {}, cfg)
+for a in args:
+    k, _, v = a.lstrip("-").partition("=")
+    cfg[k] = v
+out = os.environ["OPSRG_RUN_DIR"]
+json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "venv": os.environ.get("MY_VENV_PYTHON", ""),
+           "gpus": os.environ.get("OPSRG_GPUS", "")}, open(os.path.join(out, "seen.json"), "w"))
+lr = float(cfg.get("lr", 1e-3))
+if lr > 1:
+    print(f"diverged: loss is nan at lr={lr}", file=sys.stderr)
+    sys.exit(3)
+if cfg.get("fake_fail"):
+    json.dump({"ok": False, "why": "validation below target"}, open(os.path.join(out, "summary.json"), "w"))
+json.dump({"loss": lr * 100}, open(os.path.join(out, "metrics.json"), "w"))
+print("trained with", cfg)
+'''
+
+
+def _opsrg(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPSRG_ENV_FILE", "CUDA_VISIBLE_DEVICES")}
+    return subprocess.run([str(BIN / "opsrg"), *args], cwd=project, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def trainer(tmp_path, tmux_socket) -> Path:
+    """A user's project: a git repository with train.py, a config file, a venv-like .venv/bin."""
+    root = tmp_path / "nanotrain"
+    (root / "config").mkdir(parents=True)
+    (root / "train.py").write_text(TRAIN)
+    (root / "config" / "train_small.py").write_text("lr = 1e-3\nbatch_size = 8\n")
+    # the project's venv: its python says so, then runs the real one
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text(f'#!/bin/sh\nMY_VENV_PYTHON=yes exec {sys.executable} "$@"\n')
+    (venv_bin / "python").chmod(stat.S_IRWXU)
+    (root / ".gitignore").write_text(".venv/\n.opsrg/\nartifacts/\n")
+    (root / "workflow.env").write_text(
+        "POD_PROVIDER=local\n"
+        f"OPS_TMUX_SOCKET={tmux_socket}\n"
+        "WF_TMUX_SESSION=t\nSWEEP_TMUX_SESSION=ts\nTASK_KILL_GRACE_SECS=2\n"
+        f"OPS_REMOTE_REPO={root}\n"  # the local pod runs the rows in this very checkout
+        "SWEEP_CSV=sweep.csv\n"
+        "RUN_COMMAND=python train.py {config} --seed={seed} {overrides}\n")
+    (root / "sweep.csv").write_text(
+        "run_id,config,seed,overrides,notes\n"
+        'lr3e-4-s1,config/train_small.py,1,"--lr=3e-4 --batch_size=32",baseline\n'
+        'spaced,config/train_small.py,2,"--note=\'two words; $(touch PWNED)\' --lr=1e-3",quoting\n'
+        'diverge,config/train_small.py,3,--lr=10,fails with exit 3\n'
+        'judged,config/train_small.py,4,--fake_fail=1,exits 0 but its own summary says ok false\n'
+        'eval,config/train_small.py,5,"after=lr3e-4-s1 --eval=1",runs after its trainer\n')
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
+                ["-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "init"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True)
+    return root
+
+
+def test_command_rows_run_the_users_program_with_their_arguments(trainer):
+    r = _opsrg(trainer, "sweep-start", "--dry-run", "--json")
+    assert r.returncode == 2 and "not allowed in state INIT" in r.stderr  # the FSM guards it as any sweep
+    assert _opsrg(trainer, "fsm-reset", "CHECKED_OUT").returncode == 0
+    r = _opsrg(trainer, "sweep-start", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    script = {j["key"]: j["script"] for j in json.loads(r.stdout)["jobs"]}["lr3e-4-s1"]
+    assert f"cd {trainer}" in script and "python train.py config/train_small.py --seed=1 --lr=3e-4 --batch_size=32" \
+        in script
+
+    r = _opsrg(trainer, "sweep-start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _opsrg(trainer, "sweep-monitor", "--wait", "--timeout-secs", "120", timeout=180)
+    assert r.returncode == 1, r.stdout + r.stderr  # two rows fail
+    st = {row["run_id"]: row for row in json.loads(_opsrg(trainer, "sweep-status", "--json").stdout)["runs"]}
+    assert {k: v["state"] for k, v in st.items()} == {
+        "lr3e-4-s1": "completed", "spaced": "completed", "diverge": "failed", "judged": "failed", "eval": "completed"}
+    assert st["diverge"]["exit_code"] == 3 and "diverged: loss is nan at lr=10" in st["diverge"]["reason"]
+    assert st["judged"]["exit_code"] == 1 and "the program's summary.json says ok: false" in st["judged"]["reason"]
+
+    out = trainer / ".opsrg" / "pod" / "outputs"
+    seen = json.loads((out / "lr3e-4-s1" / "seen.json").read_text())
+    assert seen == {"argv": ["config/train_small.py", "--seed=1", "--lr=3e-4", "--batch_size=32"],
+                    "cwd": str(trainer), "venv": "yes", "gpus": "1"}
+    # an argument with a space, a semicolon and $(...) reaches the program as one word, unevaluated
+    spaced = json.loads((out / "spaced" / "seen.json").read_text())
+    assert spaced["argv"][2] == "--note=two words; $(touch PWNED)" and not list(trainer.rglob("PWNED"))
+    assert json.loads((out / "lr3e-4-s1" / "summary.json").read_text())["ok"] is True
+    assert json.loads((out / "lr3e-4-s1" / "metrics.json").read_text()) == {"loss": pytest.approx(0.03)}
+    assert json.loads((out / "judged" / "summary.json").read_text()) == {"ok": False, "why": "validation below target"}
+    # eval ran after its trainer had ended
+    started = json.loads((out / "_tasks" / "eval" / "status.json").read_text())["started_at"]
+    ended = json.loads((out / "_tasks" / "lr3e-4-s1" / "status.json").read_text())["ended_at"]
+    assert started >= ended
+    meta = json.loads((out / "lr3e-4-s1" / "meta.json").read_text())
+    assert meta["config"]["args"] == ["--lr=3e-4", "--batch_size=32"] and meta["config"]["mode"] == "command"
+
+
+def test_a_config_that_is_not_a_run_config_needs_run_command(trainer):
+    env = (trainer / "workflow.env").read_text().replace("RUN_COMMAND=", "#RUN_COMMAND=")
+    (trainer / "workflow.env").write_text(env)
+    assert _opsrg(trainer, "fsm-reset", "CHECKED_OUT").returncode == 0
+    r = _opsrg(trainer, "sweep-start", "--dry-run")
+    assert r.returncode == 2
+    assert "sweep.csv:2:" in r.stderr and "set RUN_COMMAND in workflow.env" in r.stderr
+    (trainer / "workflow.env").write_text(env + "RUN_COMMAND=python train.py {cfg}\n")
+    r = _opsrg(trainer, "sweep-start", "--dry-run")
+    assert r.returncode == 2 and "RUN_COMMAND: unknown field {cfg}" in r.stderr
+    assert not (trainer / ".opsrg" / "pod" / "outputs" / "lr3e-4-s1").exists()
