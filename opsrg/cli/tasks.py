@@ -295,16 +295,18 @@ def fetch_run(c, run_id):
     "cmd": "the command, run by bash",
     "timeout_secs": "kill the task (TERM, then KILL) after this many seconds",
     "replace": "start again over a finished task of the same id (the old folder is kept aside)",
-    "cwd": "working directory of the command (default: the task folder)",
+    "cwd": "working directory of the command (default: the pod's checkout, OPS_REMOTE_REPO, else the task folder)",
     "json": "print the record as JSON",
 })
 @ops
 def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False):
-    """Start CMD as a tracked task in tmux and return at once."""
+    """Start CMD as a tracked task in tmux and return at once: in the pod's checkout, with its
+    .venv/bin first on PATH (as sweep rows run)."""
     timeout = _number("timeout-secs", timeout_secs)
     ctx = _ctx()
     with ctx.transition("task-run"):
-        rec = ctx.tasks.run(id, cmd, timeout_secs=timeout, replace=replace, cwd=cwd)
+        rec = ctx.tasks.run(id, cmd, timeout_secs=timeout, replace=replace, cwd=cwd,
+                            workdir=ctx.pod_path(ctx.s.ops_remote_repo))
     if json:
         _print_json(rec.to_json())
     else:
@@ -332,15 +334,19 @@ def task_wait(c, id, timeout_secs=None, quiet=False):
     """Wait for a task to end: exit 0 success, 1 failed, 124 timed out (or the wait timed out)."""
     from opsrg.tracked.records import EXIT_CODES, WAIT_TIMEOUT_EXIT, describe
 
-    rec, waited_out = _ctx().tasks.wait(id, _number("timeout-secs", timeout_secs))
+    tasks = _ctx().tasks
+    rec, waited_out = tasks.wait(id, _number("timeout-secs", timeout_secs))
     if waited_out:
         print(f"still {rec.state} after waiting {timeout_secs}s: {describe(rec)}", file=sys.stderr)
         raise Exit(code=WAIT_TIMEOUT_EXIT)
     if not quiet:
-        print(describe(rec))
+        print(describe(rec), flush=True)  # before the hints on stderr, in a terminal that shows both
     if EXIT_CODES[rec.state]:
         import shlex
 
+        tail = tasks.tail(id, 5)
+        if tail:
+            print("its log ends:\n" + "\n".join(f"  {ln}" for ln in tail), file=sys.stderr)
         print(f"to run it again: {PROG} task-run --id {id} --replace --cmd {shlex.quote(rec.command)}"
               + (f" --timeout-secs {rec.timeout_secs:g}" if rec.timeout_secs else ""), file=sys.stderr)
         raise Exit(code=EXIT_CODES[rec.state])

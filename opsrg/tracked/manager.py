@@ -45,14 +45,15 @@ class TaskManager:
 
     # ------------------------------------------------------------ start
     def run(self, task_id: str, command: str, *, timeout_secs: float | None = None, replace: bool = False,
-            cwd: str | None = None, env: dict[str, str] | None = None) -> TaskRecord:
+            cwd: str | None = None, env: dict[str, str] | None = None, workdir: str = "") -> TaskRecord:
         """Create the task's files and start it in tmux; returns at once with the pending record.
 
         The id is claimed atomically: the files are written to a folder of this call's own under
         ``.incoming/``, which is then renamed onto ``<id>/``. That rename fails while another task holds the
         id, so of concurrent calls exactly one starts and the others fail (TaskError) without touching its
         files. With ``replace``, an ended task's folder is moved to ``.replaced/`` first, under its status
-        lock (see :func:`supervisor.claim`).
+        lock (see :func:`supervisor.claim`). ``workdir`` (the project's checkout) is where the
+        command runs without a ``cwd``, with its ``.venv/bin`` first on PATH, if the pod has them.
         """
         p = self.paths(task_id)
         if not command.strip():
@@ -71,7 +72,7 @@ class TaskManager:
         token = f"{task_id}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
         prep = TaskPaths(f"{self.root}/.incoming/{token}")
         rec = {
-            "id": task_id, "state": "pending", "command": command, "cwd": cwd or "",
+            "id": task_id, "state": "pending", "command": command, "cwd": cwd or "", "workdir": workdir,
             "timeout_secs": timeout_secs, "kill_grace_secs": self.kill_grace, "runner": "tmux",
             "created_at": supervisor.now_iso(), "host": self.host.name, "exit_code": None,
             "tmux": {"socket": self.runner.socket, "session": self.runner.session, "window": task_id},

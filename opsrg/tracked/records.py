@@ -125,7 +125,7 @@ def describe(rec: TaskRecord) -> str:
     bits = [f"{rec.id}: {rec.state}"]
     if rec.exit_code is not None:
         bits.append(f"exit {rec.exit_code}")
-    if rec.reason:
+    if rec.reason and rec.reason != f"exit code {rec.exit_code}":  # said just before
         bits.append(rec.reason)
     if rec.elapsed is not None:
         bits.append(f"{rec.elapsed:.1f}s")

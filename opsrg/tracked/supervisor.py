@@ -573,13 +573,14 @@ def _start(task_dir: str, log, hb: str, guardian: int | None, subreaper: bool):
                 log.write(f"[opsrg] task {rec.get('id')} killed by task-kill before it started\n".encode())
             return None
         cg = cgroup_create(task_dir, str(rec.get("created_at") or "")) if _allowed("cgroup") else None
+        cwd, env = child_place(rec, task_dir)
         proc, err = None, None
         for group in ([cg, None] if cg else [None]):
             try:
                 proc = subprocess.Popen(
-                    ["bash", os.path.join(task_dir, COMMAND)], cwd=rec.get("cwd") or task_dir,
+                    ["bash", os.path.join(task_dir, COMMAND)], cwd=cwd,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_child_setup(group), env={**os.environ, TAG: task_dir},
+                    preexec_fn=_child_setup(group), env=env,
                 )
                 cg = group
                 break
@@ -876,6 +877,27 @@ def _state_of(task_dir: str) -> str:
         return "unreadable" if os.path.isdir(task_dir) else "gone"
     except (OSError, ValueError, AttributeError):
         return "unreadable"
+
+
+def child_place(rec: dict, task_dir: str) -> tuple[str, dict]:
+    """Where the command runs, and with what environment: its ``cwd``, else the project's checkout
+    (``workdir``) when the pod has one, else the task's folder; the checkout's ``.venv/bin`` first
+    on PATH when there is one, so that ``python`` is the project's; the folder of the python that
+    runs this supervisor last on PATH, so that a pod without either still has a ``python``."""
+    env = dict(os.environ)
+    env[TAG] = task_dir
+    path = env.get("PATH", os.defpath).split(os.pathsep)
+    mine = os.path.dirname(sys.executable)
+    if mine and mine not in path:
+        env["PATH"] = os.pathsep.join(path + [mine])
+    workdir = rec.get("workdir") or ""
+    venv = os.path.join(workdir, ".venv") if workdir else ""
+    if venv and os.path.isdir(os.path.join(venv, "bin")):
+        env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", os.defpath)
+        env["VIRTUAL_ENV"] = venv
+    if rec.get("cwd"):
+        return rec["cwd"], env
+    return (workdir if workdir and os.path.isdir(workdir) else task_dir), env
 
 
 def earlier_logs(task_dir: str) -> list[tuple[int, str]]:

@@ -101,3 +101,24 @@ def test_a_projects_own_tasks_py_is_one_import(user_project):
     assert _names(mine.stdout) == _names(_run("opsrg", "--list", cwd=user_project).stdout)
     r = _run("inv", "fsm-status", cwd=user_project)
     assert r.returncode == 0 and r.stdout.startswith("state: INIT"), r.stdout + r.stderr
+
+
+@pytest.mark.tmux
+def test_task_run_runs_in_the_checkout_with_its_venv_first_on_path(user_project):
+    """As sweep rows do: `python` is the project's, without activating anything."""
+    import stat
+
+    venv_bin = user_project / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text(f'#!/bin/sh\necho "the project\'s python"\nexec {sys.executable} "$@"\n')
+    (venv_bin / "python").chmod(stat.S_IRWXU)
+    with (user_project / "workflow.env").open("a") as fh:
+        fh.write(f"OPS_REMOTE_REPO={user_project}\n")
+    assert _run("opsrg", "pod-up", cwd=user_project).returncode == 0
+    code = "import os; print('cwd', os.getcwd()); print('venv', os.environ['VIRTUAL_ENV'])"
+    r = _run("opsrg", "task-run", "--id", "py", "--cmd", f"python -c {code!r}", cwd=user_project / "src")
+    assert r.returncode == 0, r.stderr
+    r = _run("opsrg", "task-wait", "--id", "py", "--timeout-secs", "30", cwd=user_project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (user_project / ".opsrg" / "pod" / "outputs" / "_tasks" / "py" / "stdout.log").read_text()
+    assert "the project's python" in log and f"cwd {user_project}\n" in log and f"venv {user_project}/.venv" in log
