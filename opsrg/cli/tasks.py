@@ -480,6 +480,7 @@ def sweep_status(c, json=False, watch=False, campaign=None):
             print("\033[2J\033[H", end="")
         print(f"campaign {m.campaign} ({m.backend}), workflow state {verdict['fsm']}")
         _sweep_table(rows)
+        sys.stdout.flush()  # each frame whole, also through a pipe (tee, less)
     _sweep_exit(verdict)
 
 

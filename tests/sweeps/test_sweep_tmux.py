@@ -7,13 +7,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support import inv
+from support import REPO, inv
 
 pytestmark = pytest.mark.tmux
 HEAD = "run_id,config,seed,overrides,notes\n"
@@ -316,12 +317,19 @@ def test_sweep_status_watch_refreshes_until_every_run_is_final_then_exits_with_t
 
 def test_monitor_wait_gives_up_at_its_timeout_and_status_watch_ends_with_the_sweep(project):
     checked_out(project)
-    csv = write_csv(project, f"slow,{SH},1,\"command='sleep 4'\",\n")
+    go = project / "go"
+    csv = write_csv(project, f"slow,{SH},1,\"command='while [ ! -f {go} ]; do sleep 0.1; done'\",\n")
     assert inv("sweep-start", "--csv", csv).returncode == 0
     r = inv("sweep-monitor", "--wait", "--timeout-secs", "0.5", timeout=60)
     assert r.returncode == 124 and "still running after 0.5s: slow" in r.stderr, r.stderr
-    r = inv("sweep-status", "--watch", timeout=60)  # redraws every 2 s until the run is final
-    assert r.returncode == 0 and r.stdout.count("campaign ") >= 2 and "completed" in r.stdout, r.stdout + r.stderr
+    # redraws every 2 s until the run is final: the first frame, then the run ends, then the last
+    watch = subprocess.Popen([str(Path(sys.executable).parent / "inv"), "sweep-status", "--watch"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = watch.stdout.readline()
+    assert "campaign " in first and "SWEEP_RUNNING" in first, first
+    go.touch()
+    rest, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0 and "campaign " in rest and "completed" in rest, first + rest + err
 
 
 def _state() -> str:
