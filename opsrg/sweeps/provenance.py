@@ -13,7 +13,6 @@ import platform
 import socket
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,8 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    from importlib import metadata  # 40 ms to import: only `begin` needs it, not `end`
+
     out = {}
     for name in PACKAGES:
         try:
