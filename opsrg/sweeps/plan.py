@@ -255,7 +255,7 @@ class Job:
     kind: str                      # gen | merge | shell
     body: str                      # bash; $SLURM_ARRAY_TASK_ID selects the element of an array
     runs: list[str]                # run ids it belongs to (one per element for packed shell rows)
-    deps: list[str] = field(default_factory=list)   # keys of jobs it waits for (afterok)
+    deps: list[str] = field(default_factory=list)   # keys of jobs (or KEY#i: element i) it waits for (afterok)
     tasks: list[int] | None = None                  # array element indices; None: not an array
     timeout_secs: int | None = None
     final_for: str = ""            # run id whose summary this job writes
@@ -315,8 +315,8 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
     packable = [r for r in sweep.ordered() if r.mode in SCRIPT_MODES and not r.deps and wanted(r)]
     jobs: list[Job] = _pack_shell(sweep, packable, max_array_size) if packable else []
     for j in jobs:
-        for rid in j.runs:
-            last[rid] = j.key
+        for i, rid in enumerate(j.runs):  # a dependent waits for its row's element, not the whole array
+            last[rid] = element_dep(j.key, i) if len(j.runs) > 1 else j.key
     for row in sweep.ordered():
         prog = progress.get(row.run_id, RunProgress())
         if not wanted(row) or row.run_id in last:
@@ -358,6 +358,17 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
             prev = [jobs[-1].key]
         last[row.run_id] = prev[0]
     return jobs
+
+
+def element_dep(key: str, element: int) -> str:
+    """A dependency on one element of the array ``key`` (``afterok:JOBID_ELEMENT`` when submitted)."""
+    return f"{key}#{element}"
+
+
+def dep_job_id(dep: str, ids: dict[str, str]) -> str | None:
+    """The Slurm id a dependency names, given the ids of the jobs submitted so far (None: not submitted)."""
+    key, _, element = dep.partition("#")
+    return None if key not in ids else ids[key] + (f"_{element}" if element else "")
 
 
 def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list[Job]:

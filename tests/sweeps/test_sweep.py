@@ -61,7 +61,7 @@ def test_independent_shell_rows_pack_into_arrays():
     assert [(j.key, j.runs, j.tasks) for j in jobs] == [
         ("shell.r0.x2", ["r0", "r1"], [0, 1]), ("shell.r2.x2", ["r2", "r3"], [0, 1]), ("shell.r4", ["r4"], [0]),
         ("d.run", ["d"], None)]
-    assert jobs[-1].deps == ["shell.r0.x2"]  # r1 runs in that array: d waits for all of it
+    assert jobs[-1].deps == ["shell.r0.x2#1"]  # r1 is element 1 of that array: d waits for it alone
     assert "1)\n" in jobs[0].body and "OPSRG_RUN_ID=r1" in jobs[0].body
 
 

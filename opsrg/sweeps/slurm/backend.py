@@ -21,7 +21,7 @@ from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
 from opsrg.sweeps.backend import Backend, Lag, PlannedJob
 from opsrg.sweeps.campaign import SweepEnv, finish_run, progress, settle_cancelled, sweep_of, write_manifest
-from opsrg.sweeps.plan import Job, RunProgress, array_spec, plan_slurm
+from opsrg.sweeps.plan import Job, RunProgress, array_spec, dep_job_id, plan_slurm
 from opsrg.sweeps.records import Campaign, RunState
 from opsrg.sweeps.runs import SweepPaths
 from opsrg.sweeps.slurm import ledger
@@ -146,7 +146,7 @@ class SlurmBackend(Backend):
             script = sdir / f"{job.key}.a{attempt}.sbatch"
             atomic_write_text(script, self.script(env, m, job, template), mode=0o755)
             # held until every job is recorded: a launch killed midway leaves no job running unrecorded
-            jid = sl.submit(str(script), [ids[d] for d in job.deps if d in ids], hold=True)
+            jid = sl.submit(str(script), [i for i in (dep_job_id(d, ids) for d in job.deps) if i], hold=True)
             ids[job.key] = jid
             tasks.register(job.key, runner="slurm", command=str(script), log=_log(tasks.paths(job.key).root, job),
                            timeout_secs=job.timeout_secs, campaign=m.campaign, launch=launch["at"],

@@ -182,6 +182,32 @@ def test_local_sync_on_slurm_then_identical_rows_are_reused(timeout_sweep, slurm
     assert wait(env, 10).returncode == 0
 
 
+def test_command_rows_run_as_array_elements_with_the_same_record(timeout_sweep, slurm_cluster, tmp_path):
+    """The user's own program on Slurm: independent rows packed into one array, a dependent row
+    after its trainer, the same run records and verdicts as on tmux."""
+    root = tmp_path / "proj"
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "small.py").write_text("lr = 1e-3\n")
+    (root / "train.py").write_text(
+        "import json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd()}, open(os.environ['OPSRG_RUN_DIR'] + '/seen.json', 'w'))\n"
+        "sys.exit(3 if '--lr=10' in sys.argv else 0)\n")
+    env = make_project(root, extra=f"OPS_REMOTE_REPO={root}\n"
+                                   f"RUN_COMMAND={sys.executable} train.py {{config}} --seed={{seed}} {{overrides}}\n")
+    started = start(env, "a,config/small.py,1,\"--lr=3e-4 --note='x y'\",\nb,config/small.py,2,--lr=10,\n"
+                         "ev,config/small.py,3,\"after=a --eval\",\n", root)
+    assert sorted(started["jobs"]) == ["ev.run", "shell.a.x2"]  # a and b: one array of two
+    assert wait(env).returncode == 1
+    runs = runs_of(env)
+    assert {k: v["state"] for k, v in runs.items()} == {"a": "completed", "b": "failed", "ev": "completed"}
+    assert runs["b"]["exit_code"] == 3
+    seen = json.loads((root / "outputs" / "a" / "seen.json").read_text())
+    assert seen == {"argv": ["config/small.py", "--seed=1", "--lr=3e-4", "--note=x y"], "cwd": str(root)}
+    assert json.loads((root / "outputs" / "ev" / "seen.json").read_text())["argv"][-1] == "--eval"
+    rec = record(root, "shell.a.x2")
+    assert rec["runner"] == "slurm" and rec["state"] == "failed"  # one element failed
+
+
 def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):
     root, env, _ = timeout_sweep
     r = wait(env, 150)
