@@ -23,7 +23,8 @@ from opsrg.hosts.local import LocalHost
 from opsrg.pods import localsync
 from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
-from opsrg.sweeps.plan import RunProgress, Sweep, row_identity
+from opsrg.sweeps.plan import RunProgress, Sweep, resolved_config, row_identity
+from opsrg.sweeps.provenance import why_not_reused
 from opsrg.sweeps.records import LAUNCH_CUT, Campaign, RunState
 from opsrg.sweeps.rows import SCRIPT_MODES, SweepRow, parse_file
 from opsrg.sweeps.runs import SweepPaths
@@ -48,6 +49,7 @@ class SweepEnv:
     local_root: str = ""           # RUN_OUT_LOCAL_ROOT, as a path on the pod / compute node
     sync_interval: int = 60        # SYNC_INTERVAL_SECS
     repo: str = ""                 # OPS_REMOTE_REPO on the pod: where command rows run
+    code: dict[str, Any] = field(default_factory=dict)  # its code state when the campaign started
     host: Host = field(default_factory=LocalHost, repr=False)
     _tasks: TaskManager | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -74,7 +76,14 @@ class SweepEnv:
                 "tmux_session": self.tmux_session, "run_timeout": self.run_timeout, "kill_grace": self.kill_grace,
                 "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue,
                 "out_mode": self.out_mode, "local_root": self.local_root, "sync_interval": self.sync_interval,
-                "repo": self.repo}
+                "repo": self.repo, "code": self.code}
+
+    def code_state(self) -> dict[str, Any]:
+        """The checkout's code state, read where it is (one command, also over SSH)."""
+        from opsrg.sweeps.provenance import CODE_STATE_SH, parse_code_state
+
+        r = self.host.run(["bash", "-c", CODE_STATE_SH, "code-state", self.repo], check=False)
+        return parse_code_state(r.stdout, r.exited)
 
     @property
     def local_sync(self) -> bool:
@@ -182,7 +191,7 @@ def sweep_of(m: Campaign) -> Sweep:
     e = m.env
     scratch = e.get("local_root", "") if e.get("out_mode") == "local_sync" else ""
     return Sweep(m.campaign, rows, e["outputs"], e["python"], m.backend, scratch, e.get("sync_interval", 60),
-                 e.get("repo", ""))
+                 e.get("repo", ""), e.get("code") or {})
 
 
 def as_launched(env: SweepEnv, m: Campaign) -> SweepEnv:
@@ -275,8 +284,9 @@ def check_reuse(env: SweepEnv, sweep: Sweep, force: bool = False) -> tuple[dict[
         if old == idents[rid]:
             reused[rid] = {"identity": old, "campaign": meta.get("campaign"), "ended_at": meta.get("ended_at")}
         elif old is not None:
+            why = why_not_reused(meta, {"config": resolved_config(sweep, r), "seed": r.seed})
             clash.append(f"{rid}: {paths.run_dir(rid)} holds a completed run of identity {old} "
-                         f"(campaign {meta.get('campaign')}); this row's identity is {idents[rid]}")
+                         f"(campaign {meta.get('campaign')}); this row's identity is {idents[rid]}: {why}")
     if clash:
         raise InputError(f"{len(clash)} run{'s' if len(clash) > 1 else ''} would mix results with a different "
                          "completed run; nothing was started:\n  " + "\n  ".join(clash),

@@ -99,7 +99,9 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     be = backend_for(backend)
     csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
     rows = load_rows(csv, _bases(ctx), ctx.s.run_command)
-    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend, repo=env.repo)
+    if any(r.mode == "command" for r in rows):  # their identity includes the project's code
+        env.code = env.code_state()
+    sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend, repo=env.repo, code=env.code)
     idents, reused = check_reuse(env, sweep, force)
     todo = [r.run_id for r in sweep.ordered() if r.run_id not in reused]
     if dry_run:

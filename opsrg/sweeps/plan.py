@@ -50,6 +50,7 @@ class Sweep:
     scratch: str = ""         # RUN_OUT_MODE=local_sync: the fast-disk root runs write under
     sync_every: int = 60      # local_sync on Slurm: seconds between mirror passes inside a job
     repo: str = ""            # the project's checkout on the pod: where command rows run
+    code: dict[str, Any] = field(default_factory=dict)  # that checkout's code state (provenance.parse_code_state)
 
     def row(self, run_id: str) -> SweepRow:
         for r in self.rows:
@@ -122,6 +123,8 @@ def run_env(sweep: Sweep, row: SweepRow) -> dict[str, str]:
 def resolved_config(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
     """What decides the row's result: its resolved spec, and for EXP the identity of its FP run."""
     out = {k: v for k, v in row.spec.items() if k not in NOT_IDENTITY}
+    if row.mode == "command":  # the user's program: changed code is a different run
+        out["code"] = provenance.code_key(sweep.code)
     if row.spec.get("fp_run"):
         out["fp_identity"] = row_identity(sweep, sweep.row(row.spec["fp_run"]))
     return out
@@ -145,7 +148,8 @@ def meta_plan(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
     return {"run_id": row.run_id, "campaign": sweep.campaign, "seed": row.seed, "config": resolved_config(sweep, row),
             "overrides": row.overrides, "config_file": cfg, "config_sha256": _config_sha256(cfg) if cfg else None,
             "backend": sweep.backend, "identity": row_identity(sweep, row), "out_dir": sweep.out_dir(row.run_id),
-            "out_mode": "local_sync" if sweep.scratch else "direct"}
+            "out_mode": "local_sync" if sweep.scratch else "direct",
+            **({"project": sweep.code} if row.mode == "command" else {})}
 
 
 def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, end: bool = True) -> str:

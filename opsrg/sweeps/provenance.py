@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -59,6 +60,54 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+# One shell line that describes a checkout's code (run where the checkout is: on the pod): the
+# commit, branch, remote, whether tracked files differ from it, and a hash of that difference.
+CODE_STATE_SH = ('cd "$1" 2>/dev/null && git rev-parse HEAD 2>/dev/null || exit 3; '
+                 'git rev-parse --abbrev-ref HEAD; git remote get-url origin 2>/dev/null || echo; '
+                 'git status --porcelain --untracked-files=no | head -c 1 | wc -c; '
+                 'git diff HEAD --no-ext-diff --binary | sha256sum | cut -c1-64')
+
+
+def without_credentials(url: str) -> str:
+    """A remote URL without the user:token part (an https token must never land in a file)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url.strip())
+
+
+def parse_code_state(out: str, returncode: int) -> dict[str, Any]:
+    """The project's code, from :data:`CODE_STATE_SH`'s output: what a command row's identity keys on."""
+    lines = out.splitlines()
+    if returncode != 0 or len(lines) < 5:
+        return {"commit": None, "note": "not a git checkout: changed code cannot be told apart"}
+    commit, branch, remote, dirty, diff = (ln.strip() for ln in lines[:5])
+    dirty_b = dirty not in ("", "0")
+    return {"commit": commit, "branch": branch, "remote": without_credentials(remote) or None, "dirty": dirty_b,
+            "diff_sha256": diff if dirty_b else None}
+
+
+def code_key(code: dict[str, Any]) -> dict[str, Any]:
+    """The part of the code state that decides a result: the commit and the uncommitted diff."""
+    return {"commit": code.get("commit"), "diff_sha256": code.get("diff_sha256")}
+
+
+def why_not_reused(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between a completed run's meta.json and a row planned now, in words."""
+    oc, nc = old.get("config") or {}, new.get("config") or {}
+    bits = []
+    ocode, ncode = oc.get("code"), nc.get("code")
+    if ocode != ncode:
+        o, n = ocode or {}, ncode or {}
+        if o.get("commit") != n.get("commit"):
+            bits.append(f"the project's code changed (commit {str(o.get('commit'))[:10]} -> {str(n.get('commit'))[:10]})")
+        else:
+            bits.append("the project's uncommitted changes differ")
+    keys = sorted(k for k in set(oc) | set(nc) if k != "code" and oc.get(k) != nc.get(k))
+    if keys:
+        bits.append("its configuration differs in " + ", ".join(keys))
+    if old.get("seed") != new.get("seed"):
+        bits.append(f"the seed differs ({old.get('seed')} -> {new.get('seed')})")
+    return "; ".join(bits) or "its identity differs"
 
 
 def device() -> str:
@@ -123,7 +172,7 @@ def begin(meta_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
                    config_file=plan.get("config_file"), overrides=plan.get("overrides"), backend=plan.get("backend"))
     if meta["config_sha256"] is None:  # the config file is not on this machine: the launcher's hash
         meta["config_sha256"] = plan.get("config_sha256")
-    meta.update({k: plan[k] for k in ("campaign", "out_dir", "out_mode") if k in plan})
+    meta.update({k: plan[k] for k in ("campaign", "out_dir", "out_mode", "project") if k in plan})
     if os.environ.get("SLURM_JOB_ID"):
         meta["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     if plan.get("identity") and plan["identity"] != meta["identity"]:

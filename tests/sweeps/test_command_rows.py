@@ -127,3 +127,40 @@ def test_a_config_that_is_not_a_run_config_needs_run_command(trainer):
     r = _opsrg(trainer, "sweep-start", "--dry-run")
     assert r.returncode == 2 and "RUN_COMMAND: unknown field {cfg}" in r.stderr
     assert not (trainer / ".opsrg" / "pod" / "outputs" / "lr3e-4-s1").exists()
+
+
+def test_changed_code_is_never_reused_and_the_refusal_says_why(trainer):
+    (trainer / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n"
+                                       "r1,config/train_small.py,1,--lr=3e-4,\n")
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@x"]
+    subprocess.run(["git", "remote", "add", "origin", "https://me:s3cr3t-token@example.com/me/nanotrain.git"],
+                   cwd=trainer, check=True)
+    subprocess.run([*git, "commit", "-qam", "the sweep"], cwd=trainer, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=trainer, capture_output=True, text=True).stdout.strip()
+    assert _opsrg(trainer, "fsm-reset", "CHECKED_OUT").returncode == 0
+
+    def sweep(*extra: str) -> subprocess.CompletedProcess:
+        r = _opsrg(trainer, "sweep-start", "--json", *extra)
+        if r.returncode == 0:
+            assert _opsrg(trainer, "sweep-monitor", "--wait", "--timeout-secs", "60", timeout=120).returncode == 0
+        return r
+
+    assert sweep().returncode == 0
+    meta = json.loads((trainer / ".opsrg" / "pod" / "outputs" / "r1" / "meta.json").read_text())
+    assert meta["project"] == {"commit": head, "branch": "main", "remote": "https://example.com/me/nanotrain.git",
+                               "dirty": False, "diff_sha256": None}
+    assert "s3cr3t" not in json.dumps(meta)
+    r = sweep()  # the same code: reused
+    assert r.returncode == 0 and json.loads(r.stdout)["reused"] == {"r1": meta["identity"]}
+
+    (trainer / "train.py").write_text(TRAIN.replace("lr * 100", "lr * 200"))  # edited, not committed
+    r = sweep()
+    assert r.returncode == 2 and "r1:" in r.stderr and "the project's uncommitted changes differ" in r.stderr
+    assert "--force" in r.stderr
+    subprocess.run([*git, "commit", "-qam", "loss scale"], cwd=trainer, check=True)
+    r = sweep()
+    assert r.returncode == 2 and f"the project's code changed (commit {head[:10]} -> " in r.stderr
+    r = sweep("--force")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((trainer / ".opsrg" / "pod" / "outputs" / "r1" / "metrics.json").read_text())["loss"] == \
+        pytest.approx(0.06)
