@@ -41,6 +41,18 @@ class Context:
     def outputs_dir(self) -> str:
         return self.pod_path(self.s.ops_remote_outputs_dir)
 
+    # -------------------------------------------------------- what runs get
+    def run_env(self) -> dict[str, str]:
+        """The variables of this shell that RUN_ENV_PASS names: handed to runs, never written down."""
+        from opsrg.core import runenv
+
+        return runenv.select(os.environ, runenv.patterns(self.s.run_env_pass))
+
+    @property
+    def run_env_file(self) -> str:
+        """RUN_ENV_FILE as a path on the pod ("" when unset)."""
+        return self.pod_path(self.s.run_env_file) if self.s.run_env_file else ""
+
     @property
     def control_dir(self) -> str:
         return f"{self.outputs_dir}/{layout.CONTROL}"

@@ -127,17 +127,23 @@ def _print_json(obj) -> None:
 @task(help={"json": "print machine-readable JSON"})
 @ops
 def config_show(c, json=False):
-    """Print the resolved settings (secrets masked) and where each value came from."""
+    """Print the resolved settings (secrets masked) and where each value came from, and the
+    variables runs get from this shell (RUN_ENV_PASS; secrets masked)."""
+    from opsrg.core import runenv
+
     ctx = _ctx()
     values, sources = ctx.loaded.masked(), ctx.loaded.sources
+    passed = runenv.masked(ctx.run_env(), runenv.patterns(ctx.s.run_env_secrets))
     if json:
         _print_json({"env_file": str(ctx.loaded.env_file), "settings": {
-            k: {"value": v, "source": str(sources[k])} for k, v in values.items()}})
+            k: {"value": v, "source": str(sources[k])} for k, v in values.items()}, "run_env": passed})
         return
     from opsrg.core.ui import table
 
     print(f"settings file: {ctx.loaded.env_file or '(none: defaults and environment)'}")
     table(["key", "value", "source"], [[k, "" if v is None else str(v), str(sources[k])] for k, v in values.items()])
+    if passed:
+        table(["variable runs get (RUN_ENV_PASS)", "value"], [[k, v] for k, v in passed.items()])
 
 
 # ------------------------------------------------------------------ FSM
@@ -306,7 +312,8 @@ def task_run(c, id, cmd, timeout_secs=None, replace=False, cwd=None, json=False)
     ctx = _ctx()
     with ctx.transition("task-run"):
         rec = ctx.tasks.run(id, cmd, timeout_secs=timeout, replace=replace, cwd=cwd,
-                            workdir=ctx.pod_path(ctx.s.ops_remote_repo))
+                            workdir=ctx.pod_path(ctx.s.ops_remote_repo), env=ctx.run_env(),
+                            env_file=ctx.run_env_file)
     if json:
         _print_json(rec.to_json())
     else:

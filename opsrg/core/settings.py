@@ -29,7 +29,8 @@ DEFAULT_ENV_NAME = "workflow.env"
 # first kind must be set (an empty path would mean the project folder); the second may be empty.
 PATHS_REQUIRED = ("ops_remote_outputs_dir", "ops_remote_repo", "ops_local_pod_root", "remote_env_path",
                   "run_out_local_root", "local_artifacts_dir", "ops_known_hosts", "sweep_csv")
-PATHS_OPTIONAL = ("wf_state_file", "data_dir", "bootstrap_script", "wandb_setup_script", "ops_ssh_key")
+PATHS_OPTIONAL = ("wf_state_file", "data_dir", "bootstrap_script", "wandb_setup_script", "ops_ssh_key",
+                  "run_env_file")
 
 
 def _literal_path(v: str) -> str:
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
     sweep_csv: str = "sweeps/demo.csv"
     sweep_backend: Literal["tmux", "slurm"] = "tmux"
     run_command: str = ""  # the template of rows whose config is the user's own file
+    run_env_pass: str = ""  # names and globs of this shell's variables that runs get (WANDB_*,HF_*)
+    run_env_secrets: str = ""  # more names whose values are secrets (besides *_KEY, *_TOKEN, ...)
+    run_env_file: str = ""  # a file on the pod, sourced (set -a) before each run's command
     run_timeout_secs: int = Field(0, ge=0)  # 0: no limit
     run_out_mode: Literal["direct", "local_sync"] = "direct"
     run_out_local_root: str = ".opsrg/pod/scratch"
@@ -110,6 +114,14 @@ class Settings(BaseSettings):
     @classmethod
     def _optional_path(cls, v: str) -> str:
         return _literal_path(v)
+
+    @field_validator("run_env_pass", "run_env_secrets")
+    @classmethod
+    def _env_patterns(cls, v: str) -> str:
+        from opsrg.core.runenv import patterns
+
+        patterns(v)
+        return v
 
     @field_validator("wf_tmux_session", "sweep_tmux_session", "ops_tmux_socket")
     @classmethod

@@ -8,13 +8,14 @@ a row identical to a completed run in its folder is reused, a different one refu
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from opsrg.core import layout
+from opsrg.core import layout, runenv
 from opsrg.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from opsrg.core.clock import now_iso
 from opsrg.core.errors import InputError, OpsError
@@ -50,6 +51,8 @@ class SweepEnv:
     sync_interval: int = 60        # SYNC_INTERVAL_SECS
     repo: str = ""                 # OPS_REMOTE_REPO on the pod: where command rows run
     code: dict[str, Any] = field(default_factory=dict)  # its code state when the campaign started
+    env_pass: list[str] = field(default_factory=list)   # RUN_ENV_PASS: names and globs, never values
+    env_file: str = ""             # RUN_ENV_FILE on the pod
     host: Host = field(default_factory=LocalHost, repr=False)
     _tasks: TaskManager | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -63,7 +66,8 @@ class SweepEnv:
                                       s.slurm_mem, s.slurm_gres, s.slurm_array_parallelism),
                    max_requeue=s.slurm_max_requeue, out_mode=s.run_out_mode,
                    local_root=ctx.pod_path(s.run_out_local_root), sync_interval=s.sync_interval_secs,
-                   repo=ctx.pod_path(s.ops_remote_repo), host=ctx.host)
+                   repo=ctx.pod_path(s.ops_remote_repo), env_pass=runenv.patterns(s.run_env_pass),
+                   env_file=ctx.run_env_file, host=ctx.host)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SweepEnv:
@@ -76,7 +80,12 @@ class SweepEnv:
                 "tmux_session": self.tmux_session, "run_timeout": self.run_timeout, "kill_grace": self.kill_grace,
                 "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue,
                 "out_mode": self.out_mode, "local_root": self.local_root, "sync_interval": self.sync_interval,
-                "repo": self.repo, "code": self.code}
+                "repo": self.repo, "code": self.code, "env_pass": self.env_pass, "env_file": self.env_file}
+
+    def run_env(self) -> dict[str, str]:
+        """What RUN_ENV_PASS names in this process's environment: the client's when it starts a
+        campaign, the driver's (which got them so) when it starts a row."""
+        return runenv.select(os.environ, self.env_pass)
 
     def code_state(self) -> dict[str, Any]:
         """The checkout's code state, read where it is (one command, also over SSH)."""
@@ -191,7 +200,7 @@ def sweep_of(m: Campaign) -> Sweep:
     e = m.env
     scratch = e.get("local_root", "") if e.get("out_mode") == "local_sync" else ""
     return Sweep(m.campaign, rows, e["outputs"], e["python"], m.backend, scratch, e.get("sync_interval", 60),
-                 e.get("repo", ""), e.get("code") or {})
+                 e.get("repo", ""), e.get("code") or {}, e.get("env_file", ""))
 
 
 def as_launched(env: SweepEnv, m: Campaign) -> SweepEnv:

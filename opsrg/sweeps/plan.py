@@ -51,6 +51,7 @@ class Sweep:
     sync_every: int = 60      # local_sync on Slurm: seconds between mirror passes inside a job
     repo: str = ""            # the project's checkout on the pod: where command rows run
     code: dict[str, Any] = field(default_factory=dict)  # that checkout's code state (provenance.parse_code_state)
+    env_file: str = ""        # RUN_ENV_FILE on the pod: Slurm jobs source it (tmux rows: their supervisor)
 
     def row(self, run_id: str) -> SweepRow:
         for r in self.rows:
@@ -160,6 +161,9 @@ def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, en
     """
     rd, od, py = sweep.run_dir(row.run_id), sweep.out_dir(row.run_id), shlex.quote(sweep.python)
     out = [_exports(run_env(sweep, row)).rstrip("\n"), f"mkdir -p {shlex.quote(rd)} {shlex.quote(od)} || exit 1"]
+    if sweep.env_file and sweep.backend == "slurm":
+        f = shlex.quote(sweep.env_file)
+        out.append(f"if [ -f {f} ]; then set -a; . {f} || exit 1; set +a; fi")
     if sweep.scratch:
         out.append(pass_sh(rd, od, "--update", *(f"--exclude={x}" for x in DURABLE_ONLY))
                    + f" || {{ echo {shlex.quote(f'could not fill {od} from {rd}')} >&2; exit 1; }}")

@@ -59,7 +59,7 @@ class TmuxBackend(Backend):
         m.driver_task = driver
         write_manifest(env, m)
         cmd = shlex.join([env.python, "-m", "opsrg.sweep_runner", "drive", str(paths.sweep_manifest(m.campaign))])
-        env.tasks().run(driver, cmd, replace=True, cwd=env.outputs)
+        env.tasks().run(driver, cmd, replace=True, cwd=env.outputs, env=env.run_env())
 
     def refresh(self, env: SweepEnv, m: Campaign) -> None:
         env = as_launched(env, m)
@@ -199,7 +199,8 @@ def drive(manifest_path: str) -> int:
         try:
             if env.local_sync:
                 env.start_sync(rid)
-            tasks.run(rid, row_command(sweep, row), timeout_secs=_limit(row, env), replace=True, cwd=sweep.run_dir(rid))
+            tasks.run(rid, row_command(sweep, row), timeout_secs=_limit(row, env), replace=True, cwd=sweep.run_dir(rid),
+                      env=env.run_env(), env_file=env.env_file)
         except (TaskError, OpsError) as e:
             runs.update(paths, rid, RunState.FAILED, f"could not start: {e}")
             failed.append(rid)

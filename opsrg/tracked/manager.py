@@ -45,7 +45,8 @@ class TaskManager:
 
     # ------------------------------------------------------------ start
     def run(self, task_id: str, command: str, *, timeout_secs: float | None = None, replace: bool = False,
-            cwd: str | None = None, env: dict[str, str] | None = None, workdir: str = "") -> TaskRecord:
+            cwd: str | None = None, env: dict[str, str] | None = None, workdir: str = "",
+            env_file: str = "") -> TaskRecord:
         """Create the task's files and start it in tmux; returns at once with the pending record.
 
         The id is claimed atomically: the files are written to a folder of this call's own under
@@ -54,6 +55,8 @@ class TaskManager:
         files. With ``replace``, an ended task's folder is moved to ``.replaced/`` first, under its status
         lock (see :func:`supervisor.claim`). ``workdir`` (the project's checkout) is where the
         command runs without a ``cwd``, with its ``.venv/bin`` first on PATH, if the pod has them.
+        ``env`` reaches the command's environment only (through tmux); ``env_file``, a file on the
+        pod, is sourced just before it.
         """
         p = self.paths(task_id)
         if not command.strip():
@@ -73,6 +76,7 @@ class TaskManager:
         prep = TaskPaths(f"{self.root}/.incoming/{token}")
         rec = {
             "id": task_id, "state": "pending", "command": command, "cwd": cwd or "", "workdir": workdir,
+            "env_file": env_file, "env_names": sorted(env or {}),  # the names only: values never land in a file
             "timeout_secs": timeout_secs, "kill_grace_secs": self.kill_grace, "runner": "tmux",
             "created_at": supervisor.now_iso(), "host": self.host.name, "exit_code": None,
             "tmux": {"socket": self.runner.socket, "session": self.runner.session, "window": task_id},

@@ -578,7 +578,7 @@ def _start(task_dir: str, log, hb: str, guardian: int | None, subreaper: bool):
         for group in ([cg, None] if cg else [None]):
             try:
                 proc = subprocess.Popen(
-                    ["bash", os.path.join(task_dir, COMMAND)], cwd=cwd,
+                    command_argv(rec, task_dir), cwd=cwd,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     preexec_fn=_child_setup(group), env=env,
                 )
@@ -877,6 +877,19 @@ def _state_of(task_dir: str) -> str:
         return "unreadable" if os.path.isdir(task_dir) else "gone"
     except (OSError, ValueError, AttributeError):
         return "unreadable"
+
+
+# RUN_ENV_FILE: a file on the pod whose assignments every run gets, sourced by bash (set -a)
+# just before the command, which the same bash then becomes (exec): its pid stays the child's.
+ENV_FILE_SH = 'if [ -n "$1" ] && [ -f "$1" ]; then set -a; . "$1" || exit 1; set +a; fi; exec bash "$2"'
+
+
+def command_argv(rec: dict, task_dir: str) -> list:
+    """How the command runs: ``bash command.sh``, after the record's ``env_file`` when it has one."""
+    command = os.path.join(task_dir, COMMAND)
+    if not rec.get("env_file"):
+        return ["bash", command]
+    return ["bash", "-c", ENV_FILE_SH, "opsrg-env", rec["env_file"], command]
 
 
 def child_place(rec: dict, task_dir: str) -> tuple[str, dict]:

@@ -199,6 +199,15 @@ def test_cli_tracked_tasks_run_on_the_pod(ssh_project):
     assert recs["hello"]["state"] == "success" and recs["bad"]["exit_code"] == 5
     log = inv("task-logs", "--id", "hello").stdout
     assert "from-pod 127.0.0.1" in log  # it really ran in an SSH session
+    # the pod's own environment, plus what RUN_ENV_PASS names from this shell, and nothing else of it
+    env = {"RUN_ENV_PASS": "MY_*", "MY_VAR": "mine too", "MY_TOKEN": "tok-5e1f", "OTHER": "not-passed"}
+    r = inv("task-run", "--id", "env", "--cmd", 'echo "my=$MY_VAR other=${OTHER:-unset} token=${#MY_TOKEN}"', env=env)
+    assert r.returncode == 0, r.stderr
+    assert inv("task-wait", "--id", "env").returncode == 0
+    assert "my=mine too other=unset token=8" in inv("task-logs", "--id", "env").stdout
+    out = Path(json.loads(inv("config-show", "--json").stdout)["settings"]["OPS_REMOTE_OUTPUTS_DIR"]["value"])
+    assert (out / "_tasks" / "env" / "status.json").is_file()
+    assert not [p for p in out.rglob("*") if p.is_file() and b"tok-5e1f" in p.read_bytes()]
     t0 = time.monotonic()
     r = inv("fsm-status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "POD_READY"

@@ -164,3 +164,47 @@ def test_changed_code_is_never_reused_and_the_refusal_says_why(trainer):
     assert r.returncode == 0, r.stderr
     assert json.loads((trainer / ".opsrg" / "pod" / "outputs" / "r1" / "metrics.json").read_text())["loss"] == \
         pytest.approx(0.06)
+
+
+def test_runs_get_the_passed_variables_and_the_env_file_and_no_secret_lands_in_a_file(trainer):
+    """RUN_ENV_PASS from this shell, RUN_ENV_FILE on the pod; a secret's value in no file opsrg writes."""
+    secret = "sekrit-9f3a7c"
+    (trainer / "envcheck.py").write_text(
+        "import json, os\n"
+        "seen = {k: os.environ.get(k) for k in ('MY_VAR', 'WANDB_PROJECT', 'OTHER', 'FROM_FILE')}\n"
+        f"seen['key_ok'] = os.environ.get('WANDB_API_KEY') == {secret!r}\n"
+        "out = os.environ.get('OPSRG_RUN_DIR') or '.'\n"
+        "json.dump(seen, open(os.path.join(out, 'env.json'), 'w'))\n"
+        "print('checked', sorted(seen))\n")
+    (trainer / "env.toml").write_text('mode = "command"\ncommand = "python envcheck.py"\n')
+    (trainer / "pod.env").write_text("FROM_FILE=from-the-pod\n")
+    (trainer / "sweep.csv").write_text("run_id,config,seed,overrides,notes\ne1,env.toml,1,,\n")
+    with (trainer / "workflow.env").open("a") as fh:
+        fh.write("RUN_ENV_PASS=WANDB_*,MY_VAR\nRUN_ENV_FILE=pod.env\n")
+    env = {"WANDB_API_KEY": secret, "WANDB_PROJECT": "nano", "MY_VAR": "mine", "OTHER": "not-passed"}
+    base = {k: v for k, v in os.environ.items() if k not in ("OPSRG_ENV_FILE", "CUDA_VISIBLE_DEVICES")}
+
+    def opsrg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "opsrg"), *args], cwd=trainer, capture_output=True, text=True,
+                              timeout=120, env={**base, **env})
+
+    r = opsrg("config-show", "--json")
+    assert json.loads(r.stdout)["run_env"] == {"MY_VAR": "mine", "WANDB_API_KEY": "********", "WANDB_PROJECT": "nano"}
+    assert secret not in r.stdout
+    assert opsrg("fsm-reset", "CHECKED_OUT").returncode == 0
+    assert opsrg("sweep-start").returncode == 0
+    r = opsrg("sweep-monitor", "--wait", "--timeout-secs", "60")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # (OTHER too: on the local pod, runs see this shell's whole environment, the pod's own)
+    want = {"MY_VAR": "mine", "WANDB_PROJECT": "nano", "OTHER": "not-passed", "FROM_FILE": "from-the-pod",
+            "key_ok": True}
+    out = trainer / ".opsrg" / "pod" / "outputs"
+    assert json.loads((out / "e1" / "env.json").read_text()) == want
+    # a tracked task gets the same, in the checkout
+    assert opsrg("task-run", "--id", "envtask", "--cmd", "python envcheck.py").returncode == 0
+    assert opsrg("task-wait", "--id", "envtask", "--timeout-secs", "30").returncode == 0
+    assert json.loads((trainer / "env.json").read_text()) == want
+    rec = json.loads((out / "_tasks" / "envtask" / "status.json").read_text())
+    assert rec["env_names"] == ["MY_VAR", "WANDB_API_KEY", "WANDB_PROJECT"]
+    leaked = [str(p) for p in (trainer / ".opsrg").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaked, leaked

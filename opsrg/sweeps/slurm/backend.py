@@ -97,7 +97,7 @@ class SlurmBackend(Backend):
 
     def _slurm(self, env: SweepEnv) -> Slurm:
         if self.slurm is None:
-            self.slurm = Slurm(env.host)
+            self.slurm = Slurm(env.host, env=env.run_env())  # sbatch hands them to the jobs (--export=ALL)
         if self.watcher is None:
             self.watcher = Watcher(self.slurm.query)
         return self.slurm
