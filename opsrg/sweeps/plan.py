@@ -187,11 +187,16 @@ def _exports(env: dict[str, str]) -> str:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
-def shell_body(sweep: Sweep, row: SweepRow) -> str:
-    """Bash for a shell row: run its command in the run folder, then write summary.json."""
+def shell_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
+    """Bash for a shell row: run its command in the run folder, then write summary.json.
+
+    ``books``: the script keeps opsrg's books itself (meta.json, summary.json), as a Slurm job
+    must; the tmux driver keeps them in its own process instead (three Python starts a row fewer)."""
     od = shlex.quote(sweep.out_dir(row.run_id))
-    return wrap(sweep, row, f"cd {od} || exit 1\nbash -c {shlex.quote(row.spec['command'])}\nrc=$?\n"
-                f"{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {od} \"$rc\"\n(exit $rc)\n")
+    run = f"cd {od} || exit 1\nbash -c {shlex.quote(row.spec['command'])}\n"
+    if books:
+        run += f"rc=$?\n{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {od} \"$rc\"\n(exit $rc)\n"
+    return wrap(sweep, row, run, begin=books, end=books)
 
 
 # How many GPUs a row sees: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; 1 with
@@ -228,30 +233,32 @@ def command_words(sweep: Sweep, row: SweepRow) -> list[str]:
     return out
 
 
-def command_body(sweep: Sweep, row: SweepRow) -> str:
+def command_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
     """Bash for a command row: the user's program in their checkout, the project's venv first on
-    PATH; then summary.json (``opsrg.runs command-summary``: the program's own, if it wrote one)."""
+    PATH; then summary.json (``opsrg.runs command-summary``: the program's own, if it wrote one;
+    ``books`` as for :func:`shell_body`)."""
     od, repo = shlex.quote(sweep.out_dir(row.run_id)), shlex.quote(sweep.repo or sweep.out_dir(row.run_id))
     lines = [f"cd {repo} || exit 1",
              'if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; export VIRTUAL_ENV="$PWD/.venv"; fi',
              GPUS_SH,
              f"rm -f {od}/{RunPaths.SUMMARY}  # this attempt's verdict, not an earlier one's",
-             " ".join(command_words(sweep, row)),
-             "rc=$?",
-             f'{shlex.quote(sweep.python)} -m opsrg.runs command-summary {od} "$rc"']
-    return wrap(sweep, row, "\n".join(lines) + "\n")
+             " ".join(command_words(sweep, row))]
+    if books:
+        lines += ["rc=$?", f'{shlex.quote(sweep.python)} -m opsrg.runs command-summary {od} "$rc"']
+    return wrap(sweep, row, "\n".join(lines) + "\n", begin=books, end=books)
 
 
-def script_body(sweep: Sweep, row: SweepRow) -> str:
+def script_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
     """The one script of a shell or command row."""
-    return shell_body(sweep, row) if row.mode == "shell" else command_body(sweep, row)
+    return shell_body(sweep, row, books) if row.mode == "shell" else command_body(sweep, row, books)
 
 
-def row_command(sweep: Sweep, row: SweepRow) -> str:
-    """What a tmux row runs (bash)."""
+def row_command(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
+    """What a tmux row runs (bash); ``books=False``: without meta.json and summary.json, which the
+    driver then writes (:func:`opsrg.sweeps.tmux.drive`)."""
     if row.mode in SCRIPT_MODES:
-        return script_body(sweep, row)
-    return wrap(sweep, row, shlex.join(loop_argv(sweep, row)))
+        return script_body(sweep, row, books)
+    return wrap(sweep, row, shlex.join(loop_argv(sweep, row)), begin=books, end=books)
 
 
 # ------------------------------------------------------------------ Slurm jobs

@@ -6,6 +6,7 @@ identical sweep row is recognised and not recomputed unless forced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)  # the tmux driver records many rows in one process: ask once
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
@@ -50,6 +52,7 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
 
 
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     from importlib import metadata  # 40 ms to import: only `begin` needs it, not `end`
 
@@ -110,6 +113,7 @@ def why_not_reused(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(bits) or "its identity differs"
 
 
+@functools.lru_cache(maxsize=1)
 def device() -> str:
     try:
         p = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -139,8 +143,8 @@ def collect(*, run_id: str, seed: int, resolved: dict[str, Any], config_file: st
         "overrides": overrides or {},
         "config_file": config_file,
         "config_sha256": file_sha256(config_file) if config_file and Path(config_file).exists() else None,
-        "git": git_state(),
-        "packages": versions(),
+        "git": dict(git_state()),
+        "packages": dict(versions()),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": socket.gethostname(),

@@ -179,25 +179,26 @@ def write_shell_summary(run_dir: str, rc: int) -> None:
                       {"ok": rc == 0, "mode": "shell", "exit_code": rc, "written_at": now_iso()})
 
 
-def write_command_summary(run_dir: str, rc: int) -> int:
-    """The summary of a command row; returns the run's exit status.
+def write_command_summary(run_dir: str, rc: int) -> tuple[int, str]:
+    """The summary of a command row; returns the run's exit status, and why it differs from ``rc``.
 
     A ``summary.json`` the program wrote itself stands, and its ``ok: false`` fails the run even
     at exit 0; a non-zero exit fails it whatever the program wrote (its summary is kept inside
     ours). Without one, the run is ok when the program exited 0."""
     path = RunPaths(Path(run_dir)).summary
     own = read_json(path)
+    if isinstance(own, dict) and own.get("by") == "opsrg":  # ours, from a first close of this attempt
+        return int(own.get("exit_code") or 0) if own.get("ok") is True else int(own.get("exit_code") or 1), ""
     if isinstance(own, dict) and "ok" in own:
         if own["ok"] is True and rc != 0:
             atomic_write_json(path, {"ok": False, "mode": "command", "exit_code": rc, "written_at": now_iso(),
-                                     "program_summary": own})
+                                     "by": "opsrg", "program_summary": own})
         elif own["ok"] is not True:
-            print(f"[opsrg] the program's {RunPaths.SUMMARY} says ok: {json.dumps(own['ok'])}", file=sys.stderr,
-                  flush=True)
-            return rc or 1
-        return rc
-    atomic_write_json(path, {"ok": rc == 0, "mode": "command", "exit_code": rc, "written_at": now_iso()})
-    return rc
+            return rc or 1, f"the program's {RunPaths.SUMMARY} says ok: {json.dumps(own['ok'])}"
+        return rc, ""
+    atomic_write_json(path, {"ok": rc == 0, "mode": "command", "exit_code": rc, "written_at": now_iso(),
+                             "by": "opsrg"})
+    return rc, ""
 
 
 def main(argv: list[str]) -> int:
@@ -207,6 +208,9 @@ def main(argv: list[str]) -> int:
         write_shell_summary(argv[1], int(argv[2]))
         return 0
     if len(argv) == 3 and argv[0] == "command-summary":
-        return write_command_summary(argv[1], int(argv[2]))
+        status, why = write_command_summary(argv[1], int(argv[2]))
+        if why:
+            print(f"[opsrg] {why}", file=sys.stderr, flush=True)
+        return status
     print("usage: python -m opsrg.runs shell-summary|command-summary RUN_DIR EXIT_CODE", file=sys.stderr)
     return 2
