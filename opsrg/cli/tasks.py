@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import sys
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -23,7 +24,15 @@ PROG = prog()
 def _ctx():
     from opsrg.context import Context
 
-    return Context.load()
+    ctx = Context.load()
+    if ctx.loaded.env_file is None:  # never another project's settings, nor state scattered here
+        from opsrg.core.errors import ConfigError
+        from opsrg.core.settings import DEFAULT_ENV_NAME, ENV_FILE_VAR
+
+        raise ConfigError(f"no {DEFAULT_ENV_NAME} in {Path.cwd()} or any folder above it",
+                          hint=f"run `{PROG} init --script YOUR_SCRIPT` in your project's folder, or set "
+                               f"{ENV_FILE_VAR} to a settings file")
+    return ctx
 
 
 @contextlib.contextmanager
@@ -144,6 +153,22 @@ def config_show(c, json=False):
     table(["key", "value", "source"], [[k, "" if v is None else str(v), str(sources[k])] for k, v in values.items()])
     if passed:
         table(["variable runs get (RUN_ENV_PASS)", "value"], [[k, v] for k, v in passed.items()])
+
+
+@task(help={"script": "your program, relative to this folder (e.g. train.py)",
+            "config": "a config file it takes as its first argument (default: none)",
+            "tasks_py": "also write a tasks.py, so that `inv` has every task too",
+            "force": "overwrite files that exist"})
+@ops
+def init(c, script, config="", tasks_py=False, force=False):
+    """Write this project's starter workflow.env (the local pod, RUN_COMMAND for SCRIPT) and a sweep CSV."""
+    from pathlib import Path
+
+    from opsrg.ops.init import init as write
+
+    for p in write(Path.cwd(), script, config, tasks_py=tasks_py, force=force):
+        print(f"wrote {p}")
+    print(f"next: {PROG} pod-up && {PROG} bootstrap && {PROG} checkout && {PROG} sweep-start")
 
 
 # ------------------------------------------------------------------ FSM

@@ -84,6 +84,7 @@ TABLE: dict[str, Rule] = {
     "fsm-check": Rule(ALL, None),
     "fsm-reset": Rule(ALL, None),
     "config-show": Rule(ALL, None),
+    "init": Rule(ALL, None),  # writes a project's starter files; reads no state
 }
 
 

@@ -17,7 +17,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.errors import ConfigError
 
 ENV_FILE_VAR = "OPSRG_ENV_FILE"
@@ -189,8 +188,8 @@ class LoadedSettings:
 
 def env_file_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The env file in force: the explicit argument, ``$OPSRG_ENV_FILE``, else the nearest
-    ``workflow.env`` at or above the working directory (as git finds its repository), else this
-    source checkout's own one."""
+    ``workflow.env`` at or above the working directory (as git finds its repository); None when
+    there is none."""
     if explicit:
         return Path(explicit).resolve()
     if os.environ.get(ENV_FILE_VAR):
@@ -199,8 +198,6 @@ def env_file_path(explicit: str | os.PathLike[str] | None = None) -> Path | None
     for base in (here, *here.parents):
         if (base / DEFAULT_ENV_NAME).is_file():
             return (base / DEFAULT_ENV_NAME).resolve()
-    if (REPO_ROOT / ".git").exists() and (REPO_ROOT / DEFAULT_ENV_NAME).is_file():
-        return (REPO_ROOT / DEFAULT_ENV_NAME).resolve()
     return None
 
 

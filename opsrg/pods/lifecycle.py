@@ -319,10 +319,21 @@ def check_git_inputs(ref: str, url: str = "") -> None:
                           hint="fix REPO_URL in workflow.env, then run: inv checkout")
 
 
+def head_of(ctx: Context, repo: str) -> str:
+    """``commit (branch)`` of a checkout, or "" when it is not a git one."""
+    r = ctx.host.run(["git", "-C", repo, "log", "-1", "--format=%h %s"], check=False)
+    return r.stdout.strip()[:80] if r.ok else ""
+
+
 def checkout(ctx: Context) -> str:
     host = ctx.host
     s = ctx.s
     repo = ctx.pod_path(s.ops_remote_repo)
+    if isinstance(host, LocalHost) and Path(repo).resolve() == ctx.loaded.root.resolve():
+        # OPS_REMOTE_REPO=. on the local pod: the rows run in this working copy, as it is
+        state = head_of(ctx, repo)
+        return (f"rows run in this working copy, {repo} (OPS_REMOTE_REPO=.): nothing to clone or install"
+                + (f"; at {state}" if state else ""))
     ref = f"refs/pull/{s.checkout_pr}/head" if s.checkout_pr else s.checkout_branch
     shipped = not s.repo_url and not isinstance(host, LocalHost)
     check_git_inputs(ref, s.repo_url)

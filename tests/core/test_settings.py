@@ -1,7 +1,8 @@
 import pytest
 
+from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.errors import ConfigError
-from opsrg.core.settings import REPO_ROOT, load_settings
+from opsrg.core.settings import load_settings
 
 
 def write(tmp_path, text):
