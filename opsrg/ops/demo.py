@@ -1,7 +1,8 @@
 """`make demo`: the whole workflow on this machine, as a user would type it.
 
 pod-up, bootstrap, checkout, a sweep of RG runs (`sweeps/demo.csv`) with a live view, its
-status, fetch-run of every run, plots, and a report of the physics against RG_SPEC. Each step
+status, fetch-run of every run, plots, and a report of the physics against RG_SPEC; then the
+example trainer's sweep as a user's own project, with the installed `opsrg` command. Each step
 is a real `inv` command, printed before it runs; steps already done (by the FSM state, the
 sweep's manifests, a run's FETCHED marker) are skipped, so a second run finishes fast.
 """
@@ -149,6 +150,45 @@ def report_exp(artifacts: Path, runs: list[str]) -> None:
                   " the cumulative nu_n converges only as 1/n")
 
 
+OPSRG = str(Path(sys.executable).parent / "opsrg")
+
+
+def own_project() -> None:
+    """The tutorial's project (examples/trainer) as a user's own: a git repository of its own,
+    its sweep run with the installed `opsrg` command, then the table of its runs."""
+    import shutil
+
+    root = REPO / ".opsrg" / "demo-trainer"
+    if not (root / ".git").is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(REPO / "examples" / "trainer", root)
+        with (root / "workflow.env").open("a") as fh:
+            fh.write("OPS_TMUX_SOCKET=opsrg-demo-trainer\n")
+        for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
+                    ["-c", "user.name=opsrg demo", "-c", "user.email=demo@localhost", "commit", "-qm", "my trainer"]):
+            subprocess.run(["git", *cmd], cwd=root, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "OPSRG_ENV_FILE"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # `python` with numpy, as in a venv
+    print(f"(in {root}: a copy of examples/trainer, a git repository of its own)")
+
+    def opsrg(*args: str, check: bool = True) -> int:
+        print(f"$ opsrg {shlex.join(args)}", flush=True)
+        rc = subprocess.run([OPSRG, *args], cwd=root, env=env).returncode
+        if check and rc != 0:
+            raise SystemExit(f"\ndemo stopped: `opsrg {shlex.join(args)}` exited {rc} in {root}.")
+        return rc
+
+    st = json.loads(subprocess.run([OPSRG, "fsm-status", "--json"], cwd=root, env=env, capture_output=True,
+                                   text=True, check=True).stdout)["state"]
+    for step, before in (("pod-up", "INIT"), ("bootstrap", "POD_READY"), ("checkout", "BOOTSTRAPPED")):
+        if st == before:
+            opsrg(step)
+            st = {"INIT": "POD_READY", "POD_READY": "BOOTSTRAPPED", "BOOTSTRAPPED": "CHECKED_OUT"}[before]
+    opsrg("sweep-start")
+    opsrg("sweep-monitor", "--wait", "--timeout-secs", "300", check=False)  # lr10-s1 diverges, on purpose
+    opsrg("sweep-status", check=False)
+
+
 def main() -> int:
     os.chdir(REPO)
     t0 = time.monotonic()
@@ -177,6 +217,8 @@ def main() -> int:
     report_fp(artifacts, runs)
     say("9. critical exponent")
     report_exp(artifacts, runs)
+    say("10. your own project: the example trainer's sweep (examples/trainer/README.md)")
+    own_project()
     say(f"done in {time.monotonic() - t0:.0f}s")
     print(f"artifacts: {artifacts}\nstate:     inv fsm-status\nruns:      inv sweep-status   inv artifacts-ls")
     return 0

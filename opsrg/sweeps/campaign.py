@@ -250,8 +250,9 @@ def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = ""
         runs.update(paths, run_id, RunState.COMPLETED, **extra)
     else:
         why = reason or ("summary.json missing" if ok is None else "summary.json has ok=false")
-        if log_tail:
-            last = " | ".join(log_tail[-3:])
+        said = [ln for ln in (log_tail or []) if not ln.startswith("[opsrg] task ")]  # the supervisor's own end line
+        if said:
+            last = " | ".join(said[-2:])
             why += f"; log ends: {last[-300:]}"
         runs.update(paths, run_id, RunState.FAILED, why, log_tail=list(log_tail or []), **extra)
 
