@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     repo_url: str = ""
     checkout_branch: str = "main"
     checkout_pr: int | None = None
+    checkout_install_cmd: str = ""  # how the project installs into its venv (default: found from its files)
+    checkout_check_cmd: str = ""  # must pass after checkout, e.g. python -c "import torch; assert torch.cuda.is_available()"
     ops_remote_repo: str = ".opsrg/pod/repo"
     ops_remote_outputs_dir: str = ".opsrg/pod/outputs"
     data_dir: str = ""

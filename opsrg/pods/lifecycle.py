@@ -296,6 +296,40 @@ fi
 .venv/bin/python -c 'import opsrg; print("import ok")'
 """
 
+# A user's own project (anything but opsrg itself): a venv that sees the image's packages (an
+# image's GPU PyTorch), the project's own dependencies as its files say, and its check.
+PROJECT_VENV_SH = r"""set -euo pipefail
+cd {repo}
+py={python}; recreate={recreate}; install={install}; check={check}
+if [ "$recreate" = 1 ] || [ ! -x .venv/bin/python ]; then
+  rm -rf .venv
+  "$py" -m venv --system-site-packages --without-pip .venv
+  .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip -q
+  echo "venv created with $py (the system's packages visible)"
+fi
+export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH"
+pip="python -m pip install -q --disable-pip-version-check"
+if [ -n "$install" ]; then
+  bash -c "$install"
+  echo "installed with CHECKOUT_INSTALL_CMD"
+elif [ -f pyproject.toml ] || [ -f setup.py ]; then
+  $pip -e .
+  echo "installed the project (pip install -e .)"
+elif [ -f requirements.txt ]; then
+  $pip -r requirements.txt
+  echo "installed requirements.txt"
+else
+  echo "installed nothing (no pyproject.toml, setup.py nor requirements.txt)"
+fi
+if [ -n "$check" ]; then
+  if ! bash -c "$check"; then
+    echo "CHECKOUT_CHECK_CMD failed: $check" >&2
+    exit 1
+  fi
+  echo "check passed: $check"
+fi
+"""
+
 CUPY_PY = ("import cupy\nn = cupy.cuda.runtime.getDeviceCount()\nprint('cupy', cupy.__version__, 'devices', n)")
 
 
@@ -317,6 +351,12 @@ def check_git_inputs(ref: str, url: str = "") -> None:
     if url.startswith("-") or CONTROL.search(url):
         raise ConfigError(f"REPO_URL={url!r} is not a usable repository URL (a leading '-' or control characters)",
                           hint="fix REPO_URL in workflow.env, then run: inv checkout")
+
+
+def is_opsrg(ctx: Context, repo: str) -> bool:
+    """Whether the checkout is opsrg itself (its own venv recipe) rather than a user's project."""
+    r = ctx.host.run(["grep", "-qsE", '^name *= *"opsrg"', f"{repo}/pyproject.toml"], check=False)
+    return r.ok
 
 
 def head_of(ctx: Context, repo: str) -> str:
@@ -345,6 +385,15 @@ def checkout(ctx: Context) -> str:
     log = run_and_wait(ctx, "checkout-clone", CLONE_SH.format(repo=q(repo), url=q(url), ref=q(ref)),
                        resume="inv checkout")
     commit = next((ln for ln in log.splitlines() if ln.startswith("checked out")), "checked out")
+    if not is_opsrg(ctx, repo):  # the user's own project: its dependencies, its check
+        log = run_and_wait(ctx, "checkout-venv", PROJECT_VENV_SH.format(
+            repo=q(repo), python=q(s.remote_python_bin), recreate=int(s.venv_recreate),
+            install=q(s.checkout_install_cmd), check=q(s.checkout_check_cmd)),
+            resume="fix the project's install (CHECKOUT_INSTALL_CMD) or its check (CHECKOUT_CHECK_CMD), or set "
+                   "VENV_RECREATE=1 to rebuild the venv; then run: inv checkout")
+        said = [ln for ln in log.splitlines() if ln.startswith(("installed", "check passed"))]
+        source = f" from a bundle of {local_repository(ctx)} (REPO_URL is empty)" if shipped else ""
+        return f"{commit} ({ref}){source} into {repo}; venv: {'; '.join(said) or 'ready'}"
     deps = " ".join(q(d) for d in project_dependencies())
     log = run_and_wait(ctx, "checkout-venv", VENV_SH.format(
         repo=q(repo), python=q(s.remote_python_bin), recreate=int(s.venv_recreate), deps=deps),
