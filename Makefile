@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 .PHONY: setup demo test lint clean
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh test
 
-demo: setup
+demo:
+	@bash scripts/setup.sh demo
 	@$(PY) -m opsrg.ops.demo
 
 # The tests mostly wait (on tmux, sshd, Slurm); on TEST_WORKERS pytest-xdist workers (0: one

@@ -115,6 +115,19 @@ def test_the_supervisor_stays_python38_code():
     assert not used & later, used & later
 
 
+def test_the_tool_imports_without_the_rg_extra():
+    """Sweeping one's own script needs no numpy, numba or matplotlib (the `rg` extra): the command
+    line, sweeps, pods and ops import none of them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, opsrg.cli.tasks, opsrg.sweeps.commands, opsrg.sweeps.tmux, opsrg.sweeps.slurm.backend, "
+            "opsrg.pods.lifecycle, opsrg.pods.transfer, opsrg.ops.doctor, opsrg.ops.artifacts, opsrg.ops.init; "
+            "sys.exit(sorted({'numpy', 'numba', 'matplotlib'} & set(sys.modules)) or 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_the_run_names_import_without_numpy():
     import subprocess
     import sys
