@@ -237,6 +237,25 @@ def step_reached(paths: SweepPaths, row: SweepRow) -> str:
     return f"{max(done) if done else 0}/{row.spec['steps']}"
 
 
+def log_ends(tail: list[str] | None) -> str:
+    """``; log ends: LINE | LINE``, the end of a failure's reason ("" without a log)."""
+    said = [ln for ln in (tail or []) if not ln.startswith("[opsrg] task ")]  # the supervisor's own end line
+    return f"; log ends: {' | '.join(said[-2:])[-300:]}" if said else ""
+
+
+def read_tail(path: str | Path, lines: int = 10, max_bytes: int = 8192) -> list[str]:
+    """The last non-empty lines of a log on this machine ([] when there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", "replace").replace("\r", "\n")
+    return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+
+
 def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = "",
                log_tail: list[str] | None = None, **extra: Any) -> None:
     """A run whose last job ended: synced when its summary is here, then completed or failed.
@@ -250,10 +269,7 @@ def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = ""
         runs.update(paths, run_id, RunState.COMPLETED, **extra)
     else:
         why = reason or ("summary.json missing" if ok is None else "summary.json has ok=false")
-        said = [ln for ln in (log_tail or []) if not ln.startswith("[opsrg] task ")]  # the supervisor's own end line
-        if said:
-            last = " | ".join(said[-2:])
-            why += f"; log ends: {last[-300:]}"
+        why += log_ends(log_tail)
         runs.update(paths, run_id, RunState.FAILED, why, log_tail=list(log_tail or []), **extra)
 
 

@@ -14,13 +14,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from opsrg.core.atomic import atomic_write_text
+from opsrg.core.atomic import atomic_write_bytes, atomic_write_text
 from opsrg.core.clock import now_iso
 from opsrg.core.errors import OpsError
 from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
 from opsrg.sweeps.backend import Backend, Lag, PlannedJob
-from opsrg.sweeps.campaign import SweepEnv, finish_run, progress, settle_cancelled, sweep_of, write_manifest
+from opsrg.sweeps.campaign import (
+    SweepEnv,
+    finish_run,
+    log_ends,
+    progress,
+    read_tail,
+    settle_cancelled,
+    sweep_of,
+    write_manifest,
+)
 from opsrg.sweeps.plan import Job, RunProgress, array_spec, dep_job_id, plan_slurm
 from opsrg.sweeps.records import Campaign, RunState
 from opsrg.sweeps.runs import SweepPaths
@@ -343,25 +352,43 @@ class SlurmBackend(Backend):
                     el = elems.get(e)
                     st = el["task_state"] if el else "pending"
                     if st in supervisor.TERMINAL:
+                        tail = self._keep_log(env, m, k, j, rid)
                         finish_run(paths, rid, st == "success", "" if st == "success" else
                                    f"{k} [{e}]: {JobInfo(**{x: el[x] for x in JobInfo.__dataclass_fields__ if x in el}).task_state()[1]}",
-                                   exit_code=el.get("exit_code"))
+                                   log_tail=tail, exit_code=el.get("exit_code"))
                         break
                     started |= st == "running"
                     continue
                 st = rec.get("state", "pending")
                 if st in ("failed", "timed_out"):
                     self._cancel_jobs(env, m, rid, except_key=k)
-                    runs.update(paths, rid, RunState.FAILED, f"{k} [{j['job_id']}]: {rec.get('reason', st)}",
-                                exit_code=rec.get("exit_code"))
+                    tail = self._keep_log(env, m, k, j, rid)
+                    runs.update(paths, rid, RunState.FAILED, f"{k} [{j['job_id']}]: {rec.get('reason', st)}"
+                                + log_ends(tail), exit_code=rec.get("exit_code"), log_tail=tail)
                     break
                 if st == "success" and (j.get("final_for") == rid or j["kind"] == "shell"):
+                    self._keep_log(env, m, k, j, rid)
                     finish_run(paths, rid, True)
                     break
                 started |= st in ("running", "success")
             else:
                 if started:
                     runs.update(paths, rid, RunState.RUNNING)
+
+    @staticmethod
+    def _keep_log(env: SweepEnv, m: Campaign, key: str, j: dict[str, Any], rid: str) -> list[str]:
+        """A shell or command row's job log, copied into the run's logs/ (so fetch-run brings it
+        home); returns its last lines. An RG run's many job logs stay in their task folders."""
+        if j["kind"] != "shell":
+            return []
+        log = _log(env.tasks().paths(key).root, Job(key, j["kind"], "", j["runs"], tasks=j.get("tasks")))
+        if "%a" in log:
+            log = log.replace("%a", str(j["runs"].index(rid)))
+        dest = RunPaths(env.paths.run_dir(rid)).logs
+        with contextlib.suppress(OSError):
+            dest.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest / f"slurm-{key}.log", Path(log).read_bytes())
+        return read_tail(log)
 
     def _cancel_jobs(self, env: SweepEnv, m: Campaign, rid: str, except_key: str = "") -> list[str]:
         rm = runs.read(env.paths, rid)

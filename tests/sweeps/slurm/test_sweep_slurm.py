@@ -191,7 +191,7 @@ def test_command_rows_run_as_array_elements_with_the_same_record(timeout_sweep, 
     (root / "train.py").write_text(
         "import json, os, sys\n"
         "json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd()}, open(os.environ['OPSRG_RUN_DIR'] + '/seen.json', 'w'))\n"
-        "sys.exit(3 if '--lr=10' in sys.argv else 0)\n")
+        "if '--lr=10' in sys.argv:\n    sys.exit('diverged at lr=10')\n")
     env = make_project(root, extra=f"OPS_REMOTE_REPO={root}\n"
                                    f"RUN_COMMAND={sys.executable} train.py {{config}} --seed={{seed}} {{overrides}}\n")
     started = start(env, "a,config/small.py,1,\"--lr=3e-4 --note='x y'\",\nb,config/small.py,2,--lr=10,\n"
@@ -200,7 +200,10 @@ def test_command_rows_run_as_array_elements_with_the_same_record(timeout_sweep, 
     assert wait(env).returncode == 1
     runs = runs_of(env)
     assert {k: v["state"] for k, v in runs.items()} == {"a": "completed", "b": "failed", "ev": "completed"}
-    assert runs["b"]["exit_code"] == 3
+    assert runs["b"]["exit_code"] == 1 and "log ends: diverged at lr=10" in runs["b"]["reason"], runs["b"]
+    assert "diverged at lr=10" in runs["b"]["log_tail"]
+    assert (root / "outputs" / "b" / "logs" / "slurm-shell.a.x2.log").read_text().strip().endswith("diverged at lr=10")
+    assert (root / "outputs" / "ev" / "logs" / "slurm-ev.run.log").is_file()
     seen = json.loads((root / "outputs" / "a" / "seen.json").read_text())
     assert seen == {"argv": ["config/small.py", "--seed=1", "--lr=3e-4", "--note=x y"], "cwd": str(root)}
     assert json.loads((root / "outputs" / "ev" / "seen.json").read_text())["argv"][-1] == "--eval"
