@@ -16,6 +16,8 @@ DOCS = "docs"               # the Slurm job list (docs/slurm_job_list.md)
 # what opsrg writes into a run's folder beside the engine's own files (opsrg.rg.run.RunPaths)
 RUN_MANIFEST = "run_manifest.json"  # the run's state across attempts (opsrg.sweeps.runs)
 META = "meta.json"                  # its provenance: identity, git state, packages (opsrg.sweeps.provenance)
+# In a checkout that `push` sent a working tree into: when, from where, at which commit.
+PUSHED = ".opsrg-pushed.json"
 
 RESERVED_NAMES = frozenset({CONTROL, MANIFESTS, TASKS, REPLACED, DOCS})
 RESERVED_PREFIX = "_"

@@ -19,14 +19,18 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opsrg.core import layout
 from opsrg.core.atomic import TMP_MARK, TMP_SUFFIX, atomic_write_json
 from opsrg.core.checkout import REPO_ROOT
+from opsrg.core.clock import now_iso
 from opsrg.core.errors import HostError, InputError, LinkDropped
 from opsrg.hosts.rsync import NOT_RESULTS
 
@@ -135,8 +139,14 @@ def push(ctx: Context, *, src: str | None = None, dry_run: bool = False, delete:
     """The local working tree -> OPS_REMOTE_REPO on the pod (code only: no .git, venv, outputs)."""
     source = Path(src) if src else project_root(ctx)
     dst = ctx.pod_path(ctx.s.ops_remote_repo)
-    r = ctx.host.sync(str(source), dst, to_host=True, delete=delete, dry_run=dry_run, excludes=PUSH_EXCLUDES)
+    r = ctx.host.sync(str(source), dst, to_host=True, delete=delete, dry_run=dry_run,
+                      excludes=(*PUSH_EXCLUDES, layout.PUSHED))
     files = _changed(r.stdout)
+    if not dry_run:  # provenance says the checkout holds a pushed working tree, not a commit alone
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+        record = {"at": now_iso(), "from": f"{socket.gethostname()}:{source}",
+                  "source_commit": head.stdout.strip() or None}
+        ctx.host.write_text(f"{dst}/{layout.PUSHED}", json.dumps(record, sort_keys=True) + "\n")
     verb = "would push" if dry_run else "pushed"
     return f"{verb} {len(files)} files {source} -> {ctx.host.name}:{dst}"
 

@@ -65,12 +65,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+PUSHED = layout.PUSHED
 # One shell line that describes a checkout's code (run where the checkout is: on the pod): the
-# commit, branch, remote, whether tracked files differ from it, and a hash of that difference.
+# commit, branch, remote, whether files differ from it (tracked changes, or files git does not
+# track and does not ignore), a hash of that difference, and the record of a push, if any.
 CODE_STATE_SH = ('cd "$1" 2>/dev/null && git rev-parse HEAD 2>/dev/null || exit 3; '
                  'git rev-parse --abbrev-ref HEAD; git remote get-url origin 2>/dev/null || echo; '
-                 'git status --porcelain --untracked-files=no | head -c 1 | wc -c; '
-                 'git diff HEAD --no-ext-diff --binary | sha256sum | cut -c1-64')
+                 f'git status --porcelain --untracked-files=all -- . ":!{PUSHED}" | head -c 1 | wc -c; '
+                 '{ git diff HEAD --no-ext-diff --binary; git ls-files --others --exclude-standard -z -- . '
+                 f'":!{PUSHED}" | xargs -0 -r sha256sum; }} | sha256sum | cut -c1-64; '
+                 f'if [ -f {PUSHED} ]; then tr -d "\\n" < {PUSHED}; fi; echo')
 
 
 def without_credentials(url: str) -> str:
@@ -85,8 +89,14 @@ def parse_code_state(out: str, returncode: int) -> dict[str, Any]:
         return {"commit": None, "note": "not a git checkout: changed code cannot be told apart"}
     commit, branch, remote, dirty, diff = (ln.strip() for ln in lines[:5])
     dirty_b = dirty not in ("", "0")
-    return {"commit": commit, "branch": branch, "remote": without_credentials(remote) or None, "dirty": dirty_b,
-            "diff_sha256": diff if dirty_b else None}
+    out = {"commit": commit, "branch": branch, "remote": without_credentials(remote) or None, "dirty": dirty_b,
+           "diff_sha256": diff if dirty_b else None}
+    if len(lines) > 5 and lines[5].strip():
+        try:
+            out["pushed"] = json.loads(lines[5])  # the working tree came by `push`, not by git
+        except ValueError:
+            out["pushed"] = {"note": f"unreadable {PUSHED}"}
+    return out
 
 
 def code_key(code: dict[str, Any]) -> dict[str, Any]:

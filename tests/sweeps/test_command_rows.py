@@ -208,3 +208,35 @@ def test_runs_get_the_passed_variables_and_the_env_file_and_no_secret_lands_in_a
     assert rec["env_names"] == ["MY_VAR", "WANDB_API_KEY", "WANDB_PROJECT"]
     leaked = [str(p) for p in (trainer / ".opsrg").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_a_pushed_working_tree_is_recorded_and_keys_the_identity(trainer):
+    """checkout clones the committed code; push sends the edited working tree over it: meta.json
+    says so, and the run's identity follows the code that ran (untracked new files included)."""
+    env = (trainer / "workflow.env").read_text().replace(f"OPS_REMOTE_REPO={trainer}\n", "")
+    (trainer / "workflow.env").write_text(env + f"REMOTE_PYTHON_BIN={sys.executable}\n")
+    (trainer / "sweep.csv").write_text("run_id,config,seed,overrides,notes\np1,config/train_small.py,1,--lr=3e-4,\n")
+    subprocess.run(["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qam", "one row"], cwd=trainer,
+                   check=True)
+    for step in ("pod-up", "bootstrap", "checkout"):
+        r = _opsrg(trainer, step)
+        assert r.returncode == 0, f"{step}: {r.stdout}{r.stderr}"
+    repo = trainer / ".opsrg" / "pod" / "repo"
+    (trainer / "helper.py").write_text("X = 1\n")  # new, not committed
+    (trainer / "train.py").write_text(TRAIN.replace("lr * 100", "lr * 300"))  # edited, not committed
+    r = _opsrg(trainer, "push")
+    assert r.returncode == 0, r.stderr
+    assert (repo / "helper.py").is_file()
+    assert _opsrg(trainer, "sweep-start").returncode == 0
+    assert _opsrg(trainer, "sweep-monitor", "--wait", "--timeout-secs", "60").returncode == 0
+    meta = json.loads((trainer / ".opsrg" / "pod" / "outputs" / "p1" / "meta.json").read_text())
+    project = meta["project"]
+    assert project["dirty"] is True and len(project["diff_sha256"]) == 64
+    assert project["pushed"]["from"].endswith(f":{trainer}") and project["pushed"]["source_commit"] == project["commit"]
+    assert json.loads((trainer / ".opsrg" / "pod" / "outputs" / "p1" / "metrics.json").read_text())["loss"] == \
+        pytest.approx(0.09)
+    # a second push of a new untracked file: different code, so the completed run is not reused
+    (trainer / "helper.py").write_text("X = 2\n")
+    assert _opsrg(trainer, "push").returncode == 0
+    r = _opsrg(trainer, "sweep-start")
+    assert r.returncode == 2 and "the project's uncommitted changes differ" in r.stderr
