@@ -75,6 +75,21 @@ def status_rows(env: SweepEnv, m: Campaign) -> list[dict[str, Any]]:
     return out
 
 
+def require_local_outputs(ctx) -> None:
+    """Sweeps keep their manifests where the outputs are and read them as local files: on a pod
+    reached over SSH that would write the pod's paths on this machine. Refused, before anything is
+    written, until sweeps are driven on the pod itself."""
+    from opsrg.core.errors import ConfigError
+    from opsrg.hosts.local import LocalHost
+
+    if not isinstance(ctx.host, LocalHost):
+        raise ConfigError(
+            f"sweeps cannot be driven from this machine on a POD_PROVIDER={ctx.s.pod_provider} pod yet: their "
+            f"manifests live with the outputs on {ctx.host.name}",
+            hint="run opsrg on the pod itself (a workflow.env there with POD_PROVIDER=local, then inv sweep-start); "
+                 "tracked tasks (inv task-run), push, pull and fetch-run work from here")
+
+
 def _bases(ctx) -> list[Path]:
     return [ctx.loaded.root, Path.cwd()]
 
@@ -90,6 +105,7 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     published in between, and the launch follows: two starts at once cannot both launch, and a
     start killed at any point leaves a launch record that the monitor and doctor settle.
     """
+    require_local_outputs(ctx)
     env = SweepEnv.from_context(ctx)
     paths = env.paths
     enforce = ctx.s.wf_fsm_enforce
@@ -194,6 +210,7 @@ Pass = tuple[Campaign, list[dict[str, Any]], dict[str, Any]]  # one monitor pass
 def monitor(ctx, campaign: str | None = None) -> Pass:
     """One monitor pass: settle a launch cut short, advance the manifests, reconcile them with the
     summaries, then move the FSM when every run is final."""
+    require_local_outputs(ctx)
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths, campaign)
     be = backend_for(m.backend)
@@ -210,6 +227,7 @@ def monitor(ctx, campaign: str | None = None) -> Pass:
 
 
 def cancel(ctx, run_id: str | None = None) -> list[str]:
+    require_local_outputs(ctx)
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths)
     be = backend_for(m.backend)
