@@ -190,10 +190,13 @@ def test_command_rows_run_as_array_elements_with_the_same_record(timeout_sweep, 
     (root / "config" / "small.py").write_text("lr = 1e-3\n")
     (root / "train.py").write_text(
         "import json, os, sys\n"
-        "json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd()}, open(os.environ['OPSRG_RUN_DIR'] + '/seen.json', 'w'))\n"
+        "json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), 'my': os.environ.get('MY_VAR'),"
+        " 'pod': os.environ.get('FROM_POD')}, open(os.environ['OPSRG_RUN_DIR'] + '/seen.json', 'w'))\n"
         "if '--lr=10' in sys.argv:\n    sys.exit('diverged at lr=10')\n")
-    env = make_project(root, extra=f"OPS_REMOTE_REPO={root}\n"
+    (root / "pod.env").write_text("FROM_POD='set on the pod'\n")
+    env = make_project(root, extra=f"OPS_REMOTE_REPO={root}\nRUN_ENV_PASS=MY_*\nRUN_ENV_FILE={root}/pod.env\n"
                                    f"RUN_COMMAND={sys.executable} train.py {{config}} --seed={{seed}} {{overrides}}\n")
+    env["MY_VAR"] = "from the shell"
     started = start(env, "a,config/small.py,1,\"--lr=3e-4 --note='x y'\",\nb,config/small.py,2,--lr=10,\n"
                          "ev,config/small.py,3,\"after=a --eval\",\n", root)
     assert sorted(started["jobs"]) == ["ev.run", "shell.a.x2"]  # a and b: one array of two
@@ -205,7 +208,8 @@ def test_command_rows_run_as_array_elements_with_the_same_record(timeout_sweep, 
     assert (root / "outputs" / "b" / "logs" / "slurm-shell.a.x2.log").read_text().strip().endswith("diverged at lr=10")
     assert (root / "outputs" / "ev" / "logs" / "slurm-ev.run.log").is_file()
     seen = json.loads((root / "outputs" / "a" / "seen.json").read_text())
-    assert seen == {"argv": ["config/small.py", "--seed=1", "--lr=3e-4", "--note=x y"], "cwd": str(root)}
+    assert seen == {"argv": ["config/small.py", "--seed=1", "--lr=3e-4", "--note=x y"], "cwd": str(root),
+                    "my": "from the shell", "pod": "set on the pod"}  # sbatch exports the shell; the job sources RUN_ENV_FILE
     assert json.loads((root / "outputs" / "ev" / "seen.json").read_text())["argv"][-1] == "--eval"
     rec = record(root, "shell.a.x2")
     assert rec["runner"] == "slurm" and rec["state"] == "failed"  # one element failed
