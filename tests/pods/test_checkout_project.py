@@ -65,3 +65,28 @@ def test_a_failing_check_fails_checkout_and_the_state_stays(tmp_path, tmux_socke
     assert r.returncode != 0 and "CHECKOUT_CHECK_CMD" in r.stdout + r.stderr
     st = json.loads(_opsrg(root, env, "fsm-status", "--json").stdout)["state"]
     assert st == "BOOTSTRAPPED"
+
+
+@pytest.mark.ssh
+def test_checkout_of_the_users_project_on_an_ssh_pod(tmp_path, tmux_socket, sshd_server):
+    """Over the real sshd: the committed branch travels as a bundle, the project's venv is built on
+    the pod and checked, and a tracked task runs in that checkout with that venv's python."""
+    from sshd import write_ssh_env
+
+    root = tmp_path / "mine"
+    env = _project(root, tmux_socket, "python -c 'import sys; assert sys.prefix.endswith(\".venv\")'")
+    check = (root / "workflow.env").read_text().splitlines()[-1]  # CHECKOUT_CHECK_CMD=...
+    write_ssh_env(root, sshd_server, tmux_socket, CHECKOUT_BRANCH="main")
+    with (root / "workflow.env").open("a") as fh:
+        fh.write(check + "\n")
+    for step in ("pod-up", "bootstrap", "checkout"):
+        r = _opsrg(root, env, step)
+        assert r.returncode == 0, f"{step}: {r.stdout}{r.stderr}"
+    assert "bundle" in r.stdout and "installed requirements.txt" in r.stdout and "check passed" in r.stdout
+    repo = root / "pod" / "repo"
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout == head
+    r = _opsrg(root, env, "task-run", "--id", "where", "--cmd", "python -c 'import os, sys; print(sys.prefix, os.getcwd())'")
+    assert r.returncode == 0, r.stderr
+    assert _opsrg(root, env, "task-wait", "--id", "where", "--timeout-secs", "30").returncode == 0
+    assert f"{repo}/.venv {repo}" in _opsrg(root, env, "task-logs", "--id", "where").stdout
