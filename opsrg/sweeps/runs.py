@@ -127,6 +127,19 @@ def update(paths: SweepPaths, run_id: str, state: RunState | str | None = None, 
         return m
 
 
+def append(paths: SweepPaths, run_id: str, field_name: str, item: Any) -> bool:
+    """Append ``item`` to the list ``field_name`` of the run's manifest, read and written under its
+    lock (two monitors at once each keep their entry); a final run is left as it is."""
+    path = paths.run_manifest(run_id)
+    with locked(path):
+        m = read_json(path)
+        if m is None or RunState(m.get("state", RunState.SUBMITTED)).is_final:
+            return False
+        m[field_name] = list(m.get(field_name) or []) + [item]
+        atomic_write_json(path, m)
+        return True
+
+
 def read(paths: SweepPaths, run_id: str) -> RunManifest | None:
     """The run's manifest; None when there is none, or it is unreadable or no run manifest."""
     d = read_json(paths.run_manifest(run_id))

@@ -59,3 +59,19 @@ def test_a_sweep_manifest_of_an_older_opsrg_reads_and_writes_back_what_it_holds(
     assert Campaign.from_json(c.to_json()) == c and c.to_json()["something_new"] == 3
     with pytest.raises(ValueError):
         Campaign.from_json({"rows": []})
+
+
+def test_concurrent_appends_to_a_run_manifest_all_land(tmp_path):
+    """What the requeue bookkeeping relies on: each append is read and written under the lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opsrg.sweeps import runs
+
+    paths = runs.SweepPaths(str(tmp_path))
+    runs.create(paths, "r1", "c", "slurm", {"run_id": "r1"})
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        assert all(ex.map(lambda i: runs.append(paths, "r1", "requeues", {"n": i}), range(40)))
+    assert sorted(q["n"] for q in runs.read(paths, "r1").requeues) == list(range(40))
+    runs.update(paths, "r1", "failed", "done")
+    assert runs.append(paths, "r1", "requeues", {"n": 99}) is False  # a final run is left as it is
+    assert len(runs.read(paths, "r1").requeues) == 40

@@ -78,9 +78,7 @@ def _note_requeue(env: SweepEnv, m: Campaign, key: str, j: dict[str, Any], q: di
     rids = _runs_of(j, q["element"])
     ledger.append(env.paths, [ledger.entry(m.campaign, rid, key, q["element"], status) for rid in rids])
     for rid in rids:
-        rm = runs.read(env.paths, rid)
-        if rm is not None:
-            runs.update(env.paths, rid, None, requeues=rm.requeues + [{**q, "job": key}])
+        runs.append(env.paths, rid, "requeues", {**q, "job": key})
 
 
 def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) -> None:
