@@ -70,14 +70,15 @@ def retry_until(fn, timeout=10.0, interval=0.05, what="condition"):
 
 
 def cgroup_or_skip() -> None:
-    """Skip unless this process may create a cgroup v2 (root and a writable cgroup2 mount)."""
+    """Skip locally, fail in CI, unless this process may create a cgroup v2 (root and a writable
+    cgroup2 mount, as this machine kind has)."""
     from opsrg.tracked import supervisor as sv
 
     if sv.cgroup2_root() is None:
-        pytest.skip("no cgroup v2 hierarchy mounted here")
+        unavailable("no cgroup v2 hierarchy mounted here")
     cg = sv.cgroup_create(f"/opsrg-test-probe-{os.getpid()}", sv.now_iso())  # one per process: workers probe at once
     if cg is None:
-        pytest.skip("cgroup v2 is not writable here (needs root and a writable cgroup2 mount)")
+        unavailable("cgroup v2 is not writable here (needs root and a writable cgroup2 mount)")
     sv.cgroup_remove(cg)
 
 

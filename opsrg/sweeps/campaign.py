@@ -243,19 +243,6 @@ def log_ends(tail: list[str] | None) -> str:
     return f"; log ends: {' | '.join(said[-2:])[-300:]}" if said else ""
 
 
-def read_tail(path: str | Path, lines: int = 10, max_bytes: int = 8192) -> list[str]:
-    """The last non-empty lines of a log on this machine ([] when there is none)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - max_bytes))
-            data = fh.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", "replace").replace("\r", "\n")
-    return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
-
-
 def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = "",
                log_tail: list[str] | None = None, **extra: Any) -> None:
     """A run whose last job ended: synced when its summary is here, then completed or failed.

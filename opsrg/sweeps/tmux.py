@@ -81,14 +81,7 @@ class TmuxBackend(Backend):
             driver_done = driver is None or driver.state.is_terminal
             if rec is not None and rec.state.is_terminal and driver_done:
                 # a live driver closes its rows itself (summary, meta.json, final sync); a dead one's here
-                ok, reason, exit_code = close_books(sweep, sweep.row(rid), rec)
-                tail = tasks.tail(rid)
-                if env.local_sync:  # the driver ended before its final sync: do it here
-                    try:
-                        env.final_sync(rid)
-                    except OpsError as e:
-                        ok, reason = False, reason or str(e)
-                finish_run(paths, rid, ok, reason, exit_code=exit_code, log_tail=tail)
+                _close_for_driver(env, sweep, rid, rec)
             elif driver is not None and driver.state.is_terminal and rm.state == RunState.SUBMITTED:
                 runs.update(paths, rid, RunState.FAILED, f"sweep driver ended ({driver.state}"
                             + (f": {driver.reason}" if driver.reason else "") + ") before this run finished")
@@ -111,8 +104,7 @@ class TmuxBackend(Backend):
                 except (TaskError, InputError):
                     continue
                 if rm is not None and not rm.is_final and rec.state.is_terminal:
-                    ok, reason, exit_code = close_books(sweep, sweep.row(rid), rec)
-                    finish_run(paths, rid, ok, reason, exit_code=exit_code, log_tail=tasks.tail(rid))
+                    _close_for_driver(env, sweep, rid, rec)
         for rid in run_ids:
             # decided before its task is stopped: a live driver would record the killed task failed
             settle_cancelled(paths, rid)
@@ -194,6 +186,19 @@ def close_books(sweep, row, rec) -> tuple[bool, str, int | None]:
     with contextlib.suppress(OSError, ValueError):
         provenance.end(sweep.run_dir(row.run_id), f"{od}/{RunPaths.SUMMARY}", exit_code)
     return ok, reason, exit_code
+
+
+def _close_for_driver(env: SweepEnv, sweep, rid: str, rec) -> None:
+    """What a driver does when a row ends, done for one that died: its books, its final sync
+    (local_sync), its verdict."""
+    ok, reason, exit_code = close_books(sweep, sweep.row(rid), rec)
+    tail = env.tasks().tail(rid)
+    if env.local_sync:
+        try:
+            env.final_sync(rid)
+        except OpsError as e:
+            ok, reason = False, reason or str(e)
+    finish_run(env.paths, rid, ok, reason, exit_code=exit_code, log_tail=tail)
 
 
 def _task_reason(rec) -> str:

@@ -24,7 +24,7 @@ from opsrg.core.errors import InputError, OpsError, TaskError
 from opsrg.hosts.base import Host
 from opsrg.hosts.local import LocalHost
 from opsrg.tracked import supervisor
-from opsrg.tracked.records import ID_RE, TaskPaths, TaskRecord, validate_id
+from opsrg.tracked.records import ID_RE, TAIL_BYTES, TaskPaths, TaskRecord, read_tail, tail_lines, validate_id
 from opsrg.tracked.tmux import TmuxRunner
 
 SUPERVISOR_SOURCE = Path(supervisor.__file__)
@@ -237,23 +237,13 @@ class TaskManager:
                 on_tick(rec)
         return rec, False
 
-    def tail(self, task_id: str, lines: int = 10, max_bytes: int = 8192) -> list[str]:
-        """The last ``lines`` non-empty lines of the task's log (read from its end, at most
-        ``max_bytes``): what a failure's reason quotes. Empty when there is no log."""
+    def tail(self, task_id: str, lines: int = 10) -> list[str]:
+        """The last ``lines`` non-empty lines of the task's log: what a failure's reason quotes."""
         log = self.paths(task_id).log
         if isinstance(self.host, LocalHost):
-            try:
-                with open(log, "rb") as fh:
-                    fh.seek(0, os.SEEK_END)
-                    fh.seek(max(0, fh.tell() - max_bytes))
-                    data = fh.read()
-            except FileNotFoundError:
-                return []
-        else:
-            r = self.host.run(f"tail -c {int(max_bytes)} {shlex.quote(log)} 2>/dev/null || true", check=False)
-            data = r.stdout.encode() if isinstance(r.stdout, str) else r.stdout
-        text = data.decode("utf-8", "replace").replace("\r", "\n")
-        return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+            return read_tail(log, lines)
+        r = self.host.run(f"tail -c {TAIL_BYTES} {shlex.quote(log)} 2>/dev/null || true", check=False)
+        return tail_lines(r.stdout.encode(), lines)
 
     def logs(self, task_id: str, *, follow: bool = False, poll: float = 0.2,
              chunk: int = 1 << 20) -> Iterator[str]:

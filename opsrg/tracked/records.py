@@ -120,6 +120,28 @@ class TaskRecord:
         return max(0.0, end - supervisor.parse_iso(self.started_at))
 
 
+TAIL_BYTES = 8192  # how far back from a log's end its last lines are looked for
+
+
+def tail_lines(data: bytes, lines: int = 10) -> list[str]:
+    """The last ``lines`` non-empty lines of the end of a log (pure)."""
+    text = data.decode("utf-8", "replace").replace("\r", "\n")
+    return [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+
+
+def read_tail(path: str, lines: int = 10) -> list[str]:
+    """:func:`tail_lines` of a log on this machine, read from its end ([] when there is none)."""
+    import os
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - TAIL_BYTES))
+            return tail_lines(fh.read(), lines)
+    except OSError:
+        return []
+
+
 def describe(rec: TaskRecord) -> str:
     """One human line for a task."""
     bits = [f"{rec.id}: {rec.state}"]

@@ -37,11 +37,16 @@ def _opsrg(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
     return subprocess.run([str(BIN / "opsrg"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _ready(root: Path, env: dict[str, str]) -> None:
+    for step in ("pod-up", "bootstrap"):
+        r = _opsrg(root, env, step)
+        assert r.returncode == 0, f"{step}: {r.stdout}{r.stderr}"
+
+
 def test_checkout_builds_the_projects_venv_and_rows_run_in_it(tmp_path, tmux_socket):
     root = tmp_path / "mine"
     env = _project(root, tmux_socket, "python -c 'import sys; assert sys.prefix.endswith(\".venv\")'")
-    for step in ("pod-up", "bootstrap"):
-        assert _opsrg(root, env, step).returncode == 0
+    _ready(root, env)
     r = _opsrg(root, env, "checkout")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "installed requirements.txt" in r.stdout and "check passed" in r.stdout
@@ -59,8 +64,7 @@ def test_checkout_builds_the_projects_venv_and_rows_run_in_it(tmp_path, tmux_soc
 def test_a_failing_check_fails_checkout_and_the_state_stays(tmp_path, tmux_socket):
     root = tmp_path / "mine"
     env = _project(root, tmux_socket, "python -c 'import no_such_gpu_lib'")
-    for step in ("pod-up", "bootstrap"):
-        assert _opsrg(root, env, step).returncode == 0
+    _ready(root, env)
     r = _opsrg(root, env, "checkout")
     assert r.returncode != 0 and "CHECKOUT_CHECK_CMD" in r.stdout + r.stderr
     st = json.loads(_opsrg(root, env, "fsm-status", "--json").stdout)["state"]

@@ -25,7 +25,6 @@ from opsrg.sweeps.campaign import (
     finish_run,
     log_ends,
     progress,
-    read_tail,
     settle_cancelled,
     sweep_of,
     write_manifest,
@@ -46,7 +45,7 @@ from opsrg.sweeps.slurm.cli import (
 from opsrg.sweeps.slurm.requeue import RequeuePolicy
 from opsrg.sweeps.slurm.watcher import Watcher, expected_elements
 from opsrg.tracked import supervisor
-from opsrg.tracked.records import TaskState
+from opsrg.tracked.records import TaskState, read_tail
 
 
 def _status(env: SweepEnv, key: str) -> dict[str, Any] | None:
