@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import retry_until, unavailable
+from support import REPO, retry_until, unavailable
 
 SSHD_BIN = "/usr/sbin/sshd"
 
@@ -38,11 +38,14 @@ StrictModes no
 MaxStartups 100
 MaxSessions 100
 Subsystem sftp /usr/lib/openssh/sftp-server
-SetEnv HOME={d}/home TMUX_TMPDIR={tmux_tmpdir}
+SetEnv HOME={d}/home TMUX_TMPDIR={tmux_tmpdir} PIP_CACHE_DIR={pip_cache}
 """
 
 
 _PORTS = itertools.count()
+# opsrg's own install on the test pods: one per build for the whole run (its install is locked on
+# the pod), instead of one per test home
+POD_TOOL_DIR = REPO / ".pytest_cache" / "opsrg-pod-tool"
 
 
 def free_port() -> int:
@@ -90,7 +93,10 @@ class SSHD:
         # a developer's rc files (pyenv init: 0.2 s) would otherwise slow each one down.
         (root / "home").mkdir()
         # The pod's tmux servers go where this test run's go (tests/conftest.py).
-        config = CONFIG.format(port=self.port, d=root, tmux_tmpdir=os.environ.get("TMUX_TMPDIR", "/tmp"))
+        # pip on the pod (opsrg's own install there) shares this machine's download cache.
+        pip_cache = os.environ.get("PIP_CACHE_DIR") or os.path.expanduser("~/.cache/pip")
+        config = CONFIG.format(port=self.port, d=root, tmux_tmpdir=os.environ.get("TMUX_TMPDIR", "/tmp"),
+                               pip_cache=pip_cache)
         if not sftp:  # a pod whose sshd offers no SFTP subsystem (shell commands only)
             config = "".join(ln for ln in config.splitlines(keepends=True) if not ln.startswith("Subsystem sftp"))
         (root / "sshd_config").write_text(config)
@@ -164,9 +170,20 @@ def _require_sshd() -> None:
         unavailable(f"not installed: {', '.join(missing)} (apt-get install openssh-server openssh-client rsync)")
 
 
+def _prune_tool_builds() -> None:
+    """Drop the pod installs of other builds than this one (each is a venv of its own)."""
+    from opsrg.pods import tool
+
+    keep = f"-{tool.build_id()}"
+    for d in POD_TOOL_DIR.glob("*") if POD_TOOL_DIR.is_dir() else []:
+        if not d.name.endswith(keep):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def sshd_server():
     _require_sshd()
+    _prune_tool_builds()
     root = Path(tempfile.mkdtemp(prefix="opsrg-sshd-"))
     server = SSHD(root)
     server.start()
@@ -203,6 +220,7 @@ def write_ssh_env(root: Path, server: SSHD, tmux_socket: str, **extra: str) -> P
         "OPS_TMUX_SOCKET": tmux_socket,
         "WF_TMUX_SESSION": "t",
         "TASK_KILL_GRACE_SECS": "2",
+        "POD_TOOL_DIR": str(POD_TOOL_DIR),
         **extra,
     }
     env = root / "workflow.env"

@@ -19,6 +19,10 @@ META = "meta.json"                  # its provenance: identity, git state, packa
 # In a checkout that `push` sent a working tree into: when, from where, at which commit.
 PUSHED = ".opsrg-pushed.json"
 
+# Under CONTROL on a pod that is not the client's machine: the project folder of the pod's own
+# opsrg, which drives the sweeps there (its workflow.env, the CSVs and run configs sent to it).
+POD_PROJECT = "project"
+
 RESERVED_NAMES = frozenset({CONTROL, MANIFESTS, TASKS, REPLACED, DOCS})
 RESERVED_PREFIX = "_"
 

@@ -27,9 +27,9 @@ DEFAULT_ENV_NAME = "workflow.env"
 # run through a shell), so a ``$`` would make a folder literally named ``${HOME}``: refused. The
 # first kind must be set (an empty path would mean the project folder); the second may be empty.
 PATHS_REQUIRED = ("ops_remote_outputs_dir", "ops_remote_repo", "ops_local_pod_root", "remote_env_path",
-                  "run_out_local_root", "local_artifacts_dir", "ops_known_hosts", "sweep_csv")
+                  "run_out_local_root", "local_artifacts_dir", "ops_known_hosts", "sweep_csv", "pod_tool_dir")
 PATHS_OPTIONAL = ("wf_state_file", "data_dir", "bootstrap_script", "wandb_setup_script", "ops_ssh_key",
-                  "run_env_file")
+                  "run_env_file", "pod_wheelhouse", "sweep_python")
 
 
 def _literal_path(v: str) -> str:
@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     remote_env_path: str = ".opsrg/pod/workflow.env"
     remote_python_bin: str = "python3"
     venv_recreate: bool = False
+    # opsrg itself on a pod that is not this machine (it drives the sweeps there)
+    pod_tool_dir: str = "~/.opsrg/tool"  # one venv per opsrg build under it, never in the checkout
+    pod_tool_extras: str = ""  # extras of that install, e.g. rg (the RG engine, for RG rows on the pod)
+    pod_wheelhouse: str = ""  # a folder of wheels here: sent along, installed with no package index
     auto_install_prereqs: bool = False
     bootstrap_script: str = ""
     wandb_setup_script: str = ""
@@ -85,6 +89,7 @@ class Settings(BaseSettings):
     sweep_tmux_session: str = "opsrg-sweep"
     sweep_csv: str = "sweeps/demo.csv"
     sweep_backend: Literal["tmux", "slurm"] = "tmux"
+    sweep_python: str = ""  # the Python of the sweep driver and RG rows (default: the one running opsrg)
     run_command: str = ""  # the template of rows whose config is the user's own file
     run_env_pass: str = ""  # names and globs of this shell's variables that runs get (WANDB_*,HF_*)
     run_env_secrets: str = ""  # more names whose values are secrets (besides *_KEY, *_TOKEN, ...)

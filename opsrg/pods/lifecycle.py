@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from opsrg.core.checkout import REPO_ROOT
 from opsrg.core.errors import ConfigError, HostError, UnreachableError
 from opsrg.hosts.local import LocalHost
+from opsrg.pods.steps import run_and_wait
 
 if TYPE_CHECKING:  # the caller's context; nothing here builds one
     from opsrg.context import Context
 
 PREREQS = ("tmux", "rsync", "git")
 APT_PACKAGES = {"tmux": "tmux", "rsync": "rsync", "git": "git", "python": "python3 python3-venv"}
-TASK_TIMEOUT = 1800.0
 
 
 # ------------------------------------------------------------------ up / down
@@ -121,33 +121,6 @@ def _missing(found: dict[str, str | None]) -> list[str]:
     return missing
 
 
-def run_and_wait(ctx: Context, task_id: str, command: str, *, resume: str, timeout: float = TASK_TIMEOUT,
-                 env: dict[str, str] | None = None, cwd: str | None = None) -> str:
-    """Run ``command`` as a tracked task on the pod and wait for it; its log on success.
-
-    A task of that id still running (an earlier, interrupted call) is waited on, not restarted.
-    """
-    from opsrg.core.errors import TaskError
-    from opsrg.tracked.records import TaskState
-
-    tm = ctx.tasks
-    try:
-        rec = tm.read(task_id)
-        running = not rec.state.is_terminal
-    except TaskError:
-        running = False
-    if not running:
-        tm.run(task_id, command, timeout_secs=timeout, replace=True, env=env, cwd=cwd)
-    rec, waited_out = tm.wait(task_id, timeout=timeout + 60, poll=0.2)
-    log = ctx.host.read_text(tm.paths(task_id).log) or ""
-    if waited_out or rec.state != TaskState.SUCCESS:
-        tail = "\n    ".join(log.strip().splitlines()[-15:])
-        raise HostError(f"{task_id} on {ctx.host.name}: {rec.state}"
-                        f"{f' (exit {rec.exit_code})' if rec.exit_code is not None else ''}; "
-                        f"log {tm.paths(task_id).log}:\n    {tail}", hint=resume)
-    return log
-
-
 def bootstrap(ctx: Context) -> str:
     host = ctx.host
     found = check_prereqs(ctx)
@@ -170,6 +143,10 @@ def bootstrap(ctx: Context) -> str:
         raise HostError(f"{host.name}: missing prerequisites: {what}",
                         hint="install them (or set AUTO_INSTALL_PREREQS=1 as root), then run: inv bootstrap")
     host.run(["mkdir", "-p", ctx.control_dir, ctx.tasks.root])
+    if not isinstance(host, LocalHost):  # the pod's own opsrg drives the sweeps there
+        from opsrg.pods import tool
+
+        notes.append(tool.ensure(ctx))
     if ctx.loaded.env_file:
         # Holds secrets such as WANDB_API_KEY: readable by the pod user only.
         host.write_text(ctx.pod_path(ctx.s.remote_env_path), ctx.loaded.env_file.read_text(), mode=0o600)

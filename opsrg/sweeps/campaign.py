@@ -59,7 +59,7 @@ class SweepEnv:
     @classmethod
     def from_context(cls, ctx) -> SweepEnv:
         s = ctx.s
-        return cls(outputs=ctx.outputs_dir, python=ctx.host.python, tmux_socket=s.ops_tmux_socket,
+        return cls(outputs=ctx.outputs_dir, python=s.sweep_python or ctx.host.python, tmux_socket=s.ops_tmux_socket,
                    tmux_session=s.sweep_tmux_session, run_timeout=s.run_timeout_secs,
                    kill_grace=s.task_kill_grace_secs, stale_secs=s.task_heartbeat_stale_secs,
                    slurm=SlurmOptions(s.slurm_partition, s.slurm_account, s.slurm_time, s.slurm_cpus_per_task,

@@ -16,7 +16,7 @@ from opsrg.core import fsm
 from opsrg.core.clock import now_iso, parse_iso
 from opsrg.core.errors import InputError, OpsError, StillRunning
 from opsrg.core.fsm import State
-from opsrg.sweeps import runs
+from opsrg.sweeps import remote, runs
 from opsrg.sweeps.backend import Backend
 from opsrg.sweeps.campaign import (
     SweepEnv,
@@ -75,21 +75,6 @@ def status_rows(env: SweepEnv, m: Campaign) -> list[dict[str, Any]]:
     return out
 
 
-def require_local_outputs(ctx) -> None:
-    """Sweeps keep their manifests where the outputs are and read them as local files: on a pod
-    reached over SSH that would write the pod's paths on this machine. Refused, before anything is
-    written, until sweeps are driven on the pod itself."""
-    from opsrg.core.errors import ConfigError
-    from opsrg.hosts.local import LocalHost
-
-    if not isinstance(ctx.host, LocalHost):
-        raise ConfigError(
-            f"sweeps cannot be driven from this machine on a POD_PROVIDER={ctx.s.pod_provider} pod yet: their "
-            f"manifests live with the outputs on {ctx.host.name}",
-            hint="run opsrg on the pod itself (a workflow.env there with POD_PROVIDER=local, then inv sweep-start); "
-                 "tracked tasks (inv task-run), push, pull and fetch-run work from here")
-
-
 def _bases(ctx) -> list[Path]:
     return [ctx.loaded.root, Path.cwd()]
 
@@ -105,7 +90,8 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     published in between, and the launch follows: two starts at once cannot both launch, and a
     start killed at any point leaves a launch record that the monitor and doctor settle.
     """
-    require_local_outputs(ctx)
+    if remote.is_remote(ctx):
+        return _start_on_pod(ctx, csv, backend, resume=resume, dry_run=dry_run, force=force)
     env = SweepEnv.from_context(ctx)
     paths = env.paths
     enforce = ctx.s.wf_fsm_enforce
@@ -184,6 +170,11 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
 def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[str]]:
     """The campaign's verdict; once every run is final, SWEEP_RUNNING moves to COMPLETED or FAILED."""
     done, failed, live = verdict(env.paths, m)
+    _settle_fsm(ctx, m, done, failed)
+    return done, failed, live
+
+
+def _settle_fsm(ctx, m: Campaign, done: bool, failed: list[str]) -> None:
     fsm_state = ctx.store.read().state
     if done and fsm_state == State.SWEEP_RUNNING:
         with contextlib.suppress(OpsError):  # somebody moved it meanwhile: theirs stands
@@ -193,7 +184,37 @@ def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[st
             else:
                 ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
                               note=f"campaign {m.campaign}: {len(m.rows)} runs ok")
-    return done, failed, live
+
+
+def _next(state: State) -> str:
+    return "inv sweep-start --resume" if fsm.refusal("sweep-resume", state) is None else "inv sweep-start"
+
+
+# ------------------------------------------------------------------ on a pod that is not this machine
+def _start_on_pod(ctx, csv: str | None, backend: str | None, *, resume: bool, dry_run: bool,
+                  force: bool) -> dict[str, Any]:
+    """sweep-start on the pod (opsrg.sweeps.remote): the CSV is read here first, so a bad row is
+    reported with its file and line before anything is sent; the workflow state moves here."""
+    from opsrg.pods import tool
+
+    command = "sweep-resume" if resume else "sweep-start"
+    enforce = ctx.s.wf_fsm_enforce
+    args: dict[str, Any] = {"backend": backend, "resume": resume, "dry_run": dry_run, "force": force}
+    path = Path(csv) if csv else ctx.loaded.local_path(ctx.s.sweep_csv)
+    if not resume:
+        rows = load_rows(str(path), _bases(ctx), ctx.s.run_command)
+        args["csv"] = remote.stage(ctx, path, rows)
+    elif path.is_file():  # --resume compares the campaign's rows with the file as it is now
+        remote.stage(ctx, path, [])
+    if dry_run:
+        ctx.store.check(command, enforce=enforce)
+        return remote.call(ctx, "start", args)
+    tool.ensure(ctx)  # before the lock: a first install takes a while
+    with ctx.store.claim(command, enforce=enforce, note=f"on {ctx.host.name}"):
+        out = remote.call(ctx, "start", args)
+    if not out.get("resumed" if resume else "runs"):  # nothing to run: the sweep ends now
+        monitor(ctx, out["campaign"])
+    return out
 
 
 def _dry_plan(env: SweepEnv, m: Campaign, be: Backend, todo: list[str],
@@ -210,7 +231,11 @@ Pass = tuple[Campaign, list[dict[str, Any]], dict[str, Any]]  # one monitor pass
 def monitor(ctx, campaign: str | None = None) -> Pass:
     """One monitor pass: settle a launch cut short, advance the manifests, reconcile them with the
     summaries, then move the FSM when every run is final."""
-    require_local_outputs(ctx)
+    if remote.is_remote(ctx):
+        m, rows, v = remote.monitor_answer(remote.call(ctx, "monitor", {"campaign": campaign}))
+        _settle_fsm(ctx, m, v["done"], v["failed"])
+        state = ctx.store.read().state
+        return m, rows, {**v, "fsm": state.value, "next": _next(state)}
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths, campaign)
     be = backend_for(m.backend)
@@ -219,7 +244,7 @@ def monitor(ctx, campaign: str | None = None) -> Pass:
     reconcile_runs(env.paths, m)
     done, failed, live = _move_fsm(ctx, env, m)
     state = ctx.store.read().state
-    nxt = "inv sweep-start --resume" if fsm.refusal("sweep-resume", state) is None else "inv sweep-start"
+    nxt = _next(state)
     return m, status_rows(env, m), {"done": done, "failed": failed, "running": live, "fsm": state.value,
                                     "scheduler_unreachable": be.unreachable,
                                     "launch": m.launch.get("state", "launched"),
@@ -227,7 +252,11 @@ def monitor(ctx, campaign: str | None = None) -> Pass:
 
 
 def cancel(ctx, run_id: str | None = None) -> list[str]:
-    require_local_outputs(ctx)
+    if remote.is_remote(ctx):
+        if run_id is not None:
+            return remote.call(ctx, "cancel", {"run_id": run_id})
+        with ctx.transition("sweep-cancel"):
+            return remote.call(ctx, "cancel", {"run_id": None})
     env = SweepEnv.from_context(ctx)
     m = load_manifest(env.paths)
     be = backend_for(m.backend)

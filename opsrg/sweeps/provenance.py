@@ -69,11 +69,13 @@ PUSHED = layout.PUSHED
 # One shell line that describes a checkout's code (run where the checkout is: on the pod): the
 # commit, branch, remote, whether files differ from it (tracked changes, or files git does not
 # track and does not ignore), a hash of that difference, and the record of a push, if any.
+# Not the project's code: push's record, and the venv that checkout builds in the checkout.
+_NOT_CODE = f'":!{PUSHED}" ":!.venv"'
 CODE_STATE_SH = ('cd "$1" 2>/dev/null && git rev-parse HEAD 2>/dev/null || exit 3; '
                  'git rev-parse --abbrev-ref HEAD; git remote get-url origin 2>/dev/null || echo; '
-                 f'git status --porcelain --untracked-files=all -- . ":!{PUSHED}" | head -c 1 | wc -c; '
+                 f'git status --porcelain --untracked-files=all -- . {_NOT_CODE} | head -c 1 | wc -c; '
                  '{ git diff HEAD --no-ext-diff --binary; git ls-files --others --exclude-standard -z -- . '
-                 f'":!{PUSHED}" | xargs -0 -r sha256sum; }} | sha256sum | cut -c1-64; '
+                 f'{_NOT_CODE} | xargs -0 -r sha256sum; }} | sha256sum | cut -c1-64; '
                  f'if [ -f {PUSHED} ]; then tr -d "\\n" < {PUSHED}; fi; echo')
 
 

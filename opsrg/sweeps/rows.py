@@ -276,7 +276,7 @@ def load_config(path: Path) -> dict[str, Any]:
     return out
 
 
-def _is_run_config(path: Path) -> bool:
+def is_run_config(path: Path) -> bool:
     """An opsrg run config: a TOML file with a ``mode`` key. Any other file is the user's own."""
     if path.suffix != ".toml":
         return False
@@ -430,14 +430,14 @@ class _Reader:
             if path is None:
                 self.configs[cname] = (f"config file not found: {cname} "
                                        f"(looked in {', '.join(map(str, self.bases))})")
-            elif self.run_command and not _is_run_config(path):
+            elif self.run_command and not is_run_config(path):
                 # the user's own config file: the row runs RUN_COMMAND with it
                 self.configs[cname] = {"__path__": str(path), "mode": "command", "command": self.run_command}
             else:
                 try:
                     self.configs[cname] = {"__path__": str(path), **load_config(path)}
                 except ValueError as e:
-                    if not _is_run_config(path):
+                    if not is_run_config(path):
                         e = ValueError(f"{e}. To run your own program with this file, set RUN_COMMAND in "
                                        "workflow.env, e.g. RUN_COMMAND=python train.py {config} --seed={seed} "
                                        "{overrides}")
