@@ -167,7 +167,7 @@ def ensure(ctx: Context) -> str:
         dir=q(d), python=q(s.remote_python_bin), spec=q(spec), house=q(house), record=q(_record(extras)),
         marker=MARKER),
         resume="check REMOTE_PYTHON_BIN (opsrg needs Python 3.11 or newer) and the pod's package index "
-               "(or set POD_WHEELHOUSE); then run: opsrg bootstrap")
+               "(or what POD_WHEELHOUSE holds); then run: inv bootstrap")
     said = next((ln for ln in log.splitlines() if ln.startswith("tool ok")), "tool ok")
     if said == "tool ok: already installed":  # by another client meanwhile
         return f"opsrg {opsrg.__version__} ({build_id()}) already in {d}"
