@@ -26,14 +26,22 @@ def _run(op: str, args: dict[str, Any]) -> Any:
         return {"campaign": m.to_json(), "rows": rows, "verdict": verdict}
     if op == "cancel":
         return commands.cancel(ctx, args.get("run_id"))
-    raise ValueError(f"unknown operation {op!r} (start, monitor or cancel)")
+    if op == "doctor":
+        from opsrg.ops import doctor
+
+        return doctor.pod_side(ctx, bool(args.get("fix")))
+    if op == "artifacts-ls":
+        from opsrg.ops import artifacts
+
+        return artifacts.as_json(artifacts.list_runs(ctx))
+    raise ValueError(f"unknown operation {op!r} (start, monitor, cancel, doctor or artifacts-ls)")
 
 
 def main(argv: list[str]) -> int:
     from opsrg.core.errors import OpsError
 
     if len(argv) != 2:
-        print("usage: python -m opsrg.cli.pod start|monitor|cancel JSON_ARGS", file=sys.stderr)
+        print("usage: python -m opsrg.cli.pod start|monitor|cancel|doctor|artifacts-ls JSON_ARGS", file=sys.stderr)
         return 2
     try:
         result = _run(argv[0], json.loads(argv[1]))

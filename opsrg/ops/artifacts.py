@@ -107,7 +107,12 @@ def _live_writers(ctx: Context) -> dict[str, str]:
 
 def list_runs(ctx: Context) -> list[RunInfo]:
     """Every entry of the outputs folder but opsrg's own ('_', '.') and plain files: runs, and the
-    folders and symlinks that are not runs, marked as such (``kind``)."""
+    folders and symlinks that are not runs, marked as such (``kind``). On a pod over SSH they are
+    listed there (opsrg.sweeps.remote)."""
+    from opsrg.sweeps import remote
+
+    if remote.is_remote(ctx):
+        return [RunInfo(**r) for r in remote.call(ctx, "artifacts-ls", {})]
     root = Path(ctx.outputs_dir)
     if not root.is_dir():
         return []
@@ -160,6 +165,11 @@ def check_outputs_root(ctx: Context) -> Path:
 def gc(ctx: Context, ttl_days: float, dry_run: bool = False) -> tuple[list[RunInfo], list[tuple[RunInfo, str]]]:
     """Remove runs untouched for ``ttl_days``; never one that a live task is still writing, never a
     folder that is not a run, never a symlink (nor what it points to)."""
+    from opsrg.sweeps import remote
+
+    if remote.is_remote(ctx):
+        raise InputError(f"artifacts-gc removes runs of the local pod only, not on {ctx.host.name}",
+                         hint="list them with inv artifacts-ls; remove old run folders on the pod yourself")
     check_outputs_root(ctx)
     removed, kept = [], []
     for r in list_runs(ctx):

@@ -157,7 +157,7 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
         yield f
 
 
-def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
+def check_sweep(ctx: Context, fix: bool, fsm: bool = True) -> Iterator[Finding]:
     """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
     from opsrg.core.errors import OpsError
     from opsrg.core.fsm import State
@@ -204,21 +204,18 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
         lagging.append(Finding("manifest", f"{camp}/{lag.run_id}", f"recorded unfinished but {lag.why}",
                                "advance the manifest (one monitor pass)"))
     yield from _dedupe(lagging)
-    state = ctx.store.read().state
     done, failed, live = verdict(env.paths, m)
-    fsm_finding = None
-    if state == State.SWEEP_RUNNING and done:
-        fsm_finding = Finding("fsm", camp, f"state SWEEP_RUNNING but every run is final "
-                              f"({len(failed)} failed)", "move the state (one monitor pass)")
-    elif state in (State.SWEEP_COMPLETED, State.SWEEP_FAILED) and not done and not lagging:
-        yield Finding("fsm", camp, f"state {state.value} but runs are unfinished: {', '.join(live)}",
-                      "", )
-    elif state == State.SWEEP_COMPLETED and failed:
-        yield Finding("fsm", camp, f"state SWEEP_COMPLETED but runs failed: {', '.join(failed)}", "")
-    elif state not in (State.SWEEP_RUNNING, State.SWEEP_COMPLETED, State.SWEEP_FAILED) and live \
-            and launch.get("state") == LaunchState.LAUNCHED:
-        yield Finding("fsm", camp, f"state {state.value} but the campaign's runs are live: {', '.join(live)} "
-                      "(the state was reset while it ran)", "")
+    if not fsm:  # on a pod whose workflow state is its client's: the client judges that part
+        if launch_finding:
+            yield launch_finding
+        if fix and lagging:
+            monitor(ctx, camp)
+            for f in lagging:
+                f.fixed = runs.state_of(env.paths, f.subject.split("/", 1)[1]) in FINAL
+        return
+    fsm_finding, others = fsm_findings(ctx.store.read().state, camp, done, failed, live, bool(lagging),
+                                       launch.get("state") == LaunchState.LAUNCHED)
+    yield from others
     if launch_finding:
         yield launch_finding
     if fix and (lagging or fsm_finding):
@@ -229,6 +226,69 @@ def check_sweep(ctx: Context, fix: bool) -> Iterator[Finding]:
             fsm_finding.fixed = ctx.store.read().state != State.SWEEP_RUNNING
     if fsm_finding:
         yield fsm_finding
+
+
+def fsm_findings(state, camp: str, done: bool, failed: list[str], live: list[str], lagging: bool,
+                 launched: bool) -> tuple[Finding | None, list[Finding]]:
+    """A workflow state that disagrees with the campaign's runs: (the one a monitor pass repairs,
+    the ones to report). Pure."""
+    from opsrg.core.fsm import State
+
+    if state == State.SWEEP_RUNNING and done:
+        return Finding("fsm", camp, f"state SWEEP_RUNNING but every run is final ({len(failed)} failed)",
+                       "move the state (one monitor pass)"), []
+    if state in (State.SWEEP_COMPLETED, State.SWEEP_FAILED) and not done and not lagging:
+        return None, [Finding("fsm", camp, f"state {state.value} but runs are unfinished: {', '.join(live)}", "")]
+    if state == State.SWEEP_COMPLETED and failed:
+        return None, [Finding("fsm", camp, f"state SWEEP_COMPLETED but runs failed: {', '.join(failed)}", "")]
+    if state not in (State.SWEEP_RUNNING, State.SWEEP_COMPLETED, State.SWEEP_FAILED) and live and launched:
+        return None, [Finding("fsm", camp, f"state {state.value} but the campaign's runs are live: "
+                              f"{', '.join(live)} (the state was reset while it ran)", "")]
+    return None, []
+
+
+def pod_side(ctx: Context, fix: bool) -> dict:
+    """What doctor finds on a pod for its client (opsrg.cli.pod): every check but the tasks (the
+    client reads those over SSH) and the workflow state (the client's), plus the campaign's
+    verdict for the client to judge its state by."""
+    from opsrg.core.errors import OpsError
+    from opsrg.sweeps.campaign import SweepEnv, load_manifest, verdict
+    from opsrg.sweeps.records import LaunchState
+
+    findings = list(check_sweep(ctx, fix, fsm=False))
+    root = Path(ctx.outputs_dir)
+    if root.exists():
+        for name in ("temp files", "locks", "rg runs"):
+            findings.extend(CHECKS[name](root, fix))
+    env = SweepEnv.from_context(ctx)
+    try:
+        m = load_manifest(env.paths)
+    except OpsError:
+        return {"findings": [asdict(f) for f in findings], "campaign": None}
+    done, failed, live = verdict(env.paths, m)
+    return {"findings": [asdict(f) for f in findings],
+            "campaign": {"id": m.campaign, "done": done, "failed": failed, "live": live,
+                         "launched": m.launch.get("state") == LaunchState.LAUNCHED,
+                         "lagging": any(f.kind == "manifest" and not f.fixed for f in findings)}}
+
+
+def _from_pod(ctx: Context, fix: bool) -> list[Finding]:
+    from opsrg.sweeps import commands, remote
+
+    answer = remote.call(ctx, "doctor", {"fix": fix})
+    findings = [Finding(**f) for f in answer["findings"]]
+    c = answer["campaign"]
+    if c is None:
+        return findings
+    fsm_finding, others = fsm_findings(ctx.store.read().state, c["id"], c["done"], c["failed"], c["live"],
+                                       c["lagging"], c["launched"])
+    findings += others
+    if fsm_finding:
+        if fix:
+            commands.monitor(ctx, c["id"])
+            fsm_finding.fixed = ctx.store.read().state.value != "SWEEP_RUNNING"
+        findings.append(fsm_finding)
+    return findings
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
@@ -252,6 +312,8 @@ def run(ctx: Context, fix: bool = False) -> list[Finding]:
     from opsrg.hosts.local import LocalHost
 
     findings: list[Finding] = list(check_tasks(ctx, fix))
+    if not isinstance(ctx.host, LocalHost):  # the sweeps and the outputs are the pod's: checked there
+        return findings + _from_pod(ctx, fix)
     findings.extend(check_sweep(ctx, fix))
     if isinstance(ctx.host, LocalHost) and Path(ctx.outputs_dir).exists():
         root = Path(ctx.outputs_dir)

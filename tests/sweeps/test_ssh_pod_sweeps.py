@@ -100,6 +100,8 @@ def test_a_sweep_on_an_ssh_pod_runs_there_and_is_driven_from_here(project):
     assert runs["diverges"]["exit_code"] == 2 and "diverged (lr=10.0)" in runs["diverges"]["reason"]
     assert json.loads(opsrg("fsm-status", "--json").stdout)["state"] == "SWEEP_FAILED"
     out = pod / "outputs"
+    ids = {t["id"] for t in json.loads(opsrg("task-list", "--json", "--all").stdout)}
+    assert {"fast", "diverges", "evals", "env"} <= ids and any(i.startswith("sweep-driver.") for i in ids), ids
     seen = json.loads((out / "env" / "env.json").read_text())
     assert seen == {"my_var": "from the client", "token_len": len(SECRET), "cwd": str(repo)}
     assert json.loads((out / "fast" / "meta.json").read_text())["project"]["dirty"] is False
@@ -128,7 +130,18 @@ def test_a_sweep_on_an_ssh_pod_runs_there_and_is_driven_from_here(project):
     assert r.returncode == 0 and "1 runs" in r.stdout and "reused" not in r.stdout, r.stdout + r.stderr
     assert opsrg("sweep-monitor", "--wait", "--timeout-secs", "60").returncode == 0
     assert list((out / "_replaced").glob("*/fast/metrics.json"))
+    # doctor checks the pod's side there and judges this machine's workflow state by it
+    assert opsrg("doctor").returncode == 0
+    assert opsrg("fsm-reset", "SWEEP_RUNNING").returncode == 0
+    r = opsrg("doctor", "--json")
+    assert r.returncode == 1 and [f["kind"] for f in json.loads(r.stdout)] == ["fsm"], r.stdout + r.stderr
+    assert opsrg("doctor", "--fix").returncode == 0
     assert json.loads(opsrg("fsm-status", "--json").stdout)["state"] == "SWEEP_COMPLETED"
+    assert json.loads(opsrg("fsm-status", "--json").stdout)["state"] == "SWEEP_COMPLETED"
+    listed = {r["run_id"]: r for r in json.loads(opsrg("artifacts-ls", "--json").stdout)}
+    assert listed["fast"]["state"] == "completed" and listed["diverges"]["state"] == "failed"
+    r = opsrg("artifacts-gc", "--ttl-days", "0")
+    assert r.returncode == 2 and "local pod only" in r.stderr and (out / "fast").is_dir(), r.stderr
 
     leaked = [str(p) for base in (project, POD_TOOL_DIR) for p in base.rglob("*")
               if p.is_file() and SECRET.encode() in p.read_bytes()]
