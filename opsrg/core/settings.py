@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     sweep_tmux_session: str = "opsrg-sweep"
     sweep_csv: str = "sweeps/demo.csv"
     sweep_backend: Literal["tmux", "slurm"] = "tmux"
+    sweep_max_parallel: int = Field(1, ge=1)  # tmux: rows running at once on the pod
+    pod_gpus: str = ""  # the pod's GPUs (0,1,2,3), instead of asking nvidia-smi there
     sweep_python: str = ""  # the Python of the sweep driver and RG rows (default: the one running opsrg)
     run_command: str = ""  # the template of rows whose config is the user's own file
     run_env_pass: str = ""  # names and globs of this shell's variables that runs get (WANDB_*,HF_*)
@@ -120,6 +122,13 @@ class Settings(BaseSettings):
     @classmethod
     def _optional_path(cls, v: str) -> str:
         return _literal_path(v)
+
+    @field_validator("pod_gpus")
+    @classmethod
+    def _gpu_ids(cls, v: str) -> str:
+        from opsrg.core.gpus import parse_gpu_ids
+
+        return ",".join(parse_gpu_ids(v))
 
     @field_validator("run_env_pass", "run_env_secrets")
     @classmethod

@@ -48,6 +48,7 @@ class Lag:
 class Backend(abc.ABC):
     name: ClassVar[str]
     unreachable: str = ""  # why the scheduler did not answer the last refresh ('' when it did, or there is none)
+    shares_gpus: ClassVar[bool] = False  # whether it shares a pod's GPUs out to rows (a row's ``gpus``)
 
     # ------------------------------------------------------------ launch
     def preflight(self, env: SweepEnv) -> None:

@@ -53,6 +53,11 @@ class SweepEnv:
     code: dict[str, Any] = field(default_factory=dict)  # its code state when the campaign started
     env_pass: list[str] = field(default_factory=list)   # RUN_ENV_PASS: names and globs, never values
     env_file: str = ""             # RUN_ENV_FILE on the pod
+    max_parallel: int = 1          # SWEEP_MAX_PARALLEL (tmux)
+    gpus: list[str] = field(default_factory=list)  # the pod's GPUs when the campaign started ([]: none)
+    wandb: bool = False            # SWEEP_WANDB: each run gets its W&B variables
+    # values handed to the driver in its environment, never written (the W&B key of the settings)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     host: Host = field(default_factory=LocalHost, repr=False)
     _tasks: TaskManager | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -66,8 +71,12 @@ class SweepEnv:
                                       s.slurm_mem, s.slurm_gres, s.slurm_array_parallelism),
                    max_requeue=s.slurm_max_requeue, out_mode=s.run_out_mode,
                    local_root=ctx.pod_path(s.run_out_local_root), sync_interval=s.sync_interval_secs,
-                   repo=ctx.pod_path(s.ops_remote_repo), env_pass=runenv.patterns(s.run_env_pass),
-                   env_file=ctx.run_env_file, host=ctx.host)
+                   repo=ctx.pod_path(s.ops_remote_repo), env_pass=runenv.patterns(s.run_env_pass)
+                   + (["WANDB_API_KEY"] if s.sweep_wandb else []),
+                   env_file=ctx.run_env_file, max_parallel=s.sweep_max_parallel, wandb=s.sweep_wandb,
+                   secrets={"WANDB_API_KEY": s.wandb_api_key.get_secret_value()}
+                   if s.sweep_wandb and s.wandb_api_key is not None else {},
+                   host=ctx.host)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SweepEnv:
@@ -80,12 +89,26 @@ class SweepEnv:
                 "tmux_session": self.tmux_session, "run_timeout": self.run_timeout, "kill_grace": self.kill_grace,
                 "stale_secs": self.stale_secs, "slurm": self.slurm.__dict__, "max_requeue": self.max_requeue,
                 "out_mode": self.out_mode, "local_root": self.local_root, "sync_interval": self.sync_interval,
-                "repo": self.repo, "code": self.code, "env_pass": self.env_pass, "env_file": self.env_file}
+                "repo": self.repo, "code": self.code, "env_pass": self.env_pass, "env_file": self.env_file,
+                "max_parallel": self.max_parallel, "gpus": self.gpus, "wandb": self.wandb}
 
     def run_env(self) -> dict[str, str]:
         """What RUN_ENV_PASS names in this process's environment: the client's when it starts a
         campaign, the driver's (which got them so) when it starts a row."""
-        return runenv.select(os.environ, self.env_pass)
+        return {**runenv.select(os.environ, self.env_pass), **self.secrets}
+
+    def find_gpus(self, declared: str) -> list[str]:
+        """The pod's GPUs: POD_GPUS when set, else what nvidia-smi lists there ([] without it)."""
+        from opsrg.core.gpus import parse_gpu_ids
+
+        if declared:
+            return parse_gpu_ids(declared)
+        r = self.host.run("command -v nvidia-smi >/dev/null 2>&1 || exit 0; "
+                          "nvidia-smi --query-gpu=index --format=csv,noheader", check=False, timeout=60)
+        try:
+            return parse_gpu_ids(r.stdout) if r.ok else []
+        except ValueError:
+            return []
 
     def code_state(self) -> dict[str, Any]:
         """The checkout's code state, read where it is (one command, also over SSH)."""

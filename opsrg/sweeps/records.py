@@ -100,6 +100,7 @@ class RunManifest:
     log_tail: list[str] = field(default_factory=list)  # a failed run's last log lines
     job_ids: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    gpus: list[str] = field(default_factory=list)  # the pod's GPUs the run holds while it runs (tmux)
     requeues: list[dict[str, Any]] = field(default_factory=list)
     identity: str | None = None
     row: dict[str, Any] = field(default_factory=dict)

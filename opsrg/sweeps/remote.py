@@ -133,7 +133,10 @@ def call(ctx: Context, op: str, args: dict[str, Any], *, sweep_python: str | Non
     repo = ctx.pod_path(ctx.s.ops_remote_repo)
     cwd = repo if host.exists(repo) else project_dir(ctx)
     cmd = shlex.join([tool.tool_python(ctx), "-m", POD_CALL, op, json.dumps(args)])
-    r = host.run(cmd, check=False, timeout=CALL_TIMEOUT, cwd=cwd, env={ENV_FILE_VAR: env_file, **ctx.run_env()})
+    env = {ENV_FILE_VAR: env_file, **ctx.run_env()}
+    if ctx.s.sweep_wandb and ctx.s.wandb_api_key is not None:  # the runs' W&B key: the environment only
+        env["WANDB_API_KEY"] = ctx.s.wandb_api_key.get_secret_value()
+    r = host.run(cmd, check=False, timeout=CALL_TIMEOUT, cwd=cwd, env=env)
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     try:
         answer = json.loads(last)

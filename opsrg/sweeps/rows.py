@@ -32,7 +32,7 @@ MODES = ("fp", "exp", "shell", "command")
 # The fields of a command template, and the keys of a command row's overrides that are opsrg's
 # (the rest are the program's own arguments).
 COMMAND_FIELDS = ("config", "seed", "overrides", "run_id", "run_dir", "repo", "gpus")
-COMMAND_KEYS = ("after", "timeout_secs")
+COMMAND_KEYS = ("after", "timeout_secs", "gpus")
 # Rows run by one script (no RG steps or shards): on Slurm one job, or one element of an array.
 SCRIPT_MODES = ("shell", "command")
 
@@ -77,6 +77,13 @@ def _pos_int(v: Any) -> int:
     n = _int(v)
     if n < 1:
         raise ValueError(f"must be >= 1, got {n}")
+    return n
+
+
+def _count(v: Any) -> int:
+    n = _int(v)
+    if n < 0:
+        raise ValueError(f"must be >= 0, got {n}")
     return n
 
 
@@ -145,6 +152,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "after": _run_refs,
     "command": _text,
     "timeout_secs": _pos_int,
+    "gpus": _count,
 }
 DEFAULTS: dict[str, Any] = {"bins": 50000, "zmax": 25.0, "backend": "auto", "method": "analytic",
                             "dtype": "float32", "shards": 1, "after": []}

@@ -12,6 +12,7 @@ import contextlib
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from opsrg.core.atomic import atomic_write_text
 from opsrg.core.errors import InputError, OpsError, TaskError
 from opsrg.pods import localsync
 from opsrg.rg.run import RunPaths
-from opsrg.sweeps import provenance, runs
+from opsrg.sweeps import provenance, runs, slots
 from opsrg.sweeps.backend import Backend, Lag, PlannedJob
 from opsrg.sweeps.campaign import (
     SweepEnv,
@@ -48,10 +49,14 @@ class TmuxBackend(Backend):
     """A driver task runs the rows in order, each a tracked task in SWEEP_TMUX_SESSION."""
 
     name = "tmux"
+    shares_gpus = True
 
     def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
         paths = env.paths
-        m.todo = todo
+        # rows an earlier driver of this campaign started that still run (a resume after the driver
+        # died): the new driver adopts them, waits for them and closes them, never starts them twice
+        live = [rid for rid in m.todo if rid not in todo and runs.state_of(paths, rid) == RunState.RUNNING]
+        m.todo = [rid for rid in m.run_ids if rid in set(todo) | set(live)]
         if not todo:  # every row reused: nothing to drive
             write_manifest(env, m)
             return
@@ -209,61 +214,147 @@ def _task_reason(rec) -> str:
 
 
 def drive(manifest_path: str) -> int:
-    """The tmux driver: run the sweep's rows in order, continuing past failures."""
+    """The tmux driver: run the sweep's rows, up to SWEEP_MAX_PARALLEL at once on disjoint GPUs,
+    each when its dependencies completed, continuing past failures."""
     m = Campaign.from_json(json.loads(Path(manifest_path).read_text()))
     env = SweepEnv.from_json(m.env)
-    paths, tasks, sweep = env.paths, env.tasks(), sweep_of(m)
-    todo = set(m.todo)
-    failed = []
-    for row in sweep.ordered():
-        rid = row.run_id
-        if rid not in todo:
-            continue
-        st = runs.state_of(paths, rid)
-        if st is not None and st.is_final:
-            failed += [rid] if st != RunState.COMPLETED else []
-            continue
-        # a dependency without a manifest (not part of this campaign) counts as done
-        bad = [d for d in row.deps if (runs.state_of(paths, d) or RunState.COMPLETED) != RunState.COMPLETED
-               and not runs.summary_ok(paths, d)]
-        if bad:
-            runs.update(paths, rid, RunState.FAILED, f"dependency {', '.join(bad)} did not complete")
-            failed.append(rid)
-            print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
-            continue
+    d = _Driver(env, m, sweep_of(m))
+    d.adopt()
+    while d.waiting or d.running:
+        d.collect()
+        d.launch()
+        if d.waiting or d.running:
+            time.sleep(POLL)
+    failed = d.failed
+    print(f"[sweep] {m.campaign}: {len(d.todo) - len(failed)} ok, {len(failed)} failed"
+          + (f": {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+POLL = 0.05      # seconds between looks at the running rows' records (a file read each)
+PROBE_EVERY = 2.0  # and between liveness probes of each (a supervisor call)
+
+
+class _Driver:
+    """The driver's books: rows waiting (in order), rows running with the GPUs they hold."""
+
+    def __init__(self, env: SweepEnv, m: Campaign, sweep) -> None:
+        self.env, self.m, self.sweep = env, m, sweep
+        self.paths, self.tasks = env.paths, env.tasks()
+        self.todo = set(m.todo)
+        self.waiting = [r for r in sweep.ordered() if r.run_id in self.todo]
+        self.running: dict[str, tuple[Any, float]] = {}  # run id -> (row, when last probed)
+        self.slots = slots.Slots(env.gpus)
+        self.limit = max(1, env.max_parallel)
+        self.failed: list[str] = []
+
+    def adopt(self) -> None:
+        """Rows already final are counted; rows an earlier driver started and that still run are
+        waited on, holding the GPUs they were given."""
+        for row in list(self.waiting):
+            rid = row.run_id
+            st = runs.state_of(self.paths, rid)
+            if st is not None and st.is_final:
+                self.waiting.remove(row)
+                self.failed += [rid] if st != RunState.COMPLETED else []
+            elif st == RunState.RUNNING:
+                rm = runs.read(self.paths, rid)
+                self.slots.hold(rid, rm.gpus if rm else [])
+                self.running[rid] = (row, 0.0)
+                self.waiting.remove(row)
+                print(f"[sweep] {rid}: adopted (started by an earlier driver)", flush=True)
+
+    def collect(self) -> None:
+        """Close the rows whose task ended: books, logs, final sync, verdict; free their GPUs."""
+        now = time.monotonic()
+        for rid, (row, probed) in list(self.running.items()):
+            try:
+                if now - probed >= PROBE_EVERY:
+                    rec = self.tasks.status(rid)
+                    self.running[rid] = (row, now)
+                else:
+                    rec = self.tasks.read(rid)
+            except (TaskError, OpsError) as e:
+                print(f"[sweep] {rid}: cannot read its task ({e}); looking again", flush=True)
+                continue
+            if not rec.state.is_terminal:
+                continue
+            del self.running[rid]
+            self.slots.release(rid)
+            self._close(row, rec)
+
+    def _close(self, row, rec) -> None:
+        env, rid = self.env, row.run_id
+        ok, reason, exit_code = close_books(self.sweep, row, rec)
+        tail = self.tasks.tail(rid)
+        with contextlib.suppress(OSError):  # the logs stay in the task's folder regardless
+            supervisor.keep_logs(self.tasks.paths(rid).root, str(RunPaths(Path(self.sweep.run_dir(rid))).logs))
+        if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
+            try:
+                print(f"[sweep] {env.final_sync(rid)}", flush=True)
+            except OpsError as e:
+                ok, reason = False, reason or str(e)
+        finish_run(self.paths, rid, ok, reason, exit_code=exit_code, log_tail=tail)
+        final = runs.state_of(self.paths, rid)
+        print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
+        if final != RunState.COMPLETED:
+            self.failed.append(rid)
+
+    def launch(self) -> None:
+        """Start, in order, the waiting rows whose dependencies are done, while there is room and
+        enough free GPUs (a row that must wait for GPUs lets a smaller one behind it start)."""
+        busy = {r.run_id for r in self.waiting} | set(self.running)
+        for row in list(self.waiting):
+            if len(self.running) >= self.limit:
+                return
+            rid = row.run_id
+            if any(d in busy for d in row.deps):
+                continue  # a dependency of this campaign has not ended yet
+            # a dependency without a manifest (not part of this campaign) counts as done
+            bad = [d for d in row.deps if (runs.state_of(self.paths, d) or RunState.COMPLETED) != RunState.COMPLETED
+                   and not runs.summary_ok(self.paths, d)]
+            if bad:
+                self.waiting.remove(row)
+                runs.update(self.paths, rid, RunState.FAILED, f"dependency {', '.join(bad)} did not complete")
+                self.failed.append(rid)
+                print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
+                continue
+            n = slots.wanted(row.spec.get("gpus"), len(self.slots.gpus), self.limit)
+            if n > len(self.slots.gpus) and self.slots.gpus:
+                self.waiting.remove(row)
+                runs.update(self.paths, rid, RunState.FAILED, f"asks for {n} GPUs; the pod has {len(self.slots.gpus)}")
+                self.failed.append(rid)
+                continue
+            ids = self.slots.take(rid, n) if self.slots.gpus else []
+            if ids is None:
+                continue  # not enough GPUs free yet
+            self.waiting.remove(row)
+            if self._start(row, ids):
+                self.running[rid] = (row, time.monotonic())
+            else:
+                self.slots.release(rid)
+                self.failed.append(rid)
+
+    def _start(self, row, gpus: list[str]) -> bool:
+        env, sweep, rid = self.env, self.sweep, row.run_id
         Path(sweep.run_dir(rid)).mkdir(parents=True, exist_ok=True)
+        run_env = {**env.run_env(), **slots.gpu_env(gpus, bool(env.gpus))}
+        if env.wandb:
+            run_env.update(slots.wandb_env(self.m.campaign, rid, sweep.run_dir(rid), row.notes))
         try:
             if env.local_sync:
                 env.start_sync(rid)
             # the driver keeps the run's books (meta.json, summary.json) in its own process: a row's
             # script is then its command alone, three Python starts fewer per row
             provenance.begin(sweep.run_dir(rid), meta_plan(sweep, row))
-            tasks.run(rid, row_command(sweep, row, books=False), timeout_secs=_limit(row, env), replace=True,
-                      cwd=sweep.run_dir(rid), env=env.run_env(), env_file=env.env_file)
+            self.tasks.run(rid, row_command(sweep, row, books=False), timeout_secs=_limit(row, env), replace=True,
+                           cwd=sweep.run_dir(rid), env=run_env, env_file=env.env_file)
         except (TaskError, OpsError, OSError, SystemExit) as e:  # SystemExit: begin found another identity
-            runs.update(paths, rid, RunState.FAILED, f"could not start: {e}")
-            failed.append(rid)
-            continue
-        runs.update(paths, rid, RunState.RUNNING)
-        print(f"[sweep] {rid}: started", flush=True)
-        rec, _ = tasks.wait(rid, poll=0.05)
-        ok, reason, exit_code = close_books(sweep, row, rec)
-        tail = tasks.tail(rid)
-        with contextlib.suppress(OSError):  # the logs stay in the task's folder regardless
-            supervisor.keep_logs(tasks.paths(rid).root, str(RunPaths(Path(sweep.run_dir(rid))).logs))
-        if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
-            try:
-                print(f"[sweep] {env.final_sync(rid)}", flush=True)
-            except OpsError as e:
-                ok, reason = False, reason or str(e)
-        finish_run(paths, rid, ok, reason, exit_code=exit_code, log_tail=tail)
-        final = runs.state_of(paths, rid)
-        print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
-        if final != RunState.COMPLETED:
-            failed.append(rid)
-    print(f"[sweep] {m.campaign}: {len(todo) - len(failed)} ok, {len(failed)} failed"
-          + (f": {', '.join(failed)}" if failed else ""), flush=True)
-    return 1 if failed else 0
+            runs.update(self.paths, rid, RunState.FAILED, f"could not start: {e}")
+            return False
+        runs.update(self.paths, rid, RunState.RUNNING, gpus=gpus)
+        print(f"[sweep] {rid}: started" + (f" on GPUs {','.join(gpus)}" if gpus else ""), flush=True)
+        return True
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,18 @@
+"""GPU ids as CUDA_VISIBLE_DEVICES takes them: what POD_GPUS and nvidia-smi name (pure)."""
+
+from __future__ import annotations
+
+import re
+
+GPU_ID = re.compile(r"^[A-Za-z0-9:_-]+$")  # an index (0) or a UUID (GPU-5f3c...), as CUDA_VISIBLE_DEVICES takes them
+
+
+def parse_gpu_ids(text: str) -> list[str]:
+    """``0,1,2,3`` (POD_GPUS, or nvidia-smi's index column) as ids; ValueError on anything else."""
+    ids = [x.strip() for x in text.replace("\n", ",").split(",") if x.strip()]
+    bad = [x for x in ids if not GPU_ID.match(x)]
+    if bad:
+        raise ValueError(f"not a GPU id: {bad[0]!r} (expected indices or UUIDs separated by commas, e.g. 0,1,2,3)")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a GPU is named twice in {','.join(ids)}")
+    return ids
