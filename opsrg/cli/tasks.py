@@ -449,6 +449,51 @@ def sweep_csv_template(c, force=False):
     print(f"wrote {path}")
 
 
+@task(iterable=["axis", "extra"], help={
+    "spec": "a grid spec (TOML: config, seeds, run_id, form, extra, [axes]) instead of the options below",
+    "config": "the file every row runs with (your own config, or a run config TOML)",
+    "axis": "NAME=V1,V2,...: one axis of the product (repeat it: --axis lr=1e-3,3e-3 --axis batch_size=32,64)",
+    "seeds": "seeds of every point, e.g. 1-3,7 (default 1)",
+    "id": "run id template over the axes and {seed} (default: every axis, then s{seed})",
+    "form": "how a value becomes an override: --{key}={value} (default) or {key}={value} for RG rows",
+    "extra": "a word put on every row (repeatable), e.g. --extra=--max_iters=200",
+    "out": "the CSV to write (default SWEEP_CSV)",
+    "force": "overwrite an existing CSV",
+    "json": "print the rows as JSON"})
+@ops
+def sweep_grid(c, spec=None, config=None, axis=None, seeds="1", id="", form="", extra=None, out=None, force=False,
+               json=False):
+    """Write a sweep CSV from a grid: the product of named axes and seeds (the CSV stays the record)."""
+    from opsrg.core.errors import InputError
+    from opsrg.sweeps import commands, grid
+
+    ctx = _ctx()
+    if spec:
+        g = grid.from_toml(ctx.loaded.local_path(spec) if not Path(spec).is_file() else Path(spec))
+    else:
+        if not config or not axis:
+            raise InputError("sweep-grid needs --config and at least one --axis (or --spec FILE)",
+                             hint=f"e.g. {PROG} sweep-grid --config config/train_small.py --axis lr=1e-3,3e-3 --seeds 1-2")
+        g = grid.Grid(config=config, axes=dict(grid.parse_axis(a) for a in axis), seeds=grid.parse_seeds(seeds),
+                      run_id=id, form=form or _default_form(ctx, config), extra=list(extra or []))
+    path, rows = commands.write_grid(ctx, g, out, force=force)
+    if json:
+        _print_json({"csv": str(path), "rows": rows})
+        return
+    print(f"wrote {path}: {len(rows)} rows ({' x '.join(str(len(v)) for v in g.axes.values())} points x "
+          f"{len(g.seeds)} seeds)")
+    print(f"  {PROG} sweep-start --dry-run" + ("" if out is None else f" --csv {path}"))
+
+
+def _default_form(ctx, config: str) -> str:
+    """``key=value`` for an RG run config (opsrg's keys), ``--key=value`` for the user's own file."""
+    from opsrg.sweeps.grid import ARG_FORM, KEY_FORM
+    from opsrg.sweeps.rows import is_run_config, resolve_config
+
+    p = resolve_config(config, [ctx.loaded.root, Path.cwd()])
+    return KEY_FORM if p is not None and is_run_config(p) else ARG_FORM
+
+
 @task(help={"csv": "sweep CSV (default SWEEP_CSV)", "backend": "tmux or slurm (default SWEEP_BACKEND)",
             "resume": "rerun the failed, lost and missing runs of the last campaign",
             "dry_run": "print the plan (jobs, dependencies, scripts); write and submit nothing",

@@ -131,6 +131,24 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
             "jobs": {k: j["job_id"] for k, j in m.jobs.items()}}
 
 
+def write_grid(ctx, g, out: str | None = None, *, force: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """sweep-grid: expand the grid ``g`` and write its CSV (default SWEEP_CSV), read back as
+    sweep-start would read it before it replaces anything; refuses an existing file without ``force``."""
+    from opsrg.core.atomic import atomic_write_text
+    from opsrg.sweeps.grid import expand, to_csv
+    from opsrg.sweeps.rows import parse_text
+
+    path = Path(out) if out else ctx.loaded.local_path(ctx.s.sweep_csv)
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; not overwriting it", hint="pass --force, or --out a new file")
+    rows = expand(g)
+    text = to_csv(rows)
+    parse_text(text, str(path), [*_bases(ctx), path.resolve().parent], ctx.s.run_command)  # a bad grid writes nothing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    return path, rows
+
+
 def _check_gpus(rows, gpus: list[str], csv: str, be: Backend) -> None:
     """Refuse, with file and line, a row asking more GPUs than the pod has: it could never start."""
     if not be.shares_gpus:
