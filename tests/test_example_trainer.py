@@ -47,6 +47,13 @@ def test_the_example_trainers_sweep_runs_as_the_tutorial_says(tmp_path, tmux_soc
     assert m["hidden"] == 32 and m["lr"] == 0.1 and m["seed"] == 2 and m["loss"] < 0.05
     assert (out / "lr1e-1-s2" / "ckpt.npz").is_file() and (out / "lr1e-1-s2" / "logs" / "stdout.log").is_file()
     assert json.loads((out / "lr3e-2-s1" / "meta.json").read_text())["project"]["dirty"] is False
+    assert "loss" in opsrg("sweep-status").stdout  # SWEEP_METRICS=loss: a column of the table
+    rep = json.loads(opsrg("sweep-report", "--json").stdout)
+    losses = [x["metrics"]["loss"] for x in rep["runs"] if x["metrics"]["loss"] is not None]
+    assert len(losses) == 3 and losses == sorted(losses) and rep["runs"][-1]["run_id"] == "lr10-s1"
+    assert set(rep["runs"][0]["params"]) == {"lr", "hidden", "seed"}
+    png = Path(rep["png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.parent == root / "artifacts"
 
     r = opsrg("sweep-start", "--resume")  # the diverging row again: it fails again, its first log kept
     assert r.returncode == 0 and "resumed: lr10-s1" in r.stdout, r.stdout + r.stderr

@@ -22,7 +22,7 @@ def _run(op: str, args: dict[str, Any]) -> Any:
         return commands.start(ctx, args.get("csv"), args.get("backend"), resume=bool(args.get("resume")),
                               dry_run=bool(args.get("dry_run")), force=bool(args.get("force")))
     if op == "monitor":
-        m, rows, verdict = commands.monitor(ctx, args.get("campaign"))
+        m, rows, verdict = commands.monitor(ctx, args.get("campaign"), args.get("metrics"))
         return {"campaign": m.to_json(), "rows": rows, "verdict": verdict}
     if op == "cancel":
         return commands.cancel(ctx, args.get("run_id"))

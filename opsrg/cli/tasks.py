@@ -524,13 +524,19 @@ def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=Fa
         print(f"  {PROG} sweep-status    {PROG} sweep-monitor --wait")
 
 
+def _metric(v) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
 def _sweep_table(rows):
     from opsrg.core.ui import table
 
-    table(["run", "state", "step", "elapsed", "jobs", "exit", "reason", "ok"],
+    names = list(rows[0].get("metrics", {})) if rows else []
+    table(["run", "state", "step", "elapsed", "jobs", "exit", *names, "reason", "ok"],
           [[r["run_id"], r["state"], r["step"], "" if r["elapsed_secs"] is None else f"{r['elapsed_secs']:.0f}s",
             " ".join(r["job_ids"][:4]) + (" ..." if len(r["job_ids"]) > 4 else ""),
-            "" if r["exit_code"] is None else str(r["exit_code"]), r["reason"][:60],
+            "" if r["exit_code"] is None else str(r["exit_code"]),
+            *(_metric(r["metrics"].get(n)) for n in names), r["reason"][:60],
             {True: "yes", False: "no", None: ""}[r["summary_ok"]]] for r in rows])
 
 
@@ -559,6 +565,54 @@ def sweep_status(c, json=False, watch=False, campaign=None):
         _sweep_table(rows)
         sys.stdout.flush()  # each frame whole, also through a pipe (tee, less)
     _sweep_exit(verdict)
+
+
+@task(help={"campaign": "campaign id (default: the last one)",
+            "metric": "rank by this metric (default: the first of SWEEP_METRICS)",
+            "goal": "min or max (default SWEEP_METRIC_GOAL)",
+            "png": "where to write the plot (default LOCAL_ARTIFACTS_DIR/<campaign>-report.png)",
+            "json": "print machine-readable JSON"})
+@ops
+def sweep_report(c, campaign=None, metric=None, goal=None, png=None, json=False):
+    """The campaign's runs ranked by a metric, with the parameters they sweep; a PNG of the metric
+    against each parameter."""
+    from opsrg.core.errors import InputError
+    from opsrg.sweeps import commands, report
+
+    ctx = _ctx()
+    names = commands.metric_names(ctx)
+    metric = metric or (names[0] if names else None)
+    if not metric:
+        raise InputError("no metric to rank the runs by",
+                         hint="set SWEEP_METRICS (e.g. val_loss,acc) in workflow.env, or pass --metric NAME")
+    goal = goal or ctx.s.sweep_metric_goal
+    if goal not in ("min", "max"):
+        raise InputError(f"--goal {goal!r}: min or max")
+    m, rows, _ = commands.monitor(ctx, campaign, [metric, *(n for n in names if n != metric)])
+    ranked = report.rank(m.rows, rows, metric, goal)
+    path = Path(png) if png else ctx.artifacts_dir / f"{m.campaign}-report.png"
+    drawn, why = None, ""
+    try:
+        from opsrg.ops.report import plot
+
+        drawn = plot(ranked, metric, path, f"campaign {m.campaign}: {metric} ({goal})")
+        why = "" if drawn else "no plot: no parameter varies, or no run reports the metric"
+    except ImportError:
+        why = "no plot: matplotlib is not installed (pip install 'opsrg[rg]')"
+    if json:
+        _print_json({"campaign": m.campaign, "metric": metric, "goal": goal, "runs": ranked,
+                     "png": str(drawn) if drawn else None, "note": why})
+        return
+    from opsrg.core.ui import table
+
+    params = list(ranked[0]["params"]) if ranked else []
+    mets = list(ranked[0]["metrics"]) if ranked else []
+    print(f"campaign {m.campaign}: runs by {metric} ({goal})")
+    table(["#", "run", "state", *params, *mets],
+          [[str(i), x["run_id"], x["state"], *("(default)" if x["params"][k] is None else str(x["params"][k])
+                                                for k in params),
+            *(_metric(x["metrics"].get(k)) for k in mets)] for i, x in enumerate(ranked, 1)])
+    print(f"plot: {drawn}" if drawn else why)
 
 
 @task(help={"wait": "keep polling (backed off) until every run is final; exit 1 if any failed",

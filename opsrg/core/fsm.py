@@ -69,6 +69,7 @@ TABLE: dict[str, Rule] = {
     "sweep-monitor": Rule(ALL, None),  # it records the sweep's end (an event) once every run is final
     "sweep-csv-template": Rule(ALL, None),
     "sweep-grid": Rule(ALL, None),
+    "sweep-report": Rule(ALL, None),
     "slurm-ledger": Rule(ALL, None),
     "doctor": Rule(ALL, None),
     "artifacts-ls": Rule(ALL, None),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -89,6 +90,8 @@ class Settings(BaseSettings):
     sweep_tmux_session: str = "opsrg-sweep"
     sweep_csv: str = "sweeps/demo.csv"
     sweep_backend: Literal["tmux", "slurm"] = "tmux"
+    sweep_metrics: str = ""  # metric names shown by sweep-status and ranked by sweep-report (val_loss,acc)
+    sweep_metric_goal: Literal["min", "max"] = "min"  # the first metric's better direction
     sweep_max_parallel: int = Field(1, ge=1)  # tmux: rows running at once on the pod
     pod_gpus: str = ""  # the pod's GPUs (0,1,2,3), instead of asking nvidia-smi there
     sweep_python: str = ""  # the Python of the sweep driver and RG rows (default: the one running opsrg)
@@ -122,6 +125,15 @@ class Settings(BaseSettings):
     @classmethod
     def _optional_path(cls, v: str) -> str:
         return _literal_path(v)
+
+    @field_validator("sweep_metrics")
+    @classmethod
+    def _metric_names(cls, v: str) -> str:
+        names = [x.strip() for x in v.split(",") if x.strip()]
+        bad = [x for x in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", x)]
+        if bad:
+            raise ValueError(f"not a metric name: {bad[0]!r} (names separated by commas, e.g. val_loss,acc)")
+        return ",".join(names)
 
     @field_validator("pod_gpus")
     @classmethod

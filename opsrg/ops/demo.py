@@ -155,7 +155,7 @@ OPSRG = str(Path(sys.executable).parent / "opsrg")
 
 def own_project() -> None:
     """The tutorial's project (examples/trainer) as a user's own: a git repository of its own,
-    its sweep run with the installed `opsrg` command, then the table of its runs."""
+    its sweep run with the installed `opsrg` command, then the table of its runs and its report."""
     import shutil
 
     root = REPO / ".opsrg" / "demo-trainer"
@@ -187,6 +187,7 @@ def own_project() -> None:
     opsrg("sweep-start")
     opsrg("sweep-monitor", "--wait", "--timeout-secs", "300", check=False)  # lr10-s1 diverges, on purpose
     opsrg("sweep-status", check=False)
+    opsrg("sweep-report", check=False)  # runs ranked by SWEEP_METRICS=loss, and the PNG of loss per parameter
 
 
 def main() -> int:

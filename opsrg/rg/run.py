@@ -81,6 +81,7 @@ class RunPaths:
 
     RUN_JSON: ClassVar[str] = "run.json"
     SUMMARY: ClassVar[str] = "summary.json"  # also what a shell row writes: ok and its exit code
+    METRICS: ClassVar[str] = "metrics.json"  # what a user's program may write: SWEEP_METRICS are read from it
 
     @property
     def run_json(self) -> Path:
@@ -89,6 +90,10 @@ class RunPaths:
     @property
     def summary(self) -> Path:
         return self.root / self.SUMMARY
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / self.METRICS
 
     @property
     def logs(self) -> Path:

@@ -50,7 +50,11 @@ def backend_for(name: str) -> Backend:
         raise InputError(f"unknown sweep backend {name!r} ({' or '.join(BACKENDS)})") from None
 
 
-def status_rows(env: SweepEnv, m: Campaign) -> list[dict[str, Any]]:
+def metric_names(ctx) -> list[str]:
+    return [x for x in ctx.s.sweep_metrics.split(",") if x]
+
+
+def status_rows(env: SweepEnv, m: Campaign, metrics: list[str] | None = None) -> list[dict[str, Any]]:
     paths, out = env.paths, []
     launch = m.launch
     for r in sweep_of(m).rows:
@@ -71,7 +75,7 @@ def status_rows(env: SweepEnv, m: Campaign) -> list[dict[str, Any]]:
                     "job_ids": rm.job_ids if rm else [], "exit_code": rm.exit_code if rm else None,
                     "reason": reason, "summary_ok": runs.summary_ok(paths, r.run_id),
                     "attempt": rm.attempt if rm else None, "requeues": requeues,
-                    "log_tail": rm.log_tail if rm else []})
+                    "log_tail": rm.log_tail if rm else [], "metrics": runs.metrics(paths, r.run_id, metrics or [])})
     return out
 
 
@@ -264,11 +268,12 @@ def _dry_plan(env: SweepEnv, m: Campaign, be: Backend, todo: list[str],
 Pass = tuple[Campaign, list[dict[str, Any]], dict[str, Any]]  # one monitor pass: the campaign, its rows, the verdict
 
 
-def monitor(ctx, campaign: str | None = None) -> Pass:
+def monitor(ctx, campaign: str | None = None, metrics: list[str] | None = None) -> Pass:
     """One monitor pass: settle a launch cut short, advance the manifests, reconcile them with the
-    summaries, then move the FSM when every run is final."""
+    summaries, then move the FSM when every run is final. Rows carry ``metrics`` (default
+    SWEEP_METRICS)."""
     if remote.is_remote(ctx):
-        m, rows, v = remote.monitor_answer(remote.call(ctx, "monitor", {"campaign": campaign}))
+        m, rows, v = remote.monitor_answer(remote.call(ctx, "monitor", {"campaign": campaign, "metrics": metrics}))
         _settle_fsm(ctx, m, v["done"], v["failed"])
         state = ctx.store.read().state
         return m, rows, {**v, "fsm": state.value, "next": _next(state)}
@@ -281,7 +286,7 @@ def monitor(ctx, campaign: str | None = None) -> Pass:
     done, failed, live = _move_fsm(ctx, env, m)
     state = ctx.store.read().state
     nxt = _next(state)
-    return m, status_rows(env, m), {"done": done, "failed": failed, "running": live, "fsm": state.value,
+    return m, status_rows(env, m, metrics if metrics is not None else metric_names(ctx)), {"done": done, "failed": failed, "running": live, "fsm": state.value,
                                     "scheduler_unreachable": be.unreachable,
                                     "launch": m.launch.get("state", "launched"),
                                     "settled": settled, "next": nxt}

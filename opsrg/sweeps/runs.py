@@ -78,6 +78,23 @@ def summary_ok(paths: SweepPaths, run_id: str) -> bool | None:
     return bool(s.get("ok"))
 
 
+def metrics(paths: SweepPaths, run_id: str, names: list[str]) -> dict[str, Any]:
+    """The values of ``names`` a run reports: its metrics.json, else its summary.json (top level,
+    or its ``metrics`` table); None for a name neither has."""
+    if not names:
+        return {}
+    rp = RunPaths(paths.run_dir(run_id))
+    found: dict[str, Any] = {}
+    for doc in (read_json(rp.metrics), read_json(rp.summary)):
+        if not isinstance(doc, dict):
+            continue
+        for table in (doc, doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}):
+            for n in names:
+                if n not in found and isinstance(table.get(n), (int, float)) and not isinstance(table.get(n), bool):
+                    found[n] = table[n]
+    return {n: found.get(n) for n in names}
+
+
 def create(paths: SweepPaths, run_id: str, campaign: str, backend: str, row: dict[str, Any],
            state: RunState | str = RunState.SUBMITTED, **extra: Any) -> dict[str, Any]:
     """Write a fresh manifest for a (re)submitted run; earlier attempts are kept in ``previous``."""
