@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -638,6 +639,26 @@ def sweep_monitor(c, wait=False, timeout_secs=None, campaign=None):
     if verdict["failed"]:
         print(f"failed: {', '.join(verdict['failed'])}")
     _sweep_exit(verdict)
+
+
+@task(help={"campaign": "campaign id (default: the last one)",
+            "detached": "build the view and print how to attach to it, without attaching",
+            "json": "with --detached: print what was built as JSON"})
+@ops
+def sweep_attach(c, campaign=None, detached=False, json=False):
+    """A live view of the sweep in tmux on its pod (tmuxp): sweep-status --watch, and the log of each
+    running run; on opsrg's own tmux socket, through ssh -t on a remote pod. Detach: Ctrl-b d."""
+    from opsrg.ops import dashboard
+
+    built = dashboard.build(_ctx(), campaign)
+    if detached or not sys.stdin.isatty():
+        if json:
+            _print_json(built)
+            return
+        print(f"view {built['session']} of campaign {built['campaign']} ({len(built['runs'])} running runs) "
+              f"on tmux socket {built['socket']}; attach with:\n  {shlex.join(built['attach'])}")
+        return
+    dashboard.attach(built["attach"])
 
 
 @task(help={"run": "cancel only this run (default: the whole sweep)"})

@@ -70,6 +70,7 @@ TABLE: dict[str, Rule] = {
     "sweep-csv-template": Rule(ALL, None),
     "sweep-grid": Rule(ALL, None),
     "sweep-report": Rule(ALL, None),
+    "sweep-attach": Rule(ALL, None),
     "slurm-ledger": Rule(ALL, None),
     "doctor": Rule(ALL, None),
     "artifacts-ls": Rule(ALL, None),

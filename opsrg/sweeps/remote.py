@@ -109,6 +109,14 @@ def _sweep_python(ctx: Context) -> str:
     return venv
 
 
+def write_settings(ctx: Context, sweep_python: str | None = None) -> str:
+    """Write the pod-side workflow.env (before every call: it follows this machine's); its path."""
+    env_file = f"{project_dir(ctx)}/{DEFAULT_ENV_NAME}"
+    py = _sweep_python(ctx) if sweep_python is None else sweep_python
+    ctx.host.write_text(env_file, pod_settings(ctx, py))
+    return env_file
+
+
 def _raise(answer: dict[str, Any]) -> None:
     e = answer["error"]
     cls = getattr(errors, e.get("type", ""), None)
@@ -127,9 +135,7 @@ def call(ctx: Context, op: str, args: dict[str, Any], *, sweep_python: str | Non
     if "installed in" in note:
         print(f"[pod] {note}", flush=True)
     host = ctx.host
-    env_file = f"{project_dir(ctx)}/{DEFAULT_ENV_NAME}"
-    py = _sweep_python(ctx) if sweep_python is None else sweep_python
-    host.write_text(env_file, pod_settings(ctx, py))
+    env_file = write_settings(ctx, sweep_python)
     repo = ctx.pod_path(ctx.s.ops_remote_repo)
     cwd = repo if host.exists(repo) else project_dir(ctx)
     cmd = shlex.join([tool.tool_python(ctx), "-m", POD_CALL, op, json.dumps(args)])

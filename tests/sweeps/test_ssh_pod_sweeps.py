@@ -140,6 +140,14 @@ def test_a_sweep_on_an_ssh_pod_runs_there_and_is_driven_from_here(project):
     assert json.loads(opsrg("fsm-status", "--json").stdout)["state"] == "SWEEP_COMPLETED"
     listed = {r["run_id"]: r for r in json.loads(opsrg("artifacts-ls", "--json").stdout)}
     assert listed["fast"]["state"] == "completed" and listed["diverges"]["state"] == "failed"
+    # the live view is built on the pod, by its opsrg and tmuxp, and attached to through ssh -t
+    r = opsrg("sweep-attach", "--detached", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    built = json.loads(r.stdout)
+    assert built["attach"][0] == "ssh" and "-t" in built["attach"] and built["attach"][-1].endswith(built["session"])
+    windows = subprocess.run(["tmux", "-L", built["socket"], "list-windows", "-t", built["session"], "-F",
+                              "#{window_name}"], capture_output=True, text=True).stdout.split()
+    assert windows == ["status", "runs"]
     r = opsrg("artifacts-gc", "--ttl-days", "0")
     assert r.returncode == 2 and "local pod only" in r.stderr and (out / "fast").is_dir(), r.stderr
 
