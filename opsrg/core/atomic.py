@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,31 +43,58 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_deferred = 0  # > 0: inside deferred_sync(), whose end makes every write durable at once
+_deferred_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def deferred_sync() -> Iterator[None]:
+    """Many atomic writes, made durable together: inside, a write is still atomic (temp file and
+    rename: a reader sees the old or the new file) but not fsynced one by one; leaving the block
+    syncs them all with one ``os.sync()``. For a launch that writes a thousand manifests, whose
+    fsyncs otherwise take seconds. Process-wide: meant for the batch alone, from any of its threads."""
+    global _deferred
+    with _deferred_lock:
+        _deferred += 1
+    try:
+        yield
+    finally:
+        with _deferred_lock:
+            _deferred -= 1
+        os.sync()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see either the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=TMP_SUFFIX, dir=path.parent)
+    durable = not _deferred
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, compact: bool = False) -> None:
+    """JSON, indented for people; ``compact`` for a big file rewritten often (a campaign's manifest
+    with a thousand rows: the indenting encoder is pure Python, the compact one C, ten times faster)."""
+    text = json.dumps(obj, sort_keys=True, default=str, **({"separators": (",", ":")} if compact else {"indent": 2}))
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_save_npz(path: str | os.PathLike[str], **arrays: Any) -> None:

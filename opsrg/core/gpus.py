@@ -1,4 +1,4 @@
-"""GPU ids as CUDA_VISIBLE_DEVICES takes them: what POD_GPUS and nvidia-smi name (pure)."""
+"""GPU ids as CUDA_VISIBLE_DEVICES takes them: what POD_GPUS and nvidia-smi name."""
 
 from __future__ import annotations
 
@@ -16,3 +16,19 @@ def parse_gpu_ids(text: str) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"a GPU is named twice in {','.join(ids)}")
     return ids
+
+
+NVIDIA_SMI_INDEX = ("command -v nvidia-smi >/dev/null 2>&1 || exit 0; "
+                    "nvidia-smi --query-gpu=index --format=csv,noheader")
+
+
+def discover(host, declared: str = "") -> list[str]:
+    """A pod's GPUs: ``declared`` (POD_GPUS) when set, else what nvidia-smi lists on ``host`` (any
+    object with the hosts' ``run``); [] without it."""
+    if declared:
+        return parse_gpu_ids(declared)
+    r = host.run(NVIDIA_SMI_INDEX, check=False, timeout=60)
+    try:
+        return parse_gpu_ids(r.stdout) if r.ok else []
+    except ValueError:
+        return []

@@ -143,6 +143,7 @@ def bootstrap(ctx: Context) -> str:
         raise HostError(f"{host.name}: missing prerequisites: {what}",
                         hint="install them (or set AUTO_INSTALL_PREREQS=1 as root), then run: inv bootstrap")
     host.run(["mkdir", "-p", ctx.control_dir, ctx.tasks.root])
+    notes.append(_gpus_note(ctx))
     if not isinstance(host, LocalHost):  # the pod's own opsrg drives the sweeps there
         from opsrg.pods import tool
 
@@ -168,6 +169,16 @@ def bootstrap(ctx: Context) -> str:
         run_and_wait(ctx, task_id, f"bash {shlex.quote(remote)}", env=env, resume="inv bootstrap")
         notes.append(f"ran {script}")
     return "bootstrapped: " + json.dumps(found) + ("; " + "; ".join(notes) if notes else "")
+
+
+def _gpus_note(ctx: Context) -> str:
+    """The pod's GPUs, as sweeps will share them out (POD_GPUS, else what nvidia-smi lists there)."""
+    from opsrg.core.gpus import discover
+
+    ids = discover(ctx.host, ctx.s.pod_gpus)
+    if ids:
+        return f"GPUs {','.join(ids)} ({'POD_GPUS' if ctx.s.pod_gpus else 'nvidia-smi'})"
+    return "no GPUs found (rows run without CUDA_VISIBLE_DEVICES; POD_GPUS declares them)"
 
 
 # ------------------------------------------------------------------ checkout

@@ -49,6 +49,7 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     unreachable: str = ""  # why the scheduler did not answer the last refresh ('' when it did, or there is none)
     shares_gpus: ClassVar[bool] = False  # whether it shares a pod's GPUs out to rows (a row's ``gpus``)
+    per_job_requests: ClassVar[bool] = False  # whether a row's gpus, cpus and mem become its jobs' requests
 
     # ------------------------------------------------------------ launch
     def preflight(self, env: SweepEnv) -> None:

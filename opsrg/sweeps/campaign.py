@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opsrg.core import layout, runenv
-from opsrg.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from opsrg.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, deferred_sync
 from opsrg.core.clock import now_iso
 from opsrg.core.errors import InputError, OpsError
 from opsrg.hosts.base import Host
@@ -99,16 +99,9 @@ class SweepEnv:
 
     def find_gpus(self, declared: str) -> list[str]:
         """The pod's GPUs: POD_GPUS when set, else what nvidia-smi lists there ([] without it)."""
-        from opsrg.core.gpus import parse_gpu_ids
+        from opsrg.core.gpus import discover
 
-        if declared:
-            return parse_gpu_ids(declared)
-        r = self.host.run("command -v nvidia-smi >/dev/null 2>&1 || exit 0; "
-                          "nvidia-smi --query-gpu=index --format=csv,noheader", check=False, timeout=60)
-        try:
-            return parse_gpu_ids(r.stdout) if r.ok else []
-        except ValueError:
-            return []
+        return discover(self.host, declared)
 
     def code_state(self) -> dict[str, Any]:
         """The checkout's code state, read where it is (one command, also over SSH)."""
@@ -201,7 +194,7 @@ def discard(env: SweepEnv, m: Campaign) -> None:
 
 
 def write_manifest(env: SweepEnv, m: Campaign) -> None:
-    atomic_write_json(env.paths.sweep_manifest(m.campaign), m.to_json())
+    atomic_write_json(env.paths.sweep_manifest(m.campaign), m.to_json(), compact=True)
 
 
 def load_manifest(paths: SweepPaths, campaign: str | None = None) -> Campaign:
@@ -284,7 +277,8 @@ def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = ""
 
 
 def create_manifests(paths: SweepPaths, items: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]]) -> None:
-    """Write many fresh run manifests; the fsyncs run in parallel (each file is still atomic)."""
+    """Write many fresh run manifests, each atomic and locked; a batch in parallel threads (the
+    file system's calls wait, not the CPU) and made durable together (one sync)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
@@ -295,7 +289,7 @@ def create_manifests(paths: SweepPaths, items: list[tuple[str, str, str, dict[st
         for it in items:
             one(it)
         return
-    with ThreadPoolExecutor(max_workers=16) as ex:
+    with deferred_sync(), ThreadPoolExecutor(max_workers=16) as ex:
         list(ex.map(one, items))
 
 

@@ -106,7 +106,7 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
     rows = load_rows(csv, _bases(ctx), ctx.s.run_command)
     env.gpus = env.find_gpus(ctx.s.pod_gpus) if be.shares_gpus else []
-    _check_gpus(rows, env.gpus, csv, be)
+    _check_resources(rows, env.gpus, csv, be)
     if any(r.mode == "command" for r in rows):  # their identity includes the project's code
         env.code = env.code_state()
     sweep = Sweep(new_campaign_id(), rows, env.outputs, env.python, backend, repo=env.repo, code=env.code)
@@ -153,20 +153,21 @@ def write_grid(ctx, g, out: str | None = None, *, force: bool = False) -> tuple[
     return path, rows
 
 
-def _check_gpus(rows, gpus: list[str], csv: str, be: Backend) -> None:
-    """Refuse, with file and line, a row asking more GPUs than the pod has: it could never start."""
-    if not be.shares_gpus:
-        bad = [f"{csv}:{r.line}: gpus: row {r.run_id} asks for GPUs of its own, which the {be.name} backend does "
-               f"not share out" for r in rows if "gpus" in r.spec]
-        if bad:
-            raise InputError("\n".join(bad), hint="ask for them per job with SLURM_GRES (e.g. gpu:1), then run "
-                                                    "inv sweep-start")
-        return
-    have = f"{len(gpus)} ({','.join(gpus)})" if gpus else "none (set POD_GPUS, or run where nvidia-smi lists them)"
-    bad = [f"{csv}:{r.line}: gpus: row {r.run_id} asks for {r.spec['gpus']} GPUs; the pod has {have}"
-           for r in rows if r.spec.get("gpus") and r.spec["gpus"] > len(gpus)]
+def _check_resources(rows, gpus: list[str], csv: str, be: Backend) -> None:
+    """Refuse, with file and line, a row asking what its backend cannot give: more GPUs than the
+    pod has (it could never start), or per-job requests the backend has no place for."""
+    bad = []
+    if be.shares_gpus:
+        have = f"{len(gpus)} ({','.join(gpus)})" if gpus else "none (set POD_GPUS, or run where nvidia-smi lists them)"
+        bad += [f"{csv}:{r.line}: gpus: row {r.run_id} asks for {r.spec['gpus']} GPUs; the pod has {have}"
+                for r in rows if r.spec.get("gpus") and r.spec["gpus"] > len(gpus)]
+    if not be.per_job_requests:
+        keys = ("cpus", "mem") if be.shares_gpus else ("gpus", "cpus", "mem")
+        bad += [f"{csv}:{r.line}: {k}: row {r.run_id} asks for {k}, which the {be.name} backend does not request "
+                f"per row (rows run on the pod as they are)" for r in rows for k in keys if k in r.spec]
     if bad:
-        raise InputError("\n".join(bad), hint="lower the row's gpus= (or fix POD_GPUS), then run inv sweep-start")
+        raise InputError("\n".join(bad), hint="drop those keys (or fix POD_GPUS), or run the campaign with "
+                                              "--backend slurm; then run inv sweep-start")
 
 
 def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str, Any]:

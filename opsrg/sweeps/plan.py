@@ -274,6 +274,7 @@ class Job:
     tasks: list[int] | None = None                  # array element indices; None: not an array
     timeout_secs: int | None = None
     final_for: str = ""            # run id whose summary this job writes
+    resources: dict[str, Any] = field(default_factory=dict)  # the row's gpus, cpus, mem: its sbatch requests
 
     def run_of(self, element: int | None) -> str:
         if len(self.runs) == 1 or element is None:
@@ -282,7 +283,15 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "kind": self.kind, "runs": self.runs, "deps": self.deps, "tasks": self.tasks,
-                "timeout_secs": self.timeout_secs, "final_for": self.final_for}
+                "timeout_secs": self.timeout_secs, "final_for": self.final_for, "resources": self.resources}
+
+
+RESOURCES = ("gpus", "cpus", "mem")
+
+
+def resources_of(row: SweepRow) -> dict[str, Any]:
+    """What a row asks of the scheduler for each of its jobs (``gpus``, ``cpus``, ``mem``)."""
+    return {k: row.spec[k] for k in RESOURCES if k in row.spec}
 
 
 def split_array(indices: list[int], max_array_size: int) -> list[list[int]]:
@@ -340,7 +349,7 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
         timeout = row.spec.get("timeout_secs")
         if row.mode in SCRIPT_MODES:
             jobs.append(Job(f"{row.run_id}.run", "shell", script_body(sweep, row), [row.run_id], dep_keys,
-                            None, timeout, final_for=row.run_id))
+                            None, timeout, final_for=row.run_id, resources=resources_of(row)))
             last[row.run_id] = jobs[-1].key
             continue
         steps, shards = row.spec["steps"], row.spec["shards"]
@@ -358,18 +367,19 @@ def plan_slurm(sweep: Sweep, *, max_array_size: int, progress: dict[str, RunProg
                 key = f"{row.run_id}.RG{k}.gen" + (f"{c}" if c else "")
                 body = wrap(sweep, row, cmd, begin=str(chunk[0] - off) if first else False, end=False)
                 jobs.append(Job(key, "gen", f"OPSRG_TASK_OFFSET={off}\n" + body, [row.run_id], list(prev),
-                                [i - off for i in chunk], timeout))
+                                [i - off for i in chunk], timeout, resources=resources_of(row)))
                 gen_keys.append(key)
                 first = False
             final = k == steps
             mcmd = shlex.join(merge_argv(sweep, row, k)) + ("\n" + shlex.join(loop_argv(sweep, row)) if final else "")
             jobs.append(Job(f"{row.run_id}.RG{k}.merge", "merge", wrap(sweep, row, mcmd, begin=first, end=final),
-                            [row.run_id], gen_keys or list(prev), None, timeout, final_for=row.run_id if final else ""))
+                            [row.run_id], gen_keys or list(prev), None, timeout, final_for=row.run_id if final else "",
+                            resources=resources_of(row)))
             first = False
             prev = [jobs[-1].key]
         if not prev or prev == dep_keys:  # every step done but no ok summary: finalise only
             jobs.append(Job(f"{row.run_id}.final", "merge", wrap(sweep, row, shlex.join(loop_argv(sweep, row))),
-                            [row.run_id], dep_keys, None, timeout, final_for=row.run_id))
+                            [row.run_id], dep_keys, None, timeout, final_for=row.run_id, resources=resources_of(row)))
             prev = [jobs[-1].key]
         last[row.run_id] = prev[0]
     return jobs
@@ -388,12 +398,12 @@ def dep_job_id(dep: str, ids: dict[str, str]) -> str | None:
 
 def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list[Job]:
     """Independent shell and command rows as arrays: element i runs row i of its chunk (a ``case`` on
-    the index)."""
+    the index). Rows with different time limits or resources go into different arrays."""
     out = []
-    by_timeout: dict[Any, list[SweepRow]] = {}
+    by_request: dict[Any, list[SweepRow]] = {}
     for r in rows:
-        by_timeout.setdefault(r.spec.get("timeout_secs"), []).append(r)
-    for timeout, group in by_timeout.items():
+        by_request.setdefault((r.spec.get("timeout_secs"), tuple(sorted(resources_of(r).items()))), []).append(r)
+    for (timeout, request), group in by_request.items():
         for chunk in split_array(list(range(len(group))), max_array_size):
             members = [group[i] for i in chunk]
             lines = ['case "$SLURM_ARRAY_TASK_ID" in']
@@ -405,5 +415,5 @@ def _pack_shell(sweep: Sweep, rows: list[SweepRow], max_array_size: int) -> list
             lines += ['*) echo "no row for array index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
             key = f"shell.{members[0].run_id}" + (f".x{len(members)}" if len(members) > 1 else "")
             out.append(Job(key, "shell", "\n".join(lines) + "\n", [r.run_id for r in members], [],
-                           list(range(len(members))), timeout))
+                           list(range(len(members))), timeout, resources=dict(request)))
     return out

@@ -32,7 +32,7 @@ MODES = ("fp", "exp", "shell", "command")
 # The fields of a command template, and the keys of a command row's overrides that are opsrg's
 # (the rest are the program's own arguments).
 COMMAND_FIELDS = ("config", "seed", "overrides", "run_id", "run_dir", "repo", "gpus")
-COMMAND_KEYS = ("after", "timeout_secs", "gpus")
+COMMAND_KEYS = ("after", "timeout_secs", "gpus", "cpus", "mem")
 # Rows run by one script (no RG steps or shards): on Slurm one job, or one element of an array.
 SCRIPT_MODES = ("shell", "command")
 
@@ -85,6 +85,13 @@ def _count(v: Any) -> int:
     if n < 0:
         raise ValueError(f"must be >= 0, got {n}")
     return n
+
+
+def _mem(v: Any) -> str:
+    s = str(v).strip()
+    if not re.fullmatch(r"\d+[KMGT]?", s):
+        raise ValueError(f"expected a size as sbatch takes it (4G, 512M, 16000), got {s!r}")
+    return s
 
 
 def _pos_float(v: Any) -> float:
@@ -153,6 +160,8 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "command": _text,
     "timeout_secs": _pos_int,
     "gpus": _count,
+    "cpus": _pos_int,
+    "mem": _mem,
 }
 DEFAULTS: dict[str, Any] = {"bins": 50000, "zmax": 25.0, "backend": "auto", "method": "analytic",
                             "dtype": "float32", "shards": 1, "after": []}

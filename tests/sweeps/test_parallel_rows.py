@@ -102,12 +102,15 @@ def test_a_row_asking_more_gpus_than_the_pod_has_is_refused_with_its_line(tmp_pa
     root = _project(tmp_path / "p", tmux_socket, POD_GPUS="0,1")
     (root / "sweep.csv").write_text("run_id,config,seed,overrides,notes\nok,cfg.txt,1,0,\nbig,cfg.txt,1,gpus=3 0,\n")
     opsrg = _runner(root)
+    r = opsrg("bootstrap")  # says which GPUs sweeps will share out
+    assert r.returncode == 0 and "GPUs 0,1 (POD_GPUS)" in r.stdout, r.stdout + r.stderr
     r = opsrg("sweep-start", "--dry-run")
     assert r.returncode == 2 and "sweep.csv:3: gpus: row big asks for 3 GPUs; the pod has 2 (0,1)" in r.stderr, \
         r.stderr
     assert not (root / ".opsrg" / "pod" / "outputs" / "_manifests").exists()
-    r = opsrg("sweep-start", "--dry-run", "--backend", "slurm")  # Slurm gives GPUs per job (SLURM_GRES)
-    assert r.returncode == 2 and "sweep.csv:3: gpus" in r.stderr and "SLURM_GRES" in r.stderr, r.stderr
+    (root / "sweep.csv").write_text("run_id,config,seed,overrides,notes\nok,cfg.txt,1,cpus=2 0,\n")
+    r = opsrg("sweep-start", "--dry-run")  # a Slurm request on tmux: refused, not ignored
+    assert r.returncode == 2 and "sweep.csv:2: cpus" in r.stderr and "--backend slurm" in r.stderr, r.stderr
     r = _runner(_project(tmp_path / "q", tmux_socket, POD_GPUS="0,0"))("config-show")
     assert r.returncode == 2 and "POD_GPUS" in r.stderr and "named twice" in r.stderr, r.stderr
 

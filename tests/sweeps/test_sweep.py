@@ -71,3 +71,21 @@ def test_commands_quote_everything():
     assert "bash -c 'echo $(id) > /tmp/x; true'" in cmd
     (line,) = [x for x in cmd.splitlines() if x.startswith("bash ")]
     assert shlex.split(line) == ["bash", "-c", "echo $(id) > /tmp/x; true"]
+
+
+def test_rows_with_different_requests_go_into_different_arrays():
+    sw = sweep('a,sweeps/configs/shell.toml,1,"cpus=2 mem=4G",\nb,sweeps/configs/shell.toml,2,"mem=4G cpus=2",\n'
+               "c,sweeps/configs/shell.toml,3,,\nd,sweeps/configs/shell.toml,4,gpus=1,\n")
+    jobs = {j.key: j for j in plan_slurm(sw, max_array_size=1000)}
+    assert set(jobs) == {"shell.a.x2", "shell.c", "shell.d"}
+    assert jobs["shell.a.x2"].resources == {"cpus": 2, "mem": "4G"} and jobs["shell.d"].resources == {"gpus": 1}
+
+
+def test_a_jobs_requests_override_the_settings_and_gpus_0_asks_for_none():
+    from opsrg.sweeps.slurm.cli import SlurmOptions
+
+    base = SlurmOptions(cpus_per_task=1, mem="2G", gres="gpu:8")
+    assert base.for_job({}) is base
+    d = base.for_job({"gpus": 2, "cpus": 4, "mem": "16G"}).directives("01:00:00")
+    assert "#SBATCH --gres=gpu:2" in d and "#SBATCH --cpus-per-task=4" in d and "#SBATCH --mem=16G" in d
+    assert not [x for x in base.for_job({"gpus": 0}).directives("01:00:00") if "gres" in x]

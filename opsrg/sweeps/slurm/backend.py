@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from opsrg.core.atomic import atomic_write_bytes, atomic_write_text
+from opsrg.core.atomic import atomic_write_bytes, atomic_write_text, deferred_sync
 from opsrg.core.clock import now_iso
 from opsrg.core.errors import OpsError
 from opsrg.rg.run import RunPaths
@@ -81,13 +81,14 @@ def _note_requeue(env: SweepEnv, m: Campaign, key: str, j: dict[str, Any], q: di
 
 
 def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) -> None:
-    """Add the submitted job ids and task keys to the run manifests (in parallel, each write locked)."""
+    """Add the submitted job ids and task keys to the run manifests (each write locked and atomic;
+    in parallel, made durable together)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(rid: str) -> None:
         runs.update(paths, rid, None, **per_run[rid])
 
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(per_run)))) as ex:
+    with deferred_sync(), ThreadPoolExecutor(max_workers=min(16, max(1, len(per_run)))) as ex:
         list(ex.map(one, per_run))
 
 
@@ -95,6 +96,7 @@ class SlurmBackend(Backend):
     """sbatch scripts per job; arrays of RG shards with afterok merges; one batched query per refresh."""
 
     name = "slurm"
+    per_job_requests = True
 
     def __init__(self, slurm: Slurm | None = None) -> None:
         self.slurm = slurm
@@ -121,7 +123,8 @@ class SlurmBackend(Backend):
         tdir = env.tasks().paths(job.key).root
         arr = array_spec(job.tasks, env.slurm.array_parallelism) if job.tasks is not None else ""
         return render(template or load_template(), key=job.key, campaign=m.campaign, log=_log(tdir, job),
-                      directives=env.slurm.directives(time_directive(job.timeout_secs, env.slurm.time), arr),
+                      directives=env.slurm.for_job(job.resources).directives(
+                          time_directive(job.timeout_secs, env.slurm.time), arr),
                       body=job.body)
 
     def plan(self, env: SweepEnv, m: Campaign, todo: list[str],

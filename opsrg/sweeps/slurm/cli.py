@@ -239,6 +239,19 @@ class SlurmOptions:
     gres: str = ""
     array_parallelism: int = 4
 
+    def for_job(self, resources: dict) -> SlurmOptions:
+        """These options with a row's own requests: ``gpus`` -> ``--gres=gpu:N``, ``cpus``, ``mem``."""
+        from dataclasses import replace
+
+        changes: dict = {}
+        if "gpus" in resources:
+            changes["gres"] = f"gpu:{resources['gpus']}" if resources["gpus"] else ""
+        if "cpus" in resources:
+            changes["cpus_per_task"] = resources["cpus"]
+        if "mem" in resources:
+            changes["mem"] = resources["mem"]
+        return replace(self, **changes) if changes else self
+
     def directives(self, time: str, array: str = "") -> list[str]:
         d = []
         for flag, v in (("partition", self.partition), ("account", self.account), ("time", time),

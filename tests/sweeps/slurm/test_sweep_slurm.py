@@ -215,6 +215,27 @@ def test_command_rows_run_as_array_elements_with_the_same_record(timeout_sweep, 
     assert rec["runner"] == "slurm" and rec["state"] == "failed"  # one element failed
 
 
+def test_a_rows_gpus_cpus_and_mem_become_its_jobs_requests(timeout_sweep, slurm_cluster, tmp_path):
+    """Rows with different requests go into different arrays, each script asking for its rows' own."""
+    root = tmp_path / "req"
+    env = make_project(root)
+    csv = root / "s.csv"
+    csv.write_text(HEAD + f'a,{SH},1,"cpus=2 mem=64M",\nb,{SH},2,"cpus=2 mem=64M",\nc,{SH},3,,\n'
+                          f'g,{SH},4,gpus=2,\nfp,{FP},1,"gpus=1 backend=numpy",\n')
+    r = inv("sweep-start", "--csv", str(csv), "--dry-run", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    jobs = {j["key"]: j["script"] for j in json.loads(r.stdout)["jobs"]}
+    assert {"shell.a.x2", "shell.c", "shell.g"} <= set(jobs)
+    assert "#SBATCH --cpus-per-task=2" in jobs["shell.a.x2"] and "#SBATCH --mem=64M" in jobs["shell.a.x2"]
+    assert "#SBATCH --cpus-per-task=1" in jobs["shell.c"] and "--mem=" not in jobs["shell.c"]
+    assert "#SBATCH --gres=gpu:2" in jobs["shell.g"] and "--gres" not in jobs["shell.c"]
+    assert all("#SBATCH --gres=gpu:1" in v for k, v in jobs.items() if k.startswith("fp."))  # every job of an RG run
+    csv.write_text(HEAD + f'a,{SH},1,"cpus=2 mem=64M",\nb,{SH},2,"cpus=2 mem=64M",\n')
+    started = start(env, csv.read_text().split("\n", 1)[1], root)  # the cluster takes them as written
+    assert sorted(started["jobs"]) == ["shell.a.x2"]
+    assert wait(env).returncode == 0
+
+
 def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):
     root, env, _ = timeout_sweep
     r = wait(env, 150)
