@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,8 +133,8 @@ def call(ctx: Context, op: str, args: dict[str, Any], *, sweep_python: str | Non
     from opsrg.pods import tool
 
     note = tool.ensure(ctx)
-    if "installed in" in note:
-        print(f"[pod] {note}", flush=True)
+    if "installed in" in note:  # on stderr: stdout may be --json for a script
+        print(f"[pod] {note}", file=sys.stderr, flush=True)
     host = ctx.host
     env_file = write_settings(ctx, sweep_python)
     repo = ctx.pod_path(ctx.s.ops_remote_repo)
@@ -150,7 +151,7 @@ def call(ctx: Context, op: str, args: dict[str, Any], *, sweep_python: str | Non
         raise HostError(f"{host.name}: the pod's opsrg answered no result for {op} (exit {r.exited}):\n"
                         f"{(r.stderr or r.stdout).strip()[-2000:]}", result=r) from None
     for line in r.stdout.strip().splitlines()[:-1]:
-        print(line, flush=True)  # what the pod's command said on the way (notes, progress)
+        print(line, file=sys.stderr, flush=True)  # what the pod's command said on the way (notes, progress)
     if "error" in answer:
         _raise(answer)
     return answer["result"]

@@ -274,8 +274,16 @@ class _Driver:
                     self.running[rid] = (row, now)
                 else:
                     rec = self.tasks.read(rid)
-            except (TaskError, OpsError) as e:
-                print(f"[sweep] {rid}: cannot read its task ({e}); looking again", flush=True)
+            except TaskError as e:  # its record is gone or unreadable: no end will ever show
+                del self.running[rid]
+                self.slots.release(rid)
+                finish_run(self.paths, rid, False, f"its task record cannot be read ({e})")
+                self.failed.append(rid)
+                print(f"[sweep] {rid}: failed, its task record cannot be read ({e})", flush=True)
+                continue
+            except (OpsError, OSError) as e:  # the liveness probe itself failed: look again later
+                self.running[rid] = (row, now)
+                print(f"[sweep] {rid}: could not probe its task ({e}); looking again", flush=True)
                 continue
             if not rec.state.is_terminal:
                 continue

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,26 @@ def test_a_sweep_on_an_ssh_pod_runs_there_and_is_driven_from_here(project):
     leaked = [str(p) for base in (project, POD_TOOL_DIR) for p in base.rglob("*")
               if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_a_sweep_on_an_ssh_pod_is_cancelled_from_here(project):
+    opsrg = _runner(project)
+    for step in ("pod-up", "bootstrap", "checkout"):
+        assert opsrg(step).returncode == 0, step
+    (project / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n"
+                                       "long,config/train_small.py,1,--max_iters=100000000,\n")
+    assert opsrg("sweep-start").returncode == 0
+    log = project / "pod" / "outputs" / "_tasks" / "long" / "stdout.log"
+    for _ in range(200):  # until it trains
+        if log.is_file() and "iter 0" in log.read_text():
+            break
+        time.sleep(0.1)
+    r = opsrg("sweep-cancel")
+    assert r.returncode == 0 and "cancelled: long" in r.stdout, r.stdout + r.stderr
+    assert _states(opsrg)["long"]["state"] == "cancelled"
+    assert json.loads(opsrg("fsm-status", "--json").stdout)["state"] == "SWEEP_FAILED"
+    rec = json.loads((project / "pod" / "outputs" / "_tasks" / "long" / "status.json").read_text())
+    assert rec["state"] in ("failed", "timed_out") and rec["ended_at"]  # its process is gone, not left running
 
 
 def test_a_bad_row_is_refused_here_before_anything_reaches_the_pod(project):
