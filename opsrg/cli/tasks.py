@@ -525,6 +525,15 @@ def sweep_start(c, csv=None, backend=None, resume=False, dry_run=False, force=Fa
         print(f"  {PROG} sweep-status    {PROG} sweep-monitor --wait")
 
 
+def _exit(r) -> str:
+    """The exit column: the status, or how it ended without one (timeout, a signal)."""
+    if r.get("timed_out"):
+        return "timeout"
+    if r.get("signal"):
+        return f"SIG{r['signal']}"
+    return "" if r["exit_code"] is None else str(r["exit_code"])
+
+
 def _metric(v) -> str:
     return "" if v is None else f"{v:.4g}"
 
@@ -536,7 +545,7 @@ def _sweep_table(rows):
     table(["run", "state", "step", "elapsed", "jobs", "exit", *names, "reason", "ok"],
           [[r["run_id"], r["state"], r["step"], "" if r["elapsed_secs"] is None else f"{r['elapsed_secs']:.0f}s",
             " ".join(r["job_ids"][:4]) + (" ..." if len(r["job_ids"]) > 4 else ""),
-            "" if r["exit_code"] is None else str(r["exit_code"]),
+            _exit(r),
             *(_metric(r["metrics"].get(n)) for n in names), r["reason"][:60],
             {True: "yes", False: "no", None: ""}[r["summary_ok"]]] for r in rows])
 

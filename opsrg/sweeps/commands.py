@@ -75,6 +75,7 @@ def status_rows(env: SweepEnv, m: Campaign, metrics: list[str] | None = None) ->
                     "job_ids": rm.job_ids if rm else [], "exit_code": rm.exit_code if rm else None,
                     "reason": reason, "summary_ok": runs.summary_ok(paths, r.run_id),
                     "attempt": rm.attempt if rm else None, "requeues": requeues,
+                    "signal": rm.signal if rm else None, "timed_out": rm.timed_out if rm else False,
                     "log_tail": rm.log_tail if rm else [], "metrics": runs.metrics(paths, r.run_id, metrics or [])})
     return out
 

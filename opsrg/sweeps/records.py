@@ -59,6 +59,18 @@ class LaunchState(StateEnum):
 
 
 FINAL = tuple(s for s in RunState if s.is_final)
+
+
+def ending(task_state: str, exit_code: int | None, signal: int | None = None) -> dict[str, Any]:
+    """How a run's process ended, the same from a tmux task and a Slurm job: the program's exit
+    status, or the signal that ended it (a negative status, Python's way of saying so, or the
+    scheduler's ``0:15``), and whether its time limit did."""
+    if exit_code is not None and exit_code < 0:
+        exit_code, signal = None, -exit_code
+    timed_out = task_state == "timed_out"
+    if (signal or timed_out) and not exit_code:  # a 0 next to a signal, or a limit's kill, is no status of its own
+        exit_code = None
+    return {"exit_code": exit_code, "signal": signal or None, "timed_out": timed_out}
 LAUNCH_OPEN = tuple(s for s in LaunchState if s.is_open)
 LAUNCH_CUT = tuple(s for s in LaunchState if s.is_cut)
 
@@ -95,7 +107,9 @@ class RunManifest:
     started_at: str = ""
     completed_at: str = ""
     reason: str = ""
-    exit_code: int | None = None
+    exit_code: int | None = None   # the program's own exit status; None when a signal ended it
+    signal: int | None = None      # the signal that ended it (a time limit, a cancel, the kernel's OOM kill)
+    timed_out: bool = False        # it ran past its time limit (RUN_TIMEOUT_SECS, timeout_secs, SLURM_TIME)
     summary_ok: bool | None = None
     log_tail: list[str] = field(default_factory=list)  # a failed run's last log lines
     job_ids: list[str] = field(default_factory=list)
@@ -117,7 +131,7 @@ class RunManifest:
         """ValueError when ``data`` is no run manifest (no run id, or a state that is none)."""
         if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
             raise ValueError("not a run manifest (no run_id)")
-        kw = _fields_of(cls, data, frozenset({"exit_code", "summary_ok", "identity"}))
+        kw = _fields_of(cls, data, frozenset({"exit_code", "signal", "summary_ok", "identity"}))
         return cls(**{**kw, "state": RunState(data.get("state", RunState.SUBMITTED))})
 
     def to_json(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from opsrg.sweeps.campaign import (
     write_manifest,
 )
 from opsrg.sweeps.plan import meta_plan, row_command
-from opsrg.sweeps.records import Campaign, RunState
+from opsrg.sweeps.records import Campaign, RunState, ending
 from opsrg.tracked import supervisor
 from opsrg.tracked.records import TaskState
 
@@ -203,7 +203,7 @@ def _close_for_driver(env: SweepEnv, sweep, rid: str, rec) -> None:
             env.final_sync(rid)
         except OpsError as e:
             ok, reason = False, reason or str(e)
-    finish_run(env.paths, rid, ok, reason, exit_code=exit_code, log_tail=tail)
+    finish_run(env.paths, rid, ok, reason, log_tail=tail, **ending(rec.state.value, exit_code))
 
 
 def _task_reason(rec) -> str:
@@ -302,7 +302,7 @@ class _Driver:
                 print(f"[sweep] {env.final_sync(rid)}", flush=True)
             except OpsError as e:
                 ok, reason = False, reason or str(e)
-        finish_run(self.paths, rid, ok, reason, exit_code=exit_code, log_tail=tail)
+        finish_run(self.paths, rid, ok, reason, log_tail=tail, **ending(rec.state.value, exit_code))
         final = runs.state_of(self.paths, rid)
         print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
         if final != RunState.COMPLETED:

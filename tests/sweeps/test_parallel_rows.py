@@ -160,3 +160,18 @@ def test_a_killed_driver_s_running_rows_are_adopted_not_started_twice(tmp_path, 
     assert "long1: adopted" in log and "long2: adopted" in log, log
     held = {json.loads((out / r / "run_manifest.json").read_text())["gpus"][0] for r in ("long1", "long2")}
     assert held == {"0", "1"}
+
+
+def test_a_row_over_its_time_limit_records_the_timeout_and_the_signal_at_run_level(tmp_path, tmux_socket):
+    root = _project(tmp_path / "p", tmux_socket, TASK_KILL_GRACE_SECS="1")
+    (root / "sweep.csv").write_text("run_id,config,seed,overrides,notes\nslow,cfg.txt,1,timeout_secs=1 30,\n"
+                                    "fine,cfg.txt,2,0,\n")
+    opsrg = _runner(root)
+    assert opsrg("sweep-start").returncode == 0
+    assert opsrg("sweep-monitor", "--wait", "--timeout-secs", "60").returncode == 1
+    runs = {r["run_id"]: r for r in json.loads(opsrg("sweep-status", "--json").stdout)["runs"]}
+    slow = runs["slow"]
+    assert slow["timed_out"] is True and slow["exit_code"] is None and slow["signal"] in (9, 15), slow
+    assert "timed_out" in slow["reason"] and runs["fine"]["timed_out"] is False and runs["fine"]["exit_code"] == 0
+    table = opsrg("sweep-status").stdout
+    assert "timeout" in table.splitlines()[[i for i, ln in enumerate(table.splitlines()) if "slow" in ln][0]]

@@ -75,3 +75,13 @@ def test_concurrent_appends_to_a_run_manifest_all_land(tmp_path):
     runs.update(paths, "r1", "failed", "done")
     assert runs.append(paths, "r1", "requeues", {"n": 99}) is False  # a final run is left as it is
     assert len(runs.read(paths, "r1").requeues) == 40
+
+
+def test_a_runs_ending_reads_the_same_from_tmux_and_slurm():
+    from opsrg.sweeps.records import ending
+
+    assert ending("failed", -15) == {"exit_code": None, "signal": 15, "timed_out": False}  # tmux: Popen's -N
+    assert ending("timed_out", 0, 15) == {"exit_code": None, "signal": 15, "timed_out": True}  # sacct's 0:15
+    assert ending("failed", 3) == {"exit_code": 3, "signal": None, "timed_out": False}
+    assert ending("success", 0) == {"exit_code": 0, "signal": None, "timed_out": False}
+    assert ending("timed_out", 0) == {"exit_code": None, "signal": None, "timed_out": True}  # sacct's 0:0

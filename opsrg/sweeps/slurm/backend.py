@@ -30,7 +30,7 @@ from opsrg.sweeps.campaign import (
     write_manifest,
 )
 from opsrg.sweeps.plan import Job, RunProgress, array_spec, dep_job_id, plan_slurm
-from opsrg.sweeps.records import Campaign, RunState
+from opsrg.sweeps.records import Campaign, RunState, ending
 from opsrg.sweeps.runs import SweepPaths
 from opsrg.sweeps.slurm import ledger
 from opsrg.sweeps.slurm.cli import (
@@ -355,7 +355,7 @@ class SlurmBackend(Backend):
                         tail = self._keep_log(env, m, k, j, rid)
                         finish_run(paths, rid, st == "success", "" if st == "success" else
                                    f"{k} [{e}]: {JobInfo(**{x: el[x] for x in JobInfo.__dataclass_fields__ if x in el}).task_state()[1]}",
-                                   log_tail=tail, exit_code=el.get("exit_code"))
+                                   log_tail=tail, **ending(st, el.get("exit_code"), el.get("signal")))
                         break
                     started |= st == "running"
                     continue
@@ -363,8 +363,9 @@ class SlurmBackend(Backend):
                 if st in ("failed", "timed_out"):
                     self._cancel_jobs(env, m, rid, except_key=k)
                     tail = self._keep_log(env, m, k, j, rid)
+                    el = elems.get(j["job_id"]) or next(iter(elems.values()), {})
                     runs.update(paths, rid, RunState.FAILED, f"{k} [{j['job_id']}]: {rec.get('reason', st)}"
-                                + log_ends(tail), exit_code=rec.get("exit_code"), log_tail=tail)
+                                + log_ends(tail), log_tail=tail, **ending(st, rec.get("exit_code"), el.get("signal")))
                     break
                 if st == "success" and (j.get("final_for") == rid or j["kind"] == "shell"):
                     self._keep_log(env, m, k, j, rid)

@@ -244,6 +244,7 @@ def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):
     st = runs_of(env)
     assert st["quick"]["state"] == "completed"
     assert st["slow"]["state"] == "failed" and "TIMEOUT" in st["slow"]["reason"], st["slow"]
+    assert st["slow"]["timed_out"] is True and st["slow"]["exit_code"] != 0, st["slow"]  # as a tmux row says it
     m = json.loads(next((root / "outputs" / "_manifests").glob("sweep-*.json")).read_text())
     (key,) = [k for k, j in m["jobs"].items() if "slow" in j["runs"]]
     rec = record(root, key)
