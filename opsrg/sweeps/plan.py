@@ -194,9 +194,18 @@ def shell_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
     must; the tmux driver keeps them in its own process instead (three Python starts a row fewer)."""
     od = shlex.quote(sweep.out_dir(row.run_id))
     run = f"cd {od} || exit 1\nbash -c {shlex.quote(row.spec['command'])}\n"
-    if books:
-        run += f"rc=$?\n{shlex.quote(sweep.python)} -m opsrg.runs shell-summary {od} \"$rc\"\n(exit $rc)\n"
-    return wrap(sweep, row, run, begin=books, end=books)
+    return wrap(sweep, row, _with_books(sweep, row, run) if books else run, begin=False, end=False)
+
+
+STARTED_SH = "opsrg_started=$(date -u +%Y-%m-%dT%H:%M:%S.%3N+00:00)"
+
+
+def _with_books(sweep: Sweep, row: SweepRow, run: str) -> str:
+    """A script row's commands with its books kept by one Python start after them
+    (``opsrg.provenance books``: meta.json, summary.json, meta.json's end); bash notes the start."""
+    call = shlex.join([sweep.python, "-m", "opsrg.provenance", "books", sweep.run_dir(row.run_id),
+                       json.dumps(meta_plan(sweep, row)), sweep.out_dir(row.run_id), row.mode])
+    return f"{STARTED_SH}\n{run.rstrip()}\nrc=$?\n{call} \"$rc\" \"$opsrg_started\"\n"
 
 
 # How many GPUs a row sees: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; 1 with
@@ -243,9 +252,8 @@ def command_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
              GPUS_SH,
              f"rm -f {od}/{RunPaths.SUMMARY}  # this attempt's verdict, not an earlier one's",
              " ".join(command_words(sweep, row))]
-    if books:
-        lines += ["rc=$?", f'{shlex.quote(sweep.python)} -m opsrg.runs command-summary {od} "$rc"']
-    return wrap(sweep, row, "\n".join(lines) + "\n", begin=books, end=books)
+    run = "\n".join(lines) + "\n"
+    return wrap(sweep, row, _with_books(sweep, row, run) if books else run, begin=False, end=False)
 
 
 def script_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
