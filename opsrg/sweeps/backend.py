@@ -94,6 +94,11 @@ class Backend(abc.ABC):
         rm = runs.read(env.paths, run_id)
         return rm is not None and not rm.is_final
 
+    def wake_at(self, env: SweepEnv, m: Campaign) -> float | None:
+        """When the next end is due that no file of the run will announce (a job's time limit):
+        the monitor looks again then instead of at its next backed-off poll. None: nothing due."""
+        return None
+
     def busy(self, env: SweepEnv, m: Campaign) -> str:
         """Why the campaign cannot be resumed now ('' when it can)."""
         return ""

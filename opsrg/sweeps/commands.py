@@ -288,10 +288,10 @@ def monitor(ctx, campaign: str | None = None, metrics: list[str] | None = None) 
     done, failed, live = _move_fsm(ctx, env, m)
     state = ctx.store.read().state
     nxt = _next(state)
-    return m, status_rows(env, m, metrics if metrics is not None else metric_names(ctx)), {"done": done, "failed": failed, "running": live, "fsm": state.value,
-                                    "scheduler_unreachable": be.unreachable,
-                                    "launch": m.launch.get("state", "launched"),
-                                    "settled": settled, "next": nxt}
+    return m, status_rows(env, m, metrics if metrics is not None else metric_names(ctx)), {
+        "done": done, "failed": failed, "running": live, "fsm": state.value,
+        "wake_at": None if done else be.wake_at(env, m), "scheduler_unreachable": be.unreachable,
+        "launch": m.launch.get("state", "launched"), "settled": settled, "next": nxt}
 
 
 def cancel(ctx, run_id: str | None = None) -> list[str]:
@@ -342,6 +342,10 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
             raise StillRunning(f"still running after {timeout:g}s: {', '.join(v['running'])}",
                                hint="inv sweep-status")
         delay = every if every is not None else next(delays)
+        due = v.get("wake_at")
+        if every is None and due:  # a time limit runs out: look then, and each second for a while after
+            left = due - time.time()
+            delay = min(delay, left + 1.0) if left > 0 else (min(delay, 1.0) if left > -TIMEOUT_WATCH else delay)
         if every is None and sleep is time.sleep and not remote.is_remote(ctx):
             _nap(delay, _ended_watch(runs.SweepPaths(ctx.outputs_dir), v["running"]))
         else:
@@ -349,6 +353,8 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
 
 
 NAP_STEP = 0.2
+TIMEOUT_WATCH = 120.0  # seconds after a job's limit during which the monitor polls each second
+# (Slurm ends an over-limit job within its KillWait, 30 s by default, of the limit)
 
 
 def _ended_watch(paths, run_ids: list[str]):

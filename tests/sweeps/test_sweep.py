@@ -89,3 +89,12 @@ def test_a_jobs_requests_override_the_settings_and_gpus_0_asks_for_none():
     d = base.for_job({"gpus": 2, "cpus": 4, "mem": "16G"}).directives("01:00:00")
     assert "#SBATCH --gres=gpu:2" in d and "#SBATCH --cpus-per-task=4" in d and "#SBATCH --mem=16G" in d
     assert not [x for x in base.for_job({"gpus": 0}).directives("01:00:00") if "gres" in x]
+
+
+def test_slurm_time_limits_read_as_seconds():
+    from opsrg.sweeps.slurm.cli import limit_secs, slurm_secs
+
+    assert [slurm_secs(t) for t in ("30", "10:05", "01:00:00", "2-03", "1-00:30", "1-00:00:10")] == \
+        [1800, 605, 3600, 2 * 86400 + 3 * 3600, 86400 + 1800, 86410]
+    assert slurm_secs("UNLIMITED") is None and slurm_secs("") is None
+    assert limit_secs(30, "01:00:00") == 60 and limit_secs(None, "00:10:00") == 600  # whole minutes, as sbatch gets

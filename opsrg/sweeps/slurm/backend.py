@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from opsrg.core.atomic import atomic_write_bytes, atomic_write_text, deferred_sync
-from opsrg.core.clock import now_iso
+from opsrg.core.clock import now_iso, parse_iso
 from opsrg.core.errors import OpsError
 from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
@@ -38,6 +38,7 @@ from opsrg.sweeps.slurm.cli import (
     Slurm,
     base_of,
     check_log_path,
+    limit_secs,
     load_template,
     render,
     time_directive,
@@ -232,6 +233,21 @@ class SlurmBackend(Backend):
         if changed:
             write_manifest(env, m)
         self._advance_runs(env, m)
+
+    def wake_at(self, env: SweepEnv, m: Campaign) -> float | None:
+        """The earliest time limit of a running job: its TIMEOUT comes from the scheduler alone."""
+        due = []
+        for key, j in m.jobs.items():
+            rec = _status(env, key)
+            if not rec or rec.get("state") != "running" or not rec.get("started_at"):
+                continue
+            limit = limit_secs(j.get("timeout_secs"), env.slurm.time)
+            try:
+                if limit:
+                    due.append(parse_iso(rec["started_at"]) + limit)
+            except ValueError:
+                continue
+        return min(due) if due else None
 
     def _record_final(self, env: SweepEnv, key: str) -> bool:
         rec = _status(env, key)

@@ -221,6 +221,27 @@ def base_of(job_id: str) -> str:
     return job_id.split("_", 1)[0]
 
 
+def slurm_secs(text: str) -> int | None:
+    """Seconds of a Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
+    ``D-HH:MM:SS``); None for what is none (empty, ``UNLIMITED``) or unreadable."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", (text or "").strip())
+    if not m:
+        return None
+    d, a, b, c = (int(x) if x else None for x in m.groups())
+    if d is not None:  # D-HH[:MM[:SS]]
+        return d * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if c is not None:  # HH:MM:SS
+        return a * 3600 + b * 60 + c
+    if b is not None:  # MM:SS
+        return a * 60 + b
+    return a * 60      # MM
+
+
+def limit_secs(timeout_secs: int | None, default: str) -> int | None:
+    """The limit a job gets (:func:`time_directive`), in seconds."""
+    return slurm_secs(time_directive(timeout_secs, default))
+
+
 def time_directive(timeout_secs: int | None, default: str) -> str:
     """Slurm's ``--time`` for a timeout in seconds (whole minutes, at least 1), else the default."""
     if not timeout_secs:
