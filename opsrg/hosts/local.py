@@ -7,6 +7,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,10 +84,11 @@ class LocalHost:
         args += [f"--exclude={x}" for x in excludes]
         Path(dst, TEMP_DIR if not dry_run else "").mkdir(parents=True, exist_ok=True)
         args += [src.rstrip("/") + "/", dst.rstrip("/") + "/"]
+        started = time.time() - 1.0  # a temp file older than this pass is a killed one's
         p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
             raise HostError(f"{self.name}: rsync {src} -> {dst} failed ({p.returncode}): {p.stderr.strip()}",
                             result=RunResult(shlex.join(args), p.returncode, p.stdout, p.stderr))
         if not dry_run:
-            drop_temp_dir(dst)
+            drop_temp_dir(dst, started)
         return RunResult(shlex.join(args), p.returncode, p.stdout, p.stderr)

@@ -48,9 +48,24 @@ def safe_args(dry_run: bool = False) -> tuple[str, ...]:
     return tuple(a for a in RSYNC_SAFE if not (dry_run and a.startswith("--temp-dir=")))
 
 
-def drop_temp_dir(dst: str | os.PathLike[str]) -> None:
+def drop_temp_dir(dst: str | os.PathLike[str], started: float | None = None) -> None:
     """After a successful local rsync into ``dst``: remove its temp folder, and the partial folder
-    if that is then empty (a partial copy in it, kept for the next transfer, keeps it)."""
-    for d in (os.path.join(dst, TEMP_DIR), os.path.join(dst, PARTIAL_DIR)):
+    if that is then empty (a partial copy in it, kept for the next transfer, keeps it). Temp files
+    older than this pass (``started``) are a killed earlier pass's: removed first."""
+    tmp = os.path.join(dst, TEMP_DIR)
+    if started is not None:
+        with contextlib.suppress(OSError):
+            for e in os.scandir(tmp):
+                if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < started:
+                    os.unlink(e.path)
+    for d in (tmp, os.path.join(dst, PARTIAL_DIR)):
         with contextlib.suppress(OSError):
             os.rmdir(d)
+
+
+def stale_temp_sh(dst: str, started: float) -> str:
+    """The same on a pod: delete what a killed earlier pass left in ``dst``'s temp folder (files
+    older than ``started``), then the empty temp and partial folders."""
+    tmp = shlex.quote(f"{dst}/{TEMP_DIR}")
+    return (f"find {tmp} -maxdepth 1 -type f ! -newermt @{int(started)} -delete 2>/dev/null; "
+            f"rmdir {tmp} {shlex.quote(f'{dst}/{PARTIAL_DIR}')} 2>/dev/null; true")

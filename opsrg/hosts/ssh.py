@@ -30,7 +30,7 @@ from typing import TypeVar
 from opsrg.core.atomic import TMP_SUFFIX, tmp_prefix
 from opsrg.core.errors import ConfigError, HostError, InputError, LinkDropped, UnreachableError
 from opsrg.hosts.base import ENV_NAME_RE, Command, RunResult, as_shell
-from opsrg.hosts.rsync import PARTIAL_DIR, TEMP_DIR, drop_temp_dir, safe_args
+from opsrg.hosts.rsync import TEMP_DIR, drop_temp_dir, safe_args, stale_temp_sh
 
 T = TypeVar("T")
 # paramiko logs a dropped link from its transport thread; the retry below reports it properly.
@@ -495,14 +495,14 @@ class SSHHost:
             args += [remote + src.rstrip("/") + "/", _local_arg(dst.rstrip("/") + "/")]
         t0, delay = time.monotonic(), 0.2
         while True:
+            attempt = time.time() - 1.0  # a temp file older than this attempt is a killed one's
             p = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
                 if not dry_run and not to_host:
-                    drop_temp_dir(dst)
-                elif not dry_run:  # the empty temp folder (and partial folder) on the pod; best effort
-                    d = remote_dir.rstrip("/")
+                    drop_temp_dir(dst, attempt)
+                elif not dry_run:  # a killed attempt's temp files, the empty folders on the pod; best effort
                     with contextlib.suppress(HostError):
-                        self.run(["rmdir", f"{d}/{TEMP_DIR}", f"{d}/{PARTIAL_DIR}"], check=False)
+                        self.run(stale_temp_sh(remote_dir.rstrip("/"), attempt), check=False)
                 return RunResult(shlex.join(args), 0, p.stdout, p.stderr)
             err = p.stderr.strip()[-1500:]
             if "REMOTE HOST IDENTIFICATION HAS CHANGED" in p.stderr or "Host key verification failed" in p.stderr:
