@@ -30,18 +30,22 @@ def _run(op: str, args: dict[str, Any]) -> Any:
         from opsrg.ops import doctor
 
         return doctor.pod_side(ctx, bool(args.get("fix")))
+    if op == "dashboard":
+        from opsrg.ops import dashboard
+
+        return dashboard.build_here(ctx, args.get("campaign"))
     if op == "artifacts-ls":
         from opsrg.ops import artifacts
 
         return artifacts.as_json(artifacts.list_runs(ctx))
-    raise ValueError(f"unknown operation {op!r} (start, monitor, cancel, doctor or artifacts-ls)")
+    raise ValueError(f"unknown operation {op!r} (start, monitor, cancel, doctor, dashboard or artifacts-ls)")
 
 
 def main(argv: list[str]) -> int:
     from opsrg.core.errors import OpsError
 
     if len(argv) != 2:
-        print("usage: python -m opsrg.cli.pod start|monitor|cancel|doctor|artifacts-ls JSON_ARGS", file=sys.stderr)
+        print("usage: python -m opsrg.cli.pod start|monitor|cancel|doctor|dashboard|artifacts-ls JSON_ARGS", file=sys.stderr)
         return 2
     try:
         result = _run(argv[0], json.loads(argv[1]))

@@ -2,9 +2,11 @@
 
 opsrg writes a tmuxp workspace under the outputs' ``_control/`` (one window running
 ``sweep-status --watch``, one pane per running run following its log, or the driver's log when
-none runs) and loads it with tmuxp on opsrg's own tmux socket (``OPS_TMUX_SOCKET``), never the
-user's server. On a pod over SSH both happen there, with the pod's own opsrg, and the attach goes
-through ``ssh -t``. Detaching leaves everything running; attaching again rebuilds the view.
+none runs) and builds it with tmuxp's own loader on opsrg's own tmux socket
+(``OPS_TMUX_SOCKET``), never the user's server. On a pod over SSH that happens there, by the
+pod's own opsrg (``opsrg.cli.pod dashboard``), and the attach goes through ``ssh -t``. Each pane
+runs its command itself, not typed into an interactive shell, so a slow shell start-up (rc files)
+never holds the view back. Detaching leaves everything running; attaching again rebuilds it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import json
 import os
 import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsrg.core.errors import HostError
+from opsrg.core.atomic import atomic_write_text
 from opsrg.core.settings import ENV_FILE_VAR
 
 if TYPE_CHECKING:
@@ -30,34 +31,37 @@ def session_name(campaign: str) -> str:
     return SESSION_PREFIX + campaign
 
 
+def _pane(cmd: str, keep: bool = False) -> dict[str, Any]:
+    """A pane that runs ``cmd`` as its own process (``keep``: then a shell, so it stays open)."""
+    return {"shell": f"sh -c {shlex.quote(cmd + ('; exec sh' if keep else ''))}"}
+
+
 def workspace(session: str, cwd: str, status_cmd: str, logs: dict[str, str]) -> dict[str, Any]:
     """The tmuxp workspace (pure): a status window, and a tiled window of log panes."""
-    panes = [{"shell_command": [f"echo '== {name}'; tail -n 40 -F {shlex.quote(log)}"]}
+    panes = [_pane(f"echo '== {name}'; exec tail -n 40 -F {shlex.quote(log)}")
              for name, log in list(logs.items())[:MAX_PANES]]
     if len(logs) > MAX_PANES:
-        panes.append({"shell_command": [f"echo '{len(logs) - MAX_PANES} more running: opsrg task-list'"]})
+        panes.append(_pane(f"echo '{len(logs) - MAX_PANES} more running: opsrg task-list'", keep=True))
     return {"session_name": session, "start_directory": cwd,
-            "windows": [{"window_name": "status", "panes": [{"shell_command": [status_cmd]}]},
+            "windows": [{"window_name": "status", "panes": [_pane(status_cmd, keep=True)]},
                         {"window_name": "runs", "layout": "tiled", "panes": panes}]}
 
 
-def _opsrg_here(ctx: Context) -> tuple[str, str, str, str]:
-    """(python, tmuxp, settings file, folder) of the opsrg that runs the view where the pod is."""
-    from opsrg.sweeps import remote
+def load(ws: dict[str, Any], socket: str) -> None:
+    """Build ``ws`` with tmuxp's loader on tmux socket ``socket``, replacing a session of its name."""
+    from libtmux import Server
+    from tmuxp.workspace import loader, validation
+    from tmuxp.workspace.builder import WorkspaceBuilder
 
-    if not remote.is_remote(ctx):
-        return sys.executable, str(Path(sys.executable).parent / "tmuxp"), str(ctx.loaded.env_file), \
-            str(ctx.loaded.root)
-    from opsrg.pods import tool
-
-    py = tool.tool_python(ctx)
-    env_file = remote.write_settings(ctx)
-    repo = ctx.pod_path(ctx.s.ops_remote_repo)
-    return py, str(Path(py).parent / "tmuxp"), env_file, repo if ctx.host.exists(repo) else remote.project_dir(ctx)
+    validation.validate_schema(ws)
+    server = Server(socket_name=socket)
+    if server.has_session(ws["session_name"]):
+        server.kill_session(ws["session_name"])
+    WorkspaceBuilder(loader.trickle(loader.expand(ws, cwd=ws["start_directory"])), server=server).build()
 
 
-def build(ctx: Context, campaign: str | None = None) -> dict[str, Any]:
-    """Write the workspace of the campaign and load it (detached) on the pod; what was built."""
+def build_here(ctx: Context, campaign: str | None = None) -> dict[str, Any]:
+    """Write the campaign's workspace and load it, detached, on this machine (the pod)."""
     from opsrg.sweeps import commands
 
     m, rows, _ = commands.monitor(ctx, campaign)
@@ -65,22 +69,25 @@ def build(ctx: Context, campaign: str | None = None) -> dict[str, Any]:
     logs = {r["run_id"]: tasks.paths(r["run_id"]).log for r in rows if r["state"] == "running"}
     if not logs and m.driver_task:
         logs = {m.driver_task: tasks.paths(m.driver_task).log}
-    py, tmuxp, env_file, cwd = _opsrg_here(ctx)
-    status = (f"cd {shlex.quote(cwd)} && {ENV_FILE_VAR}={shlex.quote(env_file)} "
-              f"{shlex.join([py, '-m', 'opsrg.cli', 'sweep-status', '--watch', '--campaign', m.campaign])}")
+    cwd = str(ctx.loaded.root)
+    status = (f"{ENV_FILE_VAR}={shlex.quote(str(ctx.loaded.env_file))} "
+              + shlex.join([sys.executable, "-m", "opsrg.cli", "sweep-status", "--watch", "--campaign", m.campaign]))
     session = session_name(m.campaign)
+    ws = workspace(session, cwd, status, logs)
     path = f"{ctx.control_dir}/dashboard-{m.campaign}.json"
-    ctx.host.write_text(path, json.dumps(workspace(session, cwd, status, logs), indent=2) + "\n")
-    sock = ctx.s.ops_tmux_socket
-    q = shlex.quote
-    r = ctx.host.run(f"unset TMUX; tmux -L {q(sock)} kill-session -t {q(session)} 2>/dev/null; "
-                     f"{q(tmuxp)} load -y -d -L {q(sock)} {q(path)}", check=False, timeout=120)
-    if not r.ok:
-        raise HostError(f"{ctx.host.name}: tmuxp could not load {path} (exit {r.exited}): "
-                        f"{(r.stderr or r.stdout).strip()[-800:]}", result=r)
-    return {"campaign": m.campaign, "session": session, "socket": sock, "workspace": path,
-            "runs": [k for k in logs if k != m.driver_task], "attach": attach_argv(ctx, session)}
+    atomic_write_text(path, json.dumps(ws, indent=2) + "\n")
+    load(ws, ctx.s.ops_tmux_socket)
+    return {"campaign": m.campaign, "session": session, "socket": ctx.s.ops_tmux_socket, "workspace": path,
+            "runs": [k for k in logs if k != m.driver_task]}
 
+
+def build(ctx: Context, campaign: str | None = None) -> dict[str, Any]:
+    """The view of the campaign, built where its pod is; what was built and how to attach."""
+    from opsrg.sweeps import remote
+
+    built = remote.call(ctx, "dashboard", {"campaign": campaign}) if remote.is_remote(ctx) \
+        else build_here(ctx, campaign)
+    return {**built, "attach": attach_argv(ctx, built["session"])}
 
 
 def attach_argv(ctx: Context, session: str) -> list[str]:

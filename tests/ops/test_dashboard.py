@@ -23,10 +23,11 @@ BIN = Path(sys.executable).parent
 def test_the_workspace_has_a_status_window_and_a_pane_per_log():
     ws = workspace("s", "/p", "opsrg sweep-status --watch", {f"r{i}": f"/o/_tasks/r{i}/stdout.log" for i in range(14)})
     status, runs = ws["windows"]
-    assert status["panes"][0]["shell_command"] == ["opsrg sweep-status --watch"] and ws["start_directory"] == "/p"
+    # each pane runs its command as its own process (never typed into an interactive shell)
+    assert status["panes"][0]["shell"] == "sh -c 'opsrg sweep-status --watch; exec sh'" and ws["start_directory"] == "/p"
     assert len(runs["panes"]) == MAX_PANES + 1 and runs["layout"] == "tiled"
-    assert "tail -n 40 -F /o/_tasks/r0/stdout.log" in runs["panes"][0]["shell_command"][0]
-    assert "2 more running" in runs["panes"][-1]["shell_command"][0]
+    assert "tail -n 40 -F /o/_tasks/r0/stdout.log" in runs["panes"][0]["shell"]
+    assert "2 more running" in runs["panes"][-1]["shell"]
 
 
 def _tmux(sock: str, *args: str) -> str:
