@@ -73,12 +73,10 @@ def throughput(n: int, parallelism: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _iso(t: str) -> float:
-    return datetime.fromisoformat(t).timestamp()
-
-
 def ends(parallelism: int) -> dict:
     """Slurm's final state of each element -> opsrg's record of it, in seconds."""
+    from opsrg.core.clock import parse_iso
+
     rows = (f"ok,{SHELL},1,\"command='sleep 5'\",\nfail,{SHELL},2,\"command='sleep 5; exit 3'\",\n"
             f"slow,{SHELL},3,\"command='sleep 300' timeout_secs=60\",\ncancel,{SHELL},4,\"command='sleep 300'\",\n")
     root, env = _project(max(parallelism, 4), rows)
@@ -103,7 +101,7 @@ def ends(parallelism: int) -> dict:
             end = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", "End,State"], capture_output=True,
                                  text=True).stdout.split("\n")[0].split("|")
             slurm_end = datetime.fromisoformat(end[0]).astimezone().timestamp()
-            delays[rid] = {"slurm": end[1], "opsrg": m["state"], "delay_s": round(_iso(m["completed_at"]) - slurm_end, 1)}
+            delays[rid] = {"slurm": end[1], "opsrg": m["state"], "delay_s": round(parse_iso(m["completed_at"]) - slurm_end, 1)}
         return delays
     finally:
         _opsrg(env, "sweep-cancel")

@@ -48,6 +48,12 @@ class Context:
 
         return runenv.select(os.environ, runenv.patterns(self.s.run_env_pass))
 
+    def run_secrets(self) -> dict[str, str]:
+        """Secrets of the settings that runs get (the W&B key with SWEEP_WANDB=1): in their
+        environment only, never written down."""
+        key = self.s.wandb_api_key
+        return {"WANDB_API_KEY": key.get_secret_value()} if self.s.sweep_wandb and key is not None else {}
+
     @property
     def run_env_file(self) -> str:
         """RUN_ENV_FILE as a path on the pod ("" when unset)."""

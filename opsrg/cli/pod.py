@@ -9,6 +9,7 @@ stdout, one JSON object: ``{"result": ...}``, or ``{"error": {"type", "message",
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -19,8 +20,15 @@ def _run(op: str, args: dict[str, Any]) -> Any:
 
     ctx = Context.load()
     if op == "start":
-        return commands.start(ctx, args.get("csv"), args.get("backend"), resume=bool(args.get("resume")),
-                              dry_run=bool(args.get("dry_run")), force=bool(args.get("force")))
+        if _checkout_python(ctx):  # the RG study's checkout: its venv runs the driver and the RG rows
+            os.environ["SWEEP_PYTHON"] = _checkout_python(ctx)
+            ctx = Context.load()
+        out = commands.start(ctx, args.get("csv"), args.get("backend"), resume=bool(args.get("resume")),
+                             dry_run=bool(args.get("dry_run")), force=bool(args.get("force")))
+        if not args.get("dry_run") and not out.get("resumed" if args.get("resume") else "runs"):
+            m, _, v = commands.monitor(ctx, out["campaign"])  # nothing to run: its verdict now, for the client
+            out["verdict"] = {"done": v["done"], "failed": v["failed"], "rows": len(m.rows)}
+        return out
     if op == "monitor":
         m, rows, verdict = commands.monitor(ctx, args.get("campaign"), args.get("metrics"))
         return {"campaign": m.to_json(), "rows": rows, "verdict": verdict}
@@ -39,6 +47,15 @@ def _run(op: str, args: dict[str, Any]) -> Any:
 
         return artifacts.as_json(artifacts.list_runs(ctx))
     raise ValueError(f"unknown operation {op!r} (start, monitor, cancel, doctor, dashboard or artifacts-ls)")
+
+
+def _checkout_python(ctx) -> str:
+    """The checkout's venv python when the checkout is opsrg itself and SWEEP_PYTHON is unset."""
+    from opsrg.pods.lifecycle import is_opsrg
+
+    repo = ctx.pod_path(ctx.s.ops_remote_repo)
+    venv = f"{repo}/.venv/bin/python"
+    return venv if not ctx.s.sweep_python and os.path.exists(venv) and is_opsrg(ctx, repo) else ""
 
 
 def main(argv: list[str]) -> int:

@@ -476,7 +476,7 @@ def sweep_grid(c, spec=None, config=None, axis=None, seeds="1", id="", form="", 
             raise InputError("sweep-grid needs --config and at least one --axis (or --spec FILE)",
                              hint=f"e.g. {PROG} sweep-grid --config config/train_small.py --axis lr=1e-3,3e-3 --seeds 1-2")
         g = grid.Grid(config=config, axes=dict(grid.parse_axis(a) for a in axis), seeds=grid.parse_seeds(seeds),
-                      run_id=id, form=form or _default_form(ctx, config), extra=list(extra or []))
+                      run_id=id, form=form, extra=list(extra or []))
     path, rows = commands.write_grid(ctx, g, out, force=force)
     if json:
         _print_json({"csv": str(path), "rows": rows})
@@ -484,15 +484,6 @@ def sweep_grid(c, spec=None, config=None, axis=None, seeds="1", id="", form="", 
     print(f"wrote {path}: {len(rows)} rows ({' x '.join(str(len(v)) for v in g.axes.values())} points x "
           f"{len(g.seeds)} seeds)")
     print(f"  {PROG} sweep-start --dry-run" + ("" if out is None else f" --csv {path}"))
-
-
-def _default_form(ctx, config: str) -> str:
-    """``key=value`` for an RG run config (opsrg's keys), ``--key=value`` for the user's own file."""
-    from opsrg.sweeps.grid import ARG_FORM, KEY_FORM
-    from opsrg.sweeps.rows import is_run_config, resolve_config
-
-    p = resolve_config(config, [ctx.loaded.root, Path.cwd()])
-    return KEY_FORM if p is not None and is_run_config(p) else ARG_FORM
 
 
 @task(help={"csv": "sweep CSV (default SWEEP_CSV)", "backend": "tmux or slurm (default SWEEP_BACKEND)",

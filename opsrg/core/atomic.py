@@ -52,7 +52,9 @@ def deferred_sync() -> Iterator[None]:
     """Many atomic writes, made durable together: inside, a write is still atomic (temp file and
     rename: a reader sees the old or the new file) but not fsynced one by one; leaving the block
     syncs them all with one ``os.sync()``. For a launch that writes a thousand manifests, whose
-    fsyncs otherwise take seconds. Process-wide: meant for the batch alone, from any of its threads."""
+    fsyncs otherwise take seconds. Process-wide: meant for the batch alone, from any of its threads.
+    (``os.sync`` flushes the machine's other dirty pages too, a training job's included: one
+    flush for the batch instead of a thousand small ones.)"""
     global _deferred
     with _deferred_lock:
         _deferred += 1

@@ -48,16 +48,15 @@ def safe_args(dry_run: bool = False) -> tuple[str, ...]:
     return tuple(a for a in RSYNC_SAFE if not (dry_run and a.startswith("--temp-dir=")))
 
 
-def drop_temp_dir(dst: str | os.PathLike[str], started: float | None = None) -> None:
+def drop_temp_dir(dst: str | os.PathLike[str], started: float) -> None:
     """After a successful local rsync into ``dst``: remove its temp folder, and the partial folder
     if that is then empty (a partial copy in it, kept for the next transfer, keeps it). Temp files
     older than this pass (``started``) are a killed earlier pass's: removed first."""
     tmp = os.path.join(dst, TEMP_DIR)
-    if started is not None:
-        with contextlib.suppress(OSError):
-            for e in os.scandir(tmp):
-                if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < started:
-                    os.unlink(e.path)
+    with contextlib.suppress(OSError):
+        for e in os.scandir(tmp):
+            if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < started:
+                os.unlink(e.path)
     for d in (tmp, os.path.join(dst, PARTIAL_DIR)):
         with contextlib.suppress(OSError):
             os.rmdir(d)

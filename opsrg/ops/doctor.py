@@ -157,7 +157,7 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
         yield f
 
 
-def check_sweep(ctx: Context, fix: bool, fsm: bool = True) -> Iterator[Finding]:
+def check_sweep(ctx: Context, fix: bool, fsm: bool = True, out: dict | None = None) -> Iterator[Finding]:
     """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
     from opsrg.core.errors import OpsError
     from opsrg.core.fsm import State
@@ -205,16 +205,12 @@ def check_sweep(ctx: Context, fix: bool, fsm: bool = True) -> Iterator[Finding]:
                                "advance the manifest (one monitor pass)"))
     yield from _dedupe(lagging)
     done, failed, live = verdict(env.paths, m)
-    if not fsm:  # on a pod whose workflow state is its client's: the client judges that part
-        if launch_finding:
-            yield launch_finding
-        if fix and lagging:
-            monitor(ctx, camp)
-            for f in lagging:
-                f.fixed = runs.state_of(env.paths, f.subject.split("/", 1)[1]) in FINAL
-        return
+    launched = launch.get("state") == LaunchState.LAUNCHED
+    if out is not None:  # for the client, who judges its own workflow state by it
+        out.update(id=camp, done=done, failed=failed, live=live, launched=launched, lagging=bool(lagging))
+    # on a pod whose workflow state is its client's (``fsm`` False), the client judges that part
     fsm_finding, others = fsm_findings(ctx.store.read().state, camp, done, failed, live, bool(lagging),
-                                       launch.get("state") == LaunchState.LAUNCHED)
+                                       launched) if fsm else (None, [])
     yield from others
     if launch_finding:
         yield launch_finding
@@ -251,28 +247,17 @@ def pod_side(ctx: Context, fix: bool) -> dict:
     """What doctor finds on a pod for its client (opsrg.cli.pod): every check but the tasks (the
     client reads those over SSH) and the workflow state (the client's), plus the campaign's
     verdict for the client to judge its state by."""
-    from opsrg.core.errors import OpsError
-    from opsrg.sweeps.campaign import SweepEnv, load_manifest, verdict
-    from opsrg.sweeps.records import LaunchState
-
-    findings = list(check_sweep(ctx, fix, fsm=False))
+    campaign: dict = {}
+    findings = list(check_sweep(ctx, fix, fsm=False, out=campaign))
     root = Path(ctx.outputs_dir)
     if root.exists():
         for name in ("temp files", "locks", "rg runs"):
             findings.extend(CHECKS[name](root, fix))
-    env = SweepEnv.from_context(ctx)
-    try:
-        m = load_manifest(env.paths)
-    except OpsError:
-        return {"findings": [asdict(f) for f in findings], "campaign": None}
-    done, failed, live = verdict(env.paths, m)
-    return {"findings": [asdict(f) for f in findings],
-            "campaign": {"id": m.campaign, "done": done, "failed": failed, "live": live,
-                         "launched": m.launch.get("state") == LaunchState.LAUNCHED,
-                         "lagging": any(f.kind == "manifest" and not f.fixed for f in findings)}}
+    return {"findings": [asdict(f) for f in findings], "campaign": campaign or None}
 
 
 def _from_pod(ctx: Context, fix: bool) -> list[Finding]:
+    from opsrg.core.fsm import State
     from opsrg.sweeps import commands, remote
 
     answer = remote.call(ctx, "doctor", {"fix": fix})
@@ -286,7 +271,7 @@ def _from_pod(ctx: Context, fix: bool) -> list[Finding]:
     if fsm_finding:
         if fix:
             commands.monitor(ctx, c["id"])
-            fsm_finding.fixed = ctx.store.read().state.value != "SWEEP_RUNNING"
+            fsm_finding.fixed = ctx.store.read().state != State.SWEEP_RUNNING
         findings.append(fsm_finding)
     return findings
 
@@ -309,13 +294,13 @@ CHECKS: dict[str, Callable[..., Iterator[Finding]]] = {
 
 
 def run(ctx: Context, fix: bool = False) -> list[Finding]:
-    from opsrg.hosts.local import LocalHost
+    from opsrg.sweeps import remote
 
     findings: list[Finding] = list(check_tasks(ctx, fix))
-    if not isinstance(ctx.host, LocalHost):  # the sweeps and the outputs are the pod's: checked there
+    if remote.is_remote(ctx):  # the sweeps and the outputs are the pod's: checked there
         return findings + _from_pod(ctx, fix)
     findings.extend(check_sweep(ctx, fix))
-    if isinstance(ctx.host, LocalHost) and Path(ctx.outputs_dir).exists():
+    if Path(ctx.outputs_dir).exists():
         root = Path(ctx.outputs_dir)
         for name in ("temp files", "locks", "rg runs"):
             findings.extend(CHECKS[name](root, fix))

@@ -147,7 +147,7 @@ def bootstrap(ctx: Context) -> str:
     if not isinstance(host, LocalHost):  # the pod's own opsrg drives the sweeps there
         from opsrg.pods import tool
 
-        notes.append(tool.ensure(ctx))
+        notes.append(tool.ensure(ctx)[1])
     if ctx.loaded.env_file:
         # Holds secrets such as WANDB_API_KEY: readable by the pod user only.
         host.write_text(ctx.pod_path(ctx.s.remote_env_path), ctx.loaded.env_file.read_text(), mode=0o600)
@@ -163,9 +163,7 @@ def bootstrap(ctx: Context) -> str:
             raise ConfigError(f"{script}: setup script not found (looked at {local})")
         remote = f"{ctx.control_dir}/{task_id}.sh"
         host.write_text(remote, local.read_text(), mode=0o700)
-        env = {}
-        if ctx.s.wandb_api_key is not None and task_id == "wandb-setup":
-            env["WANDB_API_KEY"] = ctx.s.wandb_api_key.get_secret_value()  # env only: never in files
+        env = ctx.run_secrets() if task_id == "wandb-setup" else {}  # env only: never in files
         run_and_wait(ctx, task_id, f"bash {shlex.quote(remote)}", env=env, resume="inv bootstrap")
         notes.append(f"ran {script}")
     return "bootstrapped: " + json.dumps(found) + ("; " + "; ".join(notes) if notes else "")

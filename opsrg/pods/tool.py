@@ -126,23 +126,26 @@ def _record(extras: str) -> str:
     return json.dumps({"version": opsrg.__version__, "build": build_id(), "extras": extras}, sort_keys=True)
 
 
-def installed(ctx: Context) -> dict | None:
-    """The pod's record of this exact tool build, or None when it is not (completely) installed."""
-    text = ctx.host.read_text(f"{tool_dir(ctx)}/{MARKER}")
-    if not text:
-        return None
-    try:
-        rec = json.loads(text)
-    except ValueError:
-        return None
-    return rec if rec.get("build") == build_id() and rec.get("extras") == ctx.s.pod_tool_extras.strip() else None
+def record(ctx: Context) -> str:
+    """What the pod's marker says once this exact build, with POD_TOOL_EXTRAS, is installed."""
+    return _record(ctx.s.pod_tool_extras.strip())
 
 
-def ensure(ctx: Context) -> str:
-    """Install this client's opsrg on the pod unless that exact build is there; says what it did."""
+def marker_path(ctx: Context) -> str:
+    return f"{tool_dir(ctx)}/{MARKER}"
+
+
+def installed(ctx: Context) -> bool:
+    """Whether the pod holds this exact build, completely installed (its marker written last)."""
+    return (ctx.host.read_text(marker_path(ctx)) or "").strip() == record(ctx)
+
+
+def ensure(ctx: Context) -> tuple[bool, str]:
+    """Install this client's opsrg on the pod unless that exact build is there: (whether it was
+    installed now, what was done)."""
     d = tool_dir(ctx)
-    if installed(ctx) is not None:
-        return f"opsrg {opsrg.__version__} ({build_id()}) already in {d}"
+    if installed(ctx):
+        return False, f"opsrg {opsrg.__version__} ({build_id()}) already in {d}"
     s = ctx.s
     extras = s.pod_tool_extras.strip()
     if extras and not EXTRAS.match(extras):
@@ -170,5 +173,5 @@ def ensure(ctx: Context) -> str:
                "(or what POD_WHEELHOUSE holds); then run: inv bootstrap")
     said = next((ln for ln in log.splitlines() if ln.startswith("tool ok")), "tool ok")
     if said == "tool ok: already installed":  # by another client meanwhile
-        return f"opsrg {opsrg.__version__} ({build_id()}) already in {d}"
-    return f"{said.removeprefix('tool ok: ')} installed in {d}" + (" from POD_WHEELHOUSE" if house else "")
+        return False, f"opsrg {opsrg.__version__} ({build_id()}) already in {d}"
+    return True, f"{said.removeprefix('tool ok: ')} installed in {d}" + (" from POD_WHEELHOUSE" if house else "")

@@ -50,6 +50,9 @@ class Backend(abc.ABC):
     unreachable: str = ""  # why the scheduler did not answer the last refresh ('' when it did, or there is none)
     shares_gpus: ClassVar[bool] = False  # whether it shares a pod's GPUs out to rows (a row's ``gpus``)
     per_job_requests: ClassVar[bool] = False  # whether a row's gpus, cpus and mem become its jobs' requests
+    # whether a run's manifest is written on the pod as it ends (the tmux driver does; on Slurm only a
+    # monitor pass writes it): a waiting monitor then watches the manifests to wake at an end
+    manifests_announce_ends: ClassVar[bool] = False
 
     # ------------------------------------------------------------ launch
     def preflight(self, env: SweepEnv) -> None:

@@ -74,8 +74,7 @@ class SweepEnv:
                    repo=ctx.pod_path(s.ops_remote_repo), env_pass=runenv.patterns(s.run_env_pass)
                    + (["WANDB_API_KEY"] if s.sweep_wandb else []),
                    env_file=ctx.run_env_file, max_parallel=s.sweep_max_parallel, wandb=s.sweep_wandb,
-                   secrets={"WANDB_API_KEY": s.wandb_api_key.get_secret_value()}
-                   if s.sweep_wandb and s.wandb_api_key is not None else {},
+                   secrets=ctx.run_secrets(),
                    host=ctx.host)
 
     @classmethod
@@ -96,12 +95,6 @@ class SweepEnv:
         """What RUN_ENV_PASS names in this process's environment: the client's when it starts a
         campaign, the driver's (which got them so) when it starts a row."""
         return {**runenv.select(os.environ, self.env_pass), **self.secrets}
-
-    def find_gpus(self, declared: str) -> list[str]:
-        """The pod's GPUs: POD_GPUS when set, else what nvidia-smi lists there ([] without it)."""
-        from opsrg.core.gpus import discover
-
-        return discover(self.host, declared)
 
     def code_state(self) -> dict[str, Any]:
         """The checkout's code state, read where it is (one command, also over SSH)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from opsrg.core import fsm
+from opsrg.core import fsm, gpus
 from opsrg.core.clock import now_iso, parse_iso
 from opsrg.core.errors import InputError, OpsError, StillRunning
 from opsrg.core.fsm import State
@@ -59,6 +59,7 @@ def status_rows(env: SweepEnv, m: Campaign, metrics: list[str] | None = None) ->
     launch = m.launch
     for r in sweep_of(m).rows:
         rm = runs.read_for(paths, r.run_id, m.campaign)
+        summary = runs.read_json(paths.summary(r.run_id))  # read once: its ok, and metrics from it
         elapsed, requeues, reason = None, [], ""
         if rm is not None:
             start, end = rm.started_at or rm.submitted_at, rm.completed_at
@@ -73,10 +74,11 @@ def status_rows(env: SweepEnv, m: Campaign, metrics: list[str] | None = None) ->
         out.append({"run_id": r.run_id, "mode": r.mode, "state": rm.state if rm else "not started",
                     "step": step_reached(paths, r), "elapsed_secs": None if elapsed is None else round(elapsed, 1),
                     "job_ids": rm.job_ids if rm else [], "exit_code": rm.exit_code if rm else None,
-                    "reason": reason, "summary_ok": runs.summary_ok(paths, r.run_id),
+                    "reason": reason, "summary_ok": None if summary is None else bool(summary.get("ok")),
                     "attempt": rm.attempt if rm else None, "requeues": requeues,
                     "signal": rm.signal if rm else None, "timed_out": rm.timed_out if rm else False,
-                    "log_tail": rm.log_tail if rm else [], "metrics": runs.metrics(paths, r.run_id, metrics or [])})
+                    "log_tail": rm.log_tail if rm else [],
+                    "metrics": runs.metrics(paths, r.run_id, metrics or [], summary)})
     return out
 
 
@@ -106,7 +108,7 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
     be = backend_for(backend)
     csv = csv or str(ctx.loaded.local_path(ctx.s.sweep_csv))
     rows = load_rows(csv, _bases(ctx), ctx.s.run_command)
-    env.gpus = env.find_gpus(ctx.s.pod_gpus) if be.shares_gpus else []
+    env.gpus = gpus.discover(env.host, ctx.s.pod_gpus) if be.shares_gpus else []
     _check_resources(rows, env.gpus, csv, be)
     if any(r.mode == "command" for r in rows):  # their identity includes the project's code
         env.code = env.code_state()
@@ -139,13 +141,18 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
 def write_grid(ctx, g, out: str | None = None, *, force: bool = False) -> tuple[Path, list[dict[str, Any]]]:
     """sweep-grid: expand the grid ``g`` and write its CSV (default SWEEP_CSV), read back as
     sweep-start would read it before it replaces anything; refuses an existing file without ``force``."""
+    from dataclasses import replace
+
     from opsrg.core.atomic import atomic_write_text
-    from opsrg.sweeps.grid import expand, to_csv
-    from opsrg.sweeps.rows import parse_text
+    from opsrg.sweeps.grid import ARG_FORM, KEY_FORM, expand, to_csv
+    from opsrg.sweeps.rows import is_run_config, parse_text, resolve_config
 
     path = Path(out) if out else ctx.loaded.local_path(ctx.s.sweep_csv)
     if path.exists() and not force:
         raise InputError(f"{path} exists; not overwriting it", hint="pass --force, or --out a new file")
+    if not g.form:  # key=value for an RG run config (opsrg's keys), --key=value for the user's own file
+        cfg = resolve_config(g.config, _bases(ctx))
+        g = replace(g, form=KEY_FORM if cfg is not None and is_run_config(cfg) else ARG_FORM)
     rows = expand(g)
     text = to_csv(rows)
     parse_text(text, str(path), [*_bases(ctx), path.resolve().parent], ctx.s.run_command)  # a bad grid writes nothing
@@ -212,20 +219,20 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
 def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[str]]:
     """The campaign's verdict; once every run is final, SWEEP_RUNNING moves to COMPLETED or FAILED."""
     done, failed, live = verdict(env.paths, m)
-    _settle_fsm(ctx, m, done, failed)
+    _settle_fsm(ctx, m.campaign, len(m.rows), done, failed)
     return done, failed, live
 
 
-def _settle_fsm(ctx, m: Campaign, done: bool, failed: list[str]) -> None:
+def _settle_fsm(ctx, campaign: str, nrows: int, done: bool, failed: list[str]) -> None:
     fsm_state = ctx.store.read().state
     if done and fsm_state == State.SWEEP_RUNNING:
         with contextlib.suppress(OpsError):  # somebody moved it meanwhile: theirs stands
             if failed:
                 ctx.store.set(State.SWEEP_FAILED, "sweep-failed", expect=fsm_state,
-                              note=f"campaign {m.campaign}: failed runs: {', '.join(failed)}")
+                              note=f"campaign {campaign}: failed runs: {', '.join(failed)}")
             else:
                 ctx.store.set(State.SWEEP_COMPLETED, "sweep-completed", expect=fsm_state,
-                              note=f"campaign {m.campaign}: {len(m.rows)} runs ok")
+                              note=f"campaign {campaign}: {nrows} runs ok")
 
 
 def _next(state: State) -> str:
@@ -254,8 +261,9 @@ def _start_on_pod(ctx, csv: str | None, backend: str | None, *, resume: bool, dr
     tool.ensure(ctx)  # before the lock: a first install takes a while
     with ctx.store.claim(command, enforce=enforce, note=f"on {ctx.host.name}"):
         out = remote.call(ctx, "start", args)
-    if not out.get("resumed" if resume else "runs"):  # nothing to run: the sweep ends now
-        monitor(ctx, out["campaign"])
+    v = out.pop("verdict", None)  # nothing to run: the sweep ends now
+    if v is not None:
+        _settle_fsm(ctx, out["campaign"], v["rows"], v["done"], v["failed"])
     return out
 
 
@@ -276,7 +284,7 @@ def monitor(ctx, campaign: str | None = None, metrics: list[str] | None = None) 
     SWEEP_METRICS)."""
     if remote.is_remote(ctx):
         m, rows, v = remote.monitor_answer(remote.call(ctx, "monitor", {"campaign": campaign, "metrics": metrics}))
-        _settle_fsm(ctx, m, v["done"], v["failed"])
+        _settle_fsm(ctx, m.campaign, len(m.rows), v["done"], v["failed"])
         state = ctx.store.read().state
         return m, rows, {**v, "fsm": state.value, "next": _next(state)}
     env = SweepEnv.from_context(ctx)
@@ -318,14 +326,15 @@ def cancel(ctx, run_id: str | None = None) -> list[str]:
 
 
 def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float | None = None,
-           timeout: float | None = None, sleep=time.sleep) -> Iterator[Pass]:
+           timeout: float | None = None, sleep=None) -> Iterator[Pass]:
     """Monitor passes until every run is final (only one without ``wait``), yielding each.
 
     Between passes it sleeps ``every`` seconds, or, when ``every`` is None, a backed-off delay
-    that starts short again whenever a run moved (opsrg.sweeps.slurm.watcher.backoff). On the
-    local pod that sleep ends early when a run's manifest says it ended (a stat per unfinished
-    run every 0.2 s), so the end of a sweep is reported within a fraction of a second. Past
-    ``timeout`` seconds it raises :class:`StillRunning`.
+    that starts short again whenever a run moved (opsrg.sweeps.slurm.watcher.backoff), cut short
+    at the next time limit the backend says is due (``wake_at``: a Slurm TIMEOUT) and then once a
+    second for a while. On the local pod, for a backend whose manifests announce ends (tmux), that
+    sleep also ends within 0.2 s of a run's manifest saying it ended. ``sleep``: a stand-in for
+    those waits (tests). Past ``timeout`` seconds it raises :class:`StillRunning`.
     """
     t0, seen = time.monotonic(), None
     delays = backoff(slow=10.0, cap=30.0)
@@ -341,15 +350,23 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
         if timeout is not None and time.monotonic() - t0 > timeout:
             raise StillRunning(f"still running after {timeout:g}s: {', '.join(v['running'])}",
                                hint="inv sweep-status")
-        delay = every if every is not None else next(delays)
-        due = v.get("wake_at")
-        if every is None and due:  # a time limit runs out: look then, and each second for a while after
-            left = due - time.time()
-            delay = min(delay, left + 1.0) if left > 0 else (min(delay, 1.0) if left > -TIMEOUT_WATCH else delay)
-        if every is None and sleep is time.sleep and not remote.is_remote(ctx):
+        delay = every if every is not None else _due(next(delays), v.get("wake_at"))
+        if sleep is not None:
+            sleep(delay)
+        elif every is None and BACKENDS[m.backend].manifests_announce_ends and not remote.is_remote(ctx):
             _nap(delay, _ended_watch(runs.SweepPaths(ctx.outputs_dir), v["running"]))
         else:
-            sleep(delay)
+            time.sleep(delay)
+
+
+def _due(delay: float, wake_at: float | None) -> float:
+    """``delay``, cut short at a time limit due (``wake_at``), then once a second for a while after it."""
+    if not wake_at:
+        return delay
+    left = wake_at - time.time()
+    if left > 0:
+        return min(delay, left + 1.0)
+    return min(delay, 1.0) if left > -TIMEOUT_WATCH else delay
 
 
 NAP_STEP = 0.2

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from opsrg.core.errors import InputError
+from opsrg.sweeps.rows import COLUMNS
 
 ARG_FORM = "--{key}={value}"   # a command row's arguments: the user's own program
 KEY_FORM = "{key}={value}"     # an RG row's overrides
@@ -31,23 +32,29 @@ class Grid:
     axes: dict[str, list[str]]
     seeds: list[int] = field(default_factory=lambda: [1])
     run_id: str = ""            # a template over the axes and {seed}; default: every axis, then the seed
-    form: str = ARG_FORM        # how one axis value becomes an override word
+    form: str = ARG_FORM        # how one axis value becomes an override word ("": chosen by the config, see write_grid)
     extra: list[str] = field(default_factory=list)  # the same words on every row
 
     def id_template(self) -> str:
         return self.run_id or "-".join([f"{k}{{{k}}}" for k in self.axes] + ["s{seed}"])
 
 
-def parse_axis(text: str) -> tuple[str, list[str]]:
-    """``lr=1e-3,3e-3,1e-2`` -> ("lr", ["1e-3", "3e-3", "1e-2"])."""
-    name, eq, values = text.partition("=")
-    name = name.strip()
-    vals = [v.strip() for v in values.split(",") if v.strip()]
-    if not eq or not AXIS_NAME.match(name) or not vals:
-        raise InputError(f"axis {text!r}: expected NAME=V1,V2,... (e.g. lr=1e-3,3e-3)")
+def axis(name: str, values: list[str], what: str = "") -> tuple[str, list[str]]:
+    """One axis, checked: a usable name and at least one value, each once."""
+    vals = [str(v).strip() for v in values if str(v).strip()]
+    if not AXIS_NAME.match(name) or not vals:
+        raise InputError(f"axis {what or name!r}: expected NAME=V1,V2,... (e.g. lr=1e-3,3e-3)")
     if len(set(vals)) != len(vals):
         raise InputError(f"axis {name}: a value is given twice ({','.join(vals)})")
     return name, vals
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+    """``lr=1e-3,3e-3,1e-2`` -> ("lr", ["1e-3", "3e-3", "1e-2"])."""
+    name, eq, values = text.partition("=")
+    if not eq:
+        raise InputError(f"axis {text!r}: expected NAME=V1,V2,... (e.g. lr=1e-3,3e-3)")
+    return axis(name.strip(), values.split(","), text)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -75,12 +82,12 @@ def from_toml(path: Path) -> Grid:
     axes = raw.get("axes")
     if not isinstance(axes, dict) or not axes:
         raise InputError(f"{path}: [axes] must name at least one axis, e.g. lr = [1e-3, 3e-3]")
-    parsed = dict(parse_axis(f"{k}={','.join(map(str, v if isinstance(v, list) else [v]))}") for k, v in axes.items())
+    parsed = dict(axis(str(k), v if isinstance(v, list) else [v]) for k, v in axes.items())
     if "config" not in raw:
         raise InputError(f"{path}: config is missing (the file each row runs with)")
     extra = raw.get("extra", [])
     return Grid(config=str(raw["config"]), axes=parsed, seeds=parse_seeds(raw.get("seeds", "1")),
-                run_id=str(raw.get("run_id", "")), form=str(raw.get("form", ARG_FORM)),
+                run_id=str(raw.get("run_id", "")), form=str(raw.get("form", "")),
                 extra=list(map(str, extra if isinstance(extra, list) else shlex.split(str(extra)))))
 
 
@@ -124,7 +131,7 @@ def expand(grid: Grid) -> list[dict[str, Any]]:
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["run_id", "config", "seed", "overrides", "notes"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -153,11 +153,14 @@ def meta_plan(sweep: Sweep, row: SweepRow) -> dict[str, Any]:
             **({"project": sweep.code} if row.mode == "command" else {})}
 
 
-def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, end: bool = True) -> str:
+def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, end: bool = True,
+         books: bool = False) -> str:
     """Bash around a run's commands: exports, scratch fill and mirroring (local_sync), meta.json.
 
     ``begin``: write meta.json first (a string: only in the array element with that index);
-    ``end``: close it with the run's summary. ``cmds`` leave their status in ``$?``.
+    ``end``: close it with the run's summary. ``books`` (a script row on Slurm): instead of both,
+    one ``opsrg.provenance books`` after the commands and the final sync keeps all of the row's
+    books, in the durable run folder (bash notes the start). ``cmds`` leave their status in ``$?``.
     """
     rd, od, py = sweep.run_dir(row.run_id), sweep.out_dir(row.run_id), shlex.quote(sweep.python)
     out = [_exports(run_env(sweep, row)).rstrip("\n"), f"mkdir -p {shlex.quote(rd)} {shlex.quote(od)} || exit 1"]
@@ -167,7 +170,9 @@ def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, en
     if sweep.scratch:
         out.append(pass_sh(rd, od, "--update", *(f"--exclude={x}" for x in DURABLE_ONLY))
                    + f" || {{ echo {shlex.quote(f'could not fill {od} from {rd}')} >&2; exit 1; }}")
-    if begin:
+    if books:
+        out.append(STARTED_SH)
+    elif begin:
         b = f"{py} -m opsrg.provenance begin {shlex.quote(rd)} {shlex.quote(json.dumps(meta_plan(sweep, row)))}"
         out.append(b if begin is True else f'if [ "${{SLURM_ARRAY_TASK_ID:-}}" = {begin} ]; then {b}; fi')
     slurm_sync = sweep.scratch and sweep.backend == "slurm"
@@ -178,9 +183,16 @@ def wrap(sweep: Sweep, row: SweepRow, cmds: str, *, begin: bool | str = True, en
         failed = shlex.quote(f"final sync {od} -> {rd} failed")
         out += ['kill "$opsrg_syncer" 2>/dev/null; wait "$opsrg_syncer" 2>/dev/null',
                 f"{pass_sh(od, rd)} || {{ echo {failed} >&2; [ $rc -eq 0 ] && rc=1; }}"]
-    if end:
+    if books:
+        call = shlex.join([sweep.python, "-m", "opsrg.provenance", "books", rd, json.dumps(meta_plan(sweep, row)),
+                           rd, row.mode])
+        out.append(f'{call} "$rc" "$opsrg_started"; rc=$?')
+    elif end:
         out.append(f"{py} -m opsrg.provenance end {shlex.quote(rd)} {shlex.quote(od + '/summary.json')} \"$rc\"")
     return "\n".join(out + ["exit $rc"]) + "\n"
+
+
+STARTED_SH = "opsrg_started=$(date -u +%Y-%m-%dT%H:%M:%S.%3N+00:00)"
 
 
 def _exports(env: dict[str, str]) -> str:
@@ -194,18 +206,7 @@ def shell_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
     must; the tmux driver keeps them in its own process instead (three Python starts a row fewer)."""
     od = shlex.quote(sweep.out_dir(row.run_id))
     run = f"cd {od} || exit 1\nbash -c {shlex.quote(row.spec['command'])}\n"
-    return wrap(sweep, row, _with_books(sweep, row, run) if books else run, begin=False, end=False)
-
-
-STARTED_SH = "opsrg_started=$(date -u +%Y-%m-%dT%H:%M:%S.%3N+00:00)"
-
-
-def _with_books(sweep: Sweep, row: SweepRow, run: str) -> str:
-    """A script row's commands with its books kept by one Python start after them
-    (``opsrg.provenance books``: meta.json, summary.json, meta.json's end); bash notes the start."""
-    call = shlex.join([sweep.python, "-m", "opsrg.provenance", "books", sweep.run_dir(row.run_id),
-                       json.dumps(meta_plan(sweep, row)), sweep.out_dir(row.run_id), row.mode])
-    return f"{STARTED_SH}\n{run.rstrip()}\nrc=$?\n{call} \"$rc\" \"$opsrg_started\"\n"
+    return wrap(sweep, row, run, begin=False, end=False, books=books)
 
 
 # How many GPUs a row sees: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; 1 with
@@ -252,8 +253,7 @@ def command_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
              GPUS_SH,
              f"rm -f {od}/{RunPaths.SUMMARY}  # this attempt's verdict, not an earlier one's",
              " ".join(command_words(sweep, row))]
-    run = "\n".join(lines) + "\n"
-    return wrap(sweep, row, _with_books(sweep, row, run) if books else run, begin=False, end=False)
+    return wrap(sweep, row, "\n".join(lines) + "\n", begin=False, end=False, books=books)
 
 
 def script_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:

@@ -182,8 +182,9 @@ def finish_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ entry point (runs where the run runs)
-def begin(meta_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
-    """Write ``meta.json`` for a run starting here: the planned fields plus this machine's."""
+def planned(plan: dict[str, Any]) -> dict[str, Any]:
+    """meta.json of a run starting here: the planned fields plus this machine's (not written).
+    Another identity here than planned raises SystemExit."""
     meta = collect(run_id=plan["run_id"], seed=plan["seed"], resolved=plan["config"],
                    config_file=plan.get("config_file"), overrides=plan.get("overrides"), backend=plan.get("backend"))
     if meta["config_sha256"] is None:  # the config file is not on this machine: the launcher's hash
@@ -193,43 +194,56 @@ def begin(meta_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
         meta["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     if plan.get("identity") and plan["identity"] != meta["identity"]:
         raise SystemExit(f"{plan['run_id']}: identity {meta['identity']} here, {plan['identity']} when planned")
+    return meta
+
+
+def begin(meta_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Write ``meta.json`` for a run starting here (:func:`planned`)."""
+    meta = planned(plan)
     write_meta(meta_dir, meta)
     return meta
 
 
+def _summary_ok(summary: str) -> bool:
+    try:
+        return bool(json.loads(Path(summary).read_text()).get("ok"))
+    except (OSError, ValueError):
+        return False
+
+
 def end(meta_dir: str, summary: str, exit_code: int) -> dict[str, Any]:
     """Close ``meta.json``: ``ended_at``, the exit code and ``ok`` from the run's summary.json."""
-    try:
-        ok = bool(json.loads(Path(summary).read_text()).get("ok"))
-    except (OSError, ValueError):
-        ok = False
-    return finish_meta(meta_dir, ok=ok and exit_code == 0, exit_code=exit_code)
+    return finish_meta(meta_dir, ok=_summary_ok(summary) and exit_code == 0, exit_code=exit_code)
+
+
+def close(meta_dir: str, out_dir: str, mode: str, exit_code: int) -> tuple[int, str]:
+    """A script row's end: its summary.json (opsrg.sweeps.runs.write_summary), then meta.json's
+    end; the run's exit status, and why it differs from ``exit_code``."""
+    from opsrg.sweeps import runs
+
+    status, why = runs.write_summary(out_dir, mode, exit_code)
+    end(meta_dir, f"{out_dir}/summary.json", status)
+    return status, why
 
 
 def books(meta_dir: str, plan: dict[str, Any], out_dir: str, mode: str, exit_code: int, started_at: str) -> int:
-    """A script row's books in one interpreter start, once its command ended (what a Slurm job
-    runs instead of ``begin``, a summary and ``end``: two Python starts fewer per element):
-    meta.json as ``begin`` would have written it (its start time taken by bash), the row's
-    summary.json, then its end. Returns the run's status (a command row whose own summary says
-    ``ok: false`` fails)."""
+    """A script row's books in one interpreter start, once its command (and a final sync) ended:
+    what a Slurm job runs instead of ``begin``, a summary and ``end``. meta.json is written once,
+    whole (its start time taken by bash). Returns the run's status (a command row whose own
+    summary says ``ok: false`` fails)."""
     from opsrg.sweeps import runs
 
     try:
-        meta = begin(meta_dir, plan)
+        meta = planned(plan)
     except SystemExit as e:  # another identity than planned: recorded, and the run fails
         print(f"[opsrg] {e}", file=sys.stderr, flush=True)
         return 1
-    if started_at:
-        meta["started_at"] = started_at
-        write_meta(meta_dir, meta)
-    status = exit_code
-    if mode == "shell":
-        runs.write_shell_summary(out_dir, exit_code)
-    else:
-        status, why = runs.write_command_summary(out_dir, exit_code)
-        if why:
-            print(f"[opsrg] {why}", file=sys.stderr, flush=True)
-    end(meta_dir, f"{out_dir}/summary.json", status)
+    status, why = runs.write_summary(out_dir, mode, exit_code)
+    if why:
+        print(f"[opsrg] {why}", file=sys.stderr, flush=True)
+    meta.update(started_at=started_at or meta["started_at"], ended_at=now_iso(), exit_code=status,
+                ok=_summary_ok(f"{out_dir}/summary.json") and status == 0)
+    write_meta(meta_dir, meta)
     return status
 
 

@@ -47,9 +47,10 @@ def _value(v: Any) -> str:
     return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def pod_settings(ctx: Context, sweep_python: str = "") -> str:
+def pod_settings(ctx: Context) -> str:
     """The pod-side workflow.env: this project's settings with the pod's paths made absolute, the
-    local provider (the pod is its own machine there) and no secret."""
+    local provider (the pod is its own machine there) and no secret. (SWEEP_PYTHON, when unset,
+    is chosen there: opsrg.cli.pod.)"""
     s = ctx.s
     fixed = {
         "pod_provider": "local",
@@ -59,7 +60,6 @@ def pod_settings(ctx: Context, sweep_python: str = "") -> str:
         "run_env_file": ctx.run_env_file,
         "wf_fsm_enforce": False,  # the workflow state that counts is this machine's
         "wf_state_file": "",
-        "sweep_python": sweep_python or s.sweep_python,
     }
     skip = SECRET_KEYS | {"ops_default_host", "ops_ssh_key", "lium_target", "lium_pod_name", "remote_env_path",
                           "ops_known_hosts", "local_artifacts_dir", "repo_url", "bootstrap_script",
@@ -90,32 +90,13 @@ def stage(ctx: Context, csv: Path, rows) -> str:
 
     root, dest = ctx.loaded.root, project_dir(ctx)
     files = {csv: _inside(csv, root) or csv.name}
-    for r in rows:
-        p = r.spec.get("__path__")
-        if p and is_run_config(Path(p)) and _inside(Path(p), root):
-            files[Path(p)] = _inside(Path(p), root)
+    for p in {r.spec.get("__path__") for r in rows} - {None}:  # each config once, however many rows name it
+        rel = _inside(Path(p), root)
+        if rel and is_run_config(Path(p)):
+            files[Path(p)] = rel
     for local, rel in files.items():
         ctx.host.write_text(f"{dest}/{rel}", local.read_text(encoding="utf-8"))
     return f"{dest}/{files[csv]}"
-
-
-def _sweep_python(ctx: Context) -> str:
-    """For a checkout of opsrg itself (the RG study): its venv runs the driver and the RG rows."""
-    from opsrg.pods.lifecycle import is_opsrg
-
-    repo = ctx.pod_path(ctx.s.ops_remote_repo)
-    venv = f"{repo}/.venv/bin/python"
-    if ctx.s.sweep_python or not ctx.host.exists(venv) or not is_opsrg(ctx, repo):
-        return ""
-    return venv
-
-
-def write_settings(ctx: Context, sweep_python: str | None = None) -> str:
-    """Write the pod-side workflow.env (before every call: it follows this machine's); its path."""
-    env_file = f"{project_dir(ctx)}/{DEFAULT_ENV_NAME}"
-    py = _sweep_python(ctx) if sweep_python is None else sweep_python
-    ctx.host.write_text(env_file, pod_settings(ctx, py))
-    return env_file
 
 
 def _raise(answer: dict[str, Any]) -> None:
@@ -128,27 +109,46 @@ def _raise(answer: dict[str, Any]) -> None:
     raise err
 
 
-def call(ctx: Context, op: str, args: dict[str, Any], *, sweep_python: str | None = None) -> Any:
-    """Run sweep command ``op`` on the pod with ``args``; its answer, or its error raised here."""
+CALL_SH = """d={project}
+mkdir -p "$d" && cat > "$d/.{name}.new" <<'{eof}'
+{settings}{eof}
+mv -f "$d/.{name}.new" "$d/{name}" || exit 1
+[ "$(cat {marker} 2>/dev/null)" = {record} ] || exit {missing}
+cd {repo} 2>/dev/null || cd "$d" || exit 1
+export {env_var}="$d/{name}"
+exec {command}
+"""
+TOOL_MISSING = 200  # CALL_SH's exit when this client's opsrg is not (completely) installed on the pod
+
+
+def call(ctx: Context, op: str, args: dict[str, Any]) -> Any:
+    """Run sweep command ``op`` on the pod with ``args``; its answer, or its error raised here.
+
+    One SSH command: the pod-side settings (rewritten each time: they follow this machine's), the
+    check that this client's opsrg is installed there, the call. Only when it is not installed is
+    it installed first, and the call made again."""
+    import secrets
+
     from opsrg.pods import tool
 
-    note = tool.ensure(ctx)
-    if "installed in" in note:  # on stderr: stdout may be --json for a script
-        print(f"[pod] {note}", file=sys.stderr, flush=True)
-    host = ctx.host
-    env_file = write_settings(ctx, sweep_python)
-    repo = ctx.pod_path(ctx.s.ops_remote_repo)
-    cwd = repo if host.exists(repo) else project_dir(ctx)
-    cmd = shlex.join([tool.tool_python(ctx), "-m", POD_CALL, op, json.dumps(args)])
-    env = {ENV_FILE_VAR: env_file, **ctx.run_env()}
-    if ctx.s.sweep_wandb and ctx.s.wandb_api_key is not None:  # the runs' W&B key: the environment only
-        env["WANDB_API_KEY"] = ctx.s.wandb_api_key.get_secret_value()
-    r = host.run(cmd, check=False, timeout=CALL_TIMEOUT, cwd=cwd, env=env)
+    q = shlex.quote
+    script = CALL_SH.format(
+        project=q(project_dir(ctx)), name=DEFAULT_ENV_NAME, eof=f"OPSRG_{secrets.token_hex(8)}",
+        settings=pod_settings(ctx), marker=q(tool.marker_path(ctx)), record=q(tool.record(ctx)),
+        missing=TOOL_MISSING, repo=q(ctx.pod_path(ctx.s.ops_remote_repo)), env_var=ENV_FILE_VAR,
+        command=shlex.join([tool.tool_python(ctx), "-m", POD_CALL, op, json.dumps(args)]))
+    env = {**ctx.run_env(), **ctx.run_secrets()}
+    r = ctx.host.run(script, check=False, timeout=CALL_TIMEOUT, env=env)
+    if r.exited == TOOL_MISSING:
+        installed, note = tool.ensure(ctx)
+        if installed:  # on stderr: stdout may be --json for a script
+            print(f"[pod] {note}", file=sys.stderr, flush=True)
+        r = ctx.host.run(script, check=False, timeout=CALL_TIMEOUT, env=env)
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     try:
         answer = json.loads(last)
     except ValueError:
-        raise HostError(f"{host.name}: the pod's opsrg answered no result for {op} (exit {r.exited}):\n"
+        raise HostError(f"{ctx.host.name}: the pod's opsrg answered no result for {op} (exit {r.exited}):\n"
                         f"{(r.stderr or r.stdout).strip()[-2000:]}", result=r) from None
     for line in r.stdout.strip().splitlines()[:-1]:
         print(line, file=sys.stderr, flush=True)  # what the pod's command said on the way (notes, progress)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from opsrg.sweeps.rows import COMMAND_KEYS
+
 
 def _number(v: Any) -> Any:
     try:
@@ -26,7 +28,7 @@ def params_of(row: dict[str, Any]) -> dict[str, Any]:
         if eq and k:
             out[k] = _number(v)
     for k, v in (row.get("overrides") or {}).items():
-        if k not in ("after", "timeout_secs", "gpus"):
+        if k not in COMMAND_KEYS:  # opsrg's own (after, a time limit, resources): not what is swept
             out[k] = v
     out["seed"] = row.get("seed")
     return out
@@ -51,8 +53,9 @@ def rank(rows: list[dict[str, Any]], status: list[dict[str, Any]], metric: str |
             "params": {k: p.get(k) for k in names}, "metrics": by_id.get(r["run_id"], {}).get("metrics", {})}
            for r, p in zip(rows, params, strict=True)]
     if metric:
-        have = [x for x in out if isinstance(x["metrics"].get(metric), (int, float))]
-        rest = [x for x in out if x not in have]
+        have, rest = [], []
+        for x in out:
+            (have if isinstance(x["metrics"].get(metric), (int, float)) else rest).append(x)
         have.sort(key=lambda x: x["metrics"][metric], reverse=goal == "max")
         out = have + rest
     return out

@@ -78,14 +78,14 @@ def summary_ok(paths: SweepPaths, run_id: str) -> bool | None:
     return bool(s.get("ok"))
 
 
-def metrics(paths: SweepPaths, run_id: str, names: list[str]) -> dict[str, Any]:
+def metrics(paths: SweepPaths, run_id: str, names: list[str], summary: Any = None) -> dict[str, Any]:
     """The values of ``names`` a run reports: its metrics.json, else its summary.json (top level,
-    or its ``metrics`` table); None for a name neither has."""
+    or its ``metrics`` table; ``summary``: that file, already read); None for a name neither has."""
     if not names:
         return {}
     rp = RunPaths(paths.run_dir(run_id))
     found: dict[str, Any] = {}
-    for doc in (read_json(rp.metrics), read_json(rp.summary)):
+    for doc in (read_json(rp.metrics), summary if summary is not None else read_json(rp.summary)):
         if not isinstance(doc, dict):
             continue
         for table in (doc, doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}):
@@ -201,6 +201,15 @@ def reconcile(paths: SweepPaths, run_id: str) -> dict[str, Any] | None:
         m.update(state=RunState.COMPLETED, summary_ok=True, reason=why, completed_at=now_iso())
         atomic_write_json(path, m)
         return m
+
+
+def write_summary(run_dir: str, mode: str, rc: int) -> tuple[int, str]:
+    """The summary of a script row (``mode`` shell or command): the run's exit status, and why it
+    differs from ``rc`` (see :func:`write_command_summary`)."""
+    if mode == "shell":
+        write_shell_summary(run_dir, rc)
+        return rc, ""
+    return write_command_summary(run_dir, rc)
 
 
 def write_shell_summary(run_dir: str, rc: int) -> None:

@@ -45,10 +45,10 @@ class Slots:
         self.held.pop(run_id, None)
 
 
-def gpu_env(ids: list[str] | None, pod_has_gpus: bool) -> dict[str, str]:
+def gpu_env(ids: list[str], pod_has_gpus: bool) -> dict[str, str]:
     """CUDA_VISIBLE_DEVICES for a row holding ``ids``: set (even empty: no GPU) on a pod whose
     GPUs opsrg shares out, untouched otherwise."""
-    if not pod_has_gpus or ids is None:
+    if not pod_has_gpus:
         return {}
     return {"CUDA_VISIBLE_DEVICES": ",".join(ids)}
 

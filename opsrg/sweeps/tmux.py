@@ -32,7 +32,9 @@ from opsrg.sweeps.campaign import (
 )
 from opsrg.sweeps.plan import meta_plan, row_command
 from opsrg.sweeps.records import Campaign, RunState, ending
+from opsrg.sweeps.rows import SCRIPT_MODES
 from opsrg.tracked import supervisor
+from opsrg.tracked.manager import PROBE_EVERY
 from opsrg.tracked.records import TaskState
 
 DRIVER_PREFIX = "sweep-driver."
@@ -50,13 +52,15 @@ class TmuxBackend(Backend):
 
     name = "tmux"
     shares_gpus = True
+    manifests_announce_ends = True
 
     def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
         paths = env.paths
         # rows an earlier driver of this campaign started that still run (a resume after the driver
         # died): the new driver adopts them, waits for them and closes them, never starts them twice
-        live = [rid for rid in m.todo if rid not in todo and runs.state_of(paths, rid) == RunState.RUNNING]
-        m.todo = [rid for rid in m.run_ids if rid in set(todo) | set(live)]
+        keep = set(todo)
+        keep |= {rid for rid in m.todo if rid not in keep and runs.state_of(paths, rid) == RunState.RUNNING}
+        m.todo = [rid for rid in m.run_ids if rid in keep]
         if not todo:  # every row reused: nothing to drive
             write_manifest(env, m)
             return
@@ -181,26 +185,28 @@ def close_books(sweep, row, rec) -> tuple[bool, str, int | None]:
     ok, reason, exit_code = rec.state == TaskState.SUCCESS, _task_reason(rec), rec.exit_code
     if exit_code is None:  # killed: no verdict of the command's own
         return ok, reason, exit_code
-    od = sweep.out_dir(row.run_id)
-    if row.mode == "shell":
-        runs.write_shell_summary(od, exit_code)
-    elif row.mode == "command":
-        exit_code, why = runs.write_command_summary(od, exit_code)
+    if row.mode not in SCRIPT_MODES:  # an RG run writes its own summary
+        with contextlib.suppress(OSError, ValueError):
+            provenance.end(sweep.run_dir(row.run_id), f"{sweep.out_dir(row.run_id)}/{RunPaths.SUMMARY}", exit_code)
+        return ok, reason, exit_code
+    with contextlib.suppress(OSError, ValueError):
+        exit_code, why = provenance.close(sweep.run_dir(row.run_id), sweep.out_dir(row.run_id), row.mode, exit_code)
         if why:
             ok, reason = False, f"task {row.run_id} exit code {exit_code}: {why}"
-    with contextlib.suppress(OSError, ValueError):
-        provenance.end(sweep.run_dir(row.run_id), f"{od}/{RunPaths.SUMMARY}", exit_code)
     return ok, reason, exit_code
 
 
-def _close_for_driver(env: SweepEnv, sweep, rid: str, rec) -> None:
-    """What a driver does when a row ends, done for one that died: its books, its final sync
-    (local_sync), its verdict."""
+def _close_for_driver(env: SweepEnv, sweep, rid: str, rec, say=lambda text: None) -> None:
+    """What the driver does when a row ended (and a monitor pass for a driver that died): its
+    books, its logs into the run's logs/, its final sync (local_sync), its verdict."""
     ok, reason, exit_code = close_books(sweep, sweep.row(rid), rec)
-    tail = env.tasks().tail(rid)
-    if env.local_sync:
+    tasks = env.tasks()
+    tail = tasks.tail(rid)
+    with contextlib.suppress(OSError):  # the logs stay in the task's folder regardless
+        supervisor.keep_logs(tasks.paths(rid).root, str(RunPaths(Path(sweep.run_dir(rid))).logs))
+    if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
         try:
-            env.final_sync(rid)
+            say(env.final_sync(rid))
         except OpsError as e:
             ok, reason = False, reason or str(e)
     finish_run(env.paths, rid, ok, reason, log_tail=tail, **ending(rec.state.value, exit_code))
@@ -232,7 +238,6 @@ def drive(manifest_path: str) -> int:
 
 
 POLL = 0.05      # seconds between looks at the running rows' records (a file read each)
-PROBE_EVERY = 2.0  # and between liveness probes of each (a supervisor call)
 
 
 class _Driver:
@@ -247,6 +252,7 @@ class _Driver:
         self.slots = slots.Slots(env.gpus)
         self.limit = max(1, env.max_parallel)
         self.failed: list[str] = []
+        self.deps_done: set[str] = set()  # rows whose dependencies all completed (checked once)
 
     def adopt(self) -> None:
         """Rows already final are counted; rows an earlier driver started and that still run are
@@ -292,56 +298,52 @@ class _Driver:
             self._close(row, rec)
 
     def _close(self, row, rec) -> None:
-        env, rid = self.env, row.run_id
-        ok, reason, exit_code = close_books(self.sweep, row, rec)
-        tail = self.tasks.tail(rid)
-        with contextlib.suppress(OSError):  # the logs stay in the task's folder regardless
-            supervisor.keep_logs(self.tasks.paths(rid).root, str(RunPaths(Path(self.sweep.run_dir(rid))).logs))
-        if env.local_sync:  # the outputs reach the durable folder before the run is marked synced
-            try:
-                print(f"[sweep] {env.final_sync(rid)}", flush=True)
-            except OpsError as e:
-                ok, reason = False, reason or str(e)
-        finish_run(self.paths, rid, ok, reason, log_tail=tail, **ending(rec.state.value, exit_code))
+        rid = row.run_id
+        _close_for_driver(self.env, self.sweep, rid, rec, say=lambda text: print(f"[sweep] {text}", flush=True))
         final = runs.state_of(self.paths, rid)
         print(f"[sweep] {rid}: {final} ({rec.state}{', ' + rec.reason if rec.reason else ''})", flush=True)
         if final != RunState.COMPLETED:
             self.failed.append(rid)
 
+    def _deps_failed(self, row) -> list[str]:
+        """Its dependencies that ended without completing (asked once they all ended; a dependency
+        without a manifest, not part of this campaign, counts as done)."""
+        return [d for d in row.deps if (runs.state_of(self.paths, d) or RunState.COMPLETED) != RunState.COMPLETED
+                and not runs.summary_ok(self.paths, d)]
+
     def launch(self) -> None:
         """Start, in order, the waiting rows whose dependencies are done, while there is room and
         enough free GPUs (a row that must wait for GPUs lets a smaller one behind it start)."""
         busy = {r.run_id for r in self.waiting} | set(self.running)
-        for row in list(self.waiting):
+        still: list = []
+        for i, row in enumerate(self.waiting):
             if len(self.running) >= self.limit:
-                return
+                still += self.waiting[i:]
+                break
             rid = row.run_id
-            if any(d in busy for d in row.deps):
-                continue  # a dependency of this campaign has not ended yet
-            # a dependency without a manifest (not part of this campaign) counts as done
-            bad = [d for d in row.deps if (runs.state_of(self.paths, d) or RunState.COMPLETED) != RunState.COMPLETED
-                   and not runs.summary_ok(self.paths, d)]
-            if bad:
-                self.waiting.remove(row)
-                runs.update(self.paths, rid, RunState.FAILED, f"dependency {', '.join(bad)} did not complete")
-                self.failed.append(rid)
-                print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
+            if any(d in busy for d in row.deps):  # a dependency of this campaign has not ended yet
+                still.append(row)
                 continue
+            if rid not in self.deps_done:
+                bad = self._deps_failed(row)
+                if bad:
+                    runs.update(self.paths, rid, RunState.FAILED, f"dependency {', '.join(bad)} did not complete")
+                    self.failed.append(rid)
+                    print(f"[sweep] {rid}: skipped, dependency {', '.join(bad)} did not complete", flush=True)
+                    continue
+                self.deps_done.add(rid)
+            # more than the pod has is refused when the campaign starts (commands._check_resources)
             n = slots.wanted(row.spec.get("gpus"), len(self.slots.gpus), self.limit)
-            if n > len(self.slots.gpus) and self.slots.gpus:
-                self.waiting.remove(row)
-                runs.update(self.paths, rid, RunState.FAILED, f"asks for {n} GPUs; the pod has {len(self.slots.gpus)}")
-                self.failed.append(rid)
-                continue
             ids = self.slots.take(rid, n) if self.slots.gpus else []
-            if ids is None:
-                continue  # not enough GPUs free yet
-            self.waiting.remove(row)
+            if ids is None:  # not enough GPUs free yet
+                still.append(row)
+                continue
             if self._start(row, ids):
                 self.running[rid] = (row, time.monotonic())
             else:
                 self.slots.release(rid)
                 self.failed.append(rid)
+        self.waiting = still
 
     def _start(self, row, gpus: list[str]) -> bool:
         env, sweep, rid = self.env, self.sweep, row.run_id

@@ -30,6 +30,9 @@ from opsrg.tracked.tmux import TmuxRunner
 SUPERVISOR_SOURCE = Path(supervisor.__file__)
 
 
+
+PROBE_EVERY = 2.0  # seconds between liveness probes of a task being waited on (a file read each tick)
+
 class TaskManager:
     """Create, observe and stop the tracked tasks under one outputs folder of one host."""
 
@@ -223,9 +226,9 @@ class TaskManager:
             if timeout is not None and now - t0 >= timeout:
                 return rec, True
             time.sleep(poll)
-            # Cheap file read each tick; the liveness probe every 2 s.
+            # Cheap file read each tick; the liveness probe every PROBE_EVERY seconds.
             try:
-                if now - last_check >= 2.0:
+                if now - last_check >= PROBE_EVERY:
                     rec, last_check = self.status(task_id), now
                 else:
                     rec = self.read(task_id)

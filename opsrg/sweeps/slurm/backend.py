@@ -93,6 +93,25 @@ def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) ->
         list(ex.map(one, per_run))
 
 
+def _meta_of_killed(env: SweepEnv, m: Campaign, rid: str, how: dict[str, Any]) -> None:
+    """A script row keeps its books after its command: one killed first (its time limit, scancel,
+    the OOM killer) left no meta.json. What can be recorded from here is, marked as such."""
+    from opsrg.core import layout
+    from opsrg.sweeps import provenance
+    from opsrg.sweeps.plan import meta_plan
+    from opsrg.sweeps.rows import SCRIPT_MODES
+
+    sweep = sweep_of(m)
+    rd = Path(sweep.run_dir(rid))
+    if (rd / layout.META).exists() or sweep.row(rid).mode not in SCRIPT_MODES:
+        return
+    with contextlib.suppress(OSError, ValueError, SystemExit):
+        meta = provenance.planned(meta_plan(sweep, sweep.row(rid)))
+        meta.update(recorded_by="the monitor: the job ended before it could", started_at=None, ended_at=now_iso(),
+                    ok=False, **how)
+        provenance.write_meta(rd, meta)
+
+
 class SlurmBackend(Backend):
     """sbatch scripts per job; arrays of RG shards with afterok merges; one batched query per refresh."""
 
@@ -369,9 +388,12 @@ class SlurmBackend(Backend):
                     st = el["task_state"] if el else "pending"
                     if st in supervisor.TERMINAL:
                         tail = self._keep_log(env, m, k, j, rid)
+                        how = ending(st, el.get("exit_code"), el.get("signal"))
+                        if st != "success":
+                            _meta_of_killed(env, m, rid, how)
                         finish_run(paths, rid, st == "success", "" if st == "success" else
                                    f"{k} [{e}]: {JobInfo(**{x: el[x] for x in JobInfo.__dataclass_fields__ if x in el}).task_state()[1]}",
-                                   log_tail=tail, **ending(st, el.get("exit_code"), el.get("signal")))
+                                   log_tail=tail, **how)
                         break
                     started |= st == "running"
                     continue
@@ -380,8 +402,10 @@ class SlurmBackend(Backend):
                     self._cancel_jobs(env, m, rid, except_key=k)
                     tail = self._keep_log(env, m, k, j, rid)
                     el = elems.get(j["job_id"]) or next(iter(elems.values()), {})
+                    how = ending(st, rec.get("exit_code"), el.get("signal"))
+                    _meta_of_killed(env, m, rid, how)
                     runs.update(paths, rid, RunState.FAILED, f"{k} [{j['job_id']}]: {rec.get('reason', st)}"
-                                + log_ends(tail), log_tail=tail, **ending(st, rec.get("exit_code"), el.get("signal")))
+                                + log_ends(tail), log_tail=tail, **how)
                     break
                 if st == "success" and (j.get("final_for") == rid or j["kind"] == "shell"):
                     self._keep_log(env, m, k, j, rid)

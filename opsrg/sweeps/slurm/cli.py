@@ -238,8 +238,8 @@ def slurm_secs(text: str) -> int | None:
 
 
 def limit_secs(timeout_secs: int | None, default: str) -> int | None:
-    """The limit a job gets (:func:`time_directive`), in seconds."""
-    return slurm_secs(time_directive(timeout_secs, default))
+    """The limit a job gets (:func:`time_directive`: whole minutes), in seconds."""
+    return max(1, -(-int(timeout_secs) // 60)) * 60 if timeout_secs else slurm_secs(default)
 
 
 def time_directive(timeout_secs: int | None, default: str) -> str:

@@ -245,6 +245,8 @@ def test_zz_row_over_its_time_limit_is_timeout(timeout_sweep):
     assert st["quick"]["state"] == "completed"
     assert st["slow"]["state"] == "failed" and "TIMEOUT" in st["slow"]["reason"], st["slow"]
     assert st["slow"]["timed_out"] is True and st["slow"]["exit_code"] != 0, st["slow"]  # as a tmux row says it
+    meta = json.loads((root / "outputs" / "slow" / "meta.json").read_text())  # killed before its books: the monitor's
+    assert meta["timed_out"] is True and meta["ok"] is False and "monitor" in meta["recorded_by"], meta
     m = json.loads(next((root / "outputs" / "_manifests").glob("sweep-*.json")).read_text())
     (key,) = [k for k, j in m["jobs"].items() if "slow" in j["runs"]]
     rec = record(root, key)
