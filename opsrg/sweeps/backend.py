@@ -10,6 +10,7 @@ scheduler answers, marker files): it is what ``inv sweep-monitor`` and ``inv swe
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,6 +19,9 @@ from opsrg.sweeps.records import Campaign
 
 if TYPE_CHECKING:
     from opsrg.sweeps.campaign import SweepEnv
+
+
+Claim = Callable[[dict[str, dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,14 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
-        """Start the runs ``todo`` of the campaign ``m`` (their run manifests exist)."""
+    def start(self, env: SweepEnv, m: Campaign, todo: list[str], claim: Claim | None = None) -> None:
+        """Start the runs ``todo`` of the campaign ``m``.
+
+        ``claim(known)`` writes their fresh run manifests, with what the backend ``known`` of each
+        run by then (``{run_id: {"job_ids": [...], "tasks": [...]}}``); it is called once, before
+        anything can run, so each manifest is written once. ``None``: they exist already (a resume
+        claims its runs under its lock).
+        """
 
     @abc.abstractmethod
     def launched(self, env: SweepEnv, m: Campaign) -> bool:

@@ -85,11 +85,14 @@ def cut_launch(env: SweepEnv, m: Campaign, be: Backend, state: LaunchState, why:
     return f"campaign {camp}: launch {state} ({why}); {len(launch.get('runs', []))} run(s) not started"
 
 
-def claim_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str]) -> None:
-    """Fresh run manifests for the runs a launch is about to start (they are live from here on)."""
-    rows = m.rows_by_id
+def claim_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str],
+               known: dict[str, dict[str, Any]] | None = None) -> None:
+    """Fresh run manifests for the runs a launch is about to start (they are live from here on),
+    with what the backend ``known`` of each by then (its job ids, once submitted)."""
+    rows, known = m.rows_by_id, known or {}
     create_manifests(env.paths, [(rid, m.campaign, be.name, rows[rid],
-                                  identity_extra(m, rid, tasks=be.run_tasks(rid))) for rid in todo])
+                                  identity_extra(m, rid, **{"tasks": be.run_tasks(rid), **known.get(rid, {})}))
+                                 for rid in todo])
 
 
 def launch_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str], *, claimed: bool = False) -> None:
@@ -102,9 +105,8 @@ def launch_runs(env: SweepEnv, m: Campaign, be: Backend, todo: list[str], *, cla
         write_manifest(env, m)
     if not claimed:
         record_reused(env.paths, m)
-        claim_runs(env, m, be, todo)
     try:
-        be.start(env, m, todo)
+        be.start(env, m, todo, None if claimed else (lambda known: claim_runs(env, m, be, todo, known)))
     except BaseException as e:  # noqa: BLE001  (a failed submission, Ctrl-C: recorded, then raised)
         if not be.launched(env, m):
             with contextlib.suppress(Exception):

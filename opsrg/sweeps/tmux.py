@@ -21,7 +21,7 @@ from opsrg.core.errors import InputError, OpsError, TaskError
 from opsrg.pods import localsync
 from opsrg.rg.run import RunPaths
 from opsrg.sweeps import provenance, runs, slots
-from opsrg.sweeps.backend import Backend, Lag, PlannedJob
+from opsrg.sweeps.backend import Backend, Claim, Lag, PlannedJob
 from opsrg.sweeps.campaign import (
     SweepEnv,
     as_launched,
@@ -54,8 +54,10 @@ class TmuxBackend(Backend):
     shares_gpus = True
     manifests_announce_ends = True
 
-    def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
+    def start(self, env: SweepEnv, m: Campaign, todo: list[str], claim: Claim | None = None) -> None:
         paths = env.paths
+        if claim is not None:
+            claim({})
         # rows an earlier driver of this campaign started that still run (a resume after the driver
         # died): the new driver adopts them, waits for them and closes them, never starts them twice
         keep = set(todo)

@@ -19,7 +19,7 @@ from opsrg.core.clock import now_iso, parse_iso
 from opsrg.core.errors import OpsError
 from opsrg.rg.run import RunPaths
 from opsrg.sweeps import runs
-from opsrg.sweeps.backend import Backend, Lag, PlannedJob
+from opsrg.sweeps.backend import Backend, Claim, Lag, PlannedJob
 from opsrg.sweeps.campaign import (
     SweepEnv,
     finish_run,
@@ -158,7 +158,7 @@ class SlurmBackend(Backend):
                            script=self.script(env, m, j, template), timeout_secs=j.timeout_secs, array=j.tasks)
                 for j in self.jobs(env, m, todo, max_array, fresh)], {"max_array_size": max_array}
 
-    def start(self, env: SweepEnv, m: Campaign, todo: list[str]) -> None:
+    def start(self, env: SweepEnv, m: Campaign, todo: list[str], claim: Claim | None = None) -> None:
         sl = self._slurm(env)
         paths, tasks = env.paths, env.tasks()
         jobs = self.jobs(env, m, todo, sl.max_array_size())
@@ -191,7 +191,10 @@ class SlurmBackend(Backend):
                 per_run[rid]["tasks"].append(job.key)
                 entries.append(ledger.entry(m.campaign, rid, job.key, jref, "submitted"))
             ledger.append(paths, entries)  # the durable record, one append per submission
-        _record_jobs(paths, per_run)
+        if claim is not None:  # the jobs are held: the manifests are written once, with their job ids
+            claim(per_run)
+        else:
+            _record_jobs(paths, per_run)
         launch["releasing"] = True  # from here on the launch counts as done (see launched)
         write_manifest(env, m)
         sl.release(launch["jobs"])

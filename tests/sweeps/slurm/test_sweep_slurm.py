@@ -75,6 +75,11 @@ def test_tiny_sweep_on_slurm_gives_the_tmux_histograms(timeout_sweep, slurm_clus
     tmux_env = make_project(tmp_path / "t")
     rows = f"a,{FP},5,,fixed point\ne,{EXP},6,{TINY_EXP},exponent\n"
     started = start(slurm_env, rows, tmp_path / "s")
+    # written once, after the (held) submissions: the manifest names its jobs from the start
+    ma = json.loads((tmp_path / "s" / "outputs" / "a" / "run_manifest.json").read_text())
+    keys = ["a.RG1.gen", "a.RG1.merge", "a.RG2.gen", "a.RG2.merge"]
+    assert ma["tasks"] == keys and ma["job_ids"] == [started["jobs"][k] for k in keys]
+    assert ma["history"][0]["state"] == "submitted" and ma["attempt"] == 1
     start(tmux_env, rows, tmp_path / "t", "--backend", "tmux")
     r = wait(slurm_env)
     assert r.returncode == 0, r.stdout + r.stderr
