@@ -94,9 +94,7 @@ def warm_once(cpu) -> None:
     """Compile the numba kernels in one test process at a time: the first compiles them into the
     checkout's cache (about 30 CPU-seconds), the others then load it in a second, instead of every
     pytest-xdist worker compiling its own copy at once on a fresh clone."""
-    from filelock import FileLock
+    from opsrg.core.atomic import locked
 
-    lock = REPO / ".pytest_cache" / "numba-compile.lock"
-    lock.parent.mkdir(exist_ok=True)
-    with FileLock(lock):
+    with locked(REPO / ".pytest_cache" / "numba-compile", timeout=900):
         cpu.warm()

@@ -8,6 +8,7 @@ a row identical to a completed run in its folder is reused, a different one refu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -270,20 +271,13 @@ def finish_run(paths: SweepPaths, run_id: str, ok_so_far: bool, reason: str = ""
 
 
 def create_manifests(paths: SweepPaths, items: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]]) -> None:
-    """Write many fresh run manifests, each atomic and locked; a batch in parallel threads (the
-    file system's calls wait, not the CPU) and made durable together (one sync)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Write many fresh run manifests, each atomic and locked, made durable together (one sync).
 
-    def one(item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
-        rid, campaign, backend, row, extra = item
-        runs.create(paths, rid, campaign, backend, row, **extra)
-
-    if len(items) < 8:
-        for it in items:
-            one(it)
-        return
-    with deferred_sync(), ThreadPoolExecutor(max_workers=16) as ex:
-        list(ex.map(one, items))
+    One after another: the work is Python's and the file system's metadata, and threads only
+    contend for the interpreter (1000 manifests: 0.45 s in a row, 1.0 s in 16 threads, 2 cores)."""
+    with deferred_sync() if len(items) >= 8 else contextlib.nullcontext():
+        for rid, campaign, backend, row, extra in items:
+            runs.create(paths, rid, campaign, backend, row, **extra)
 
 
 def check_reuse(env: SweepEnv, sweep: Sweep, force: bool = False) -> tuple[dict[str, str], dict[str, Any]]:

@@ -82,15 +82,11 @@ def _note_requeue(env: SweepEnv, m: Campaign, key: str, j: dict[str, Any], q: di
 
 
 def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) -> None:
-    """Add the submitted job ids and task keys to the run manifests (each write locked and atomic;
-    in parallel, made durable together)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(rid: str) -> None:
-        runs.update(paths, rid, None, **per_run[rid])
-
-    with deferred_sync(), ThreadPoolExecutor(max_workers=min(16, max(1, len(per_run)))) as ex:
-        list(ex.map(one, per_run))
+    """Add the submitted job ids and task keys to the run manifests of a resume (each write locked
+    and atomic, made durable together)."""
+    with deferred_sync():
+        for rid, known in per_run.items():
+            runs.update(paths, rid, None, **known)
 
 
 def _meta_of_killed(env: SweepEnv, m: Campaign, rid: str, how: dict[str, Any]) -> None:
