@@ -90,14 +90,15 @@ class Context:
         from opsrg.hosts.ssh import SSHHost, SSHTarget
 
         s = self.s
+        known_hosts = self.loaded.local_path(s.ops_known_hosts)
         if s.pod_provider == "lium":
             from opsrg.pods import lium
 
-            target = lium.recorded_target(self)
+            target, known_hosts = lium.recorded_target(self), lium.recorded_known_hosts(self)
         else:
             target = SSHTarget.parse(s.ops_default_host, key=s.ops_ssh_key)
         return SSHHost(
-            target, known_hosts=self.loaded.local_path(s.ops_known_hosts), python=s.remote_python_bin,
+            target, known_hosts=known_hosts, python=s.remote_python_bin,
             venv_python=f"{s.ops_remote_repo}/.venv/bin/python", connect_timeout=s.ops_ssh_connect_timeout,
             retry_secs=s.ops_ssh_retry_secs, command_timeout=s.ops_ssh_command_timeout,
             rsync_bwlimit_kbps=s.ops_rsync_bwlimit_kbps,

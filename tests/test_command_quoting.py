@@ -318,13 +318,17 @@ def test_ssh_target_refuses_bad_users():
 
 
 def test_lium_argv_refuses_option_like_names():
-    with pytest.raises(ConfigError, match="LIUM_TARGET"):
-        lium.up_argv("--help", "p")
-    with pytest.raises(ConfigError, match="LIUM_POD_NAME"):
-        lium.up_argv("H100", "a b")
-    with pytest.raises(ConfigError, match="LIUM_POD_NAME"):
-        lium.rm_argv("--all")
+    from pydantic import ValidationError
+
     from opsrg.core.errors import HostError
+    from opsrg.core.settings import Settings
+
+    for key, value in (("lium_node", "--help"), ("lium_gpu", "--help"), ("lium_pod_name", "a b"),
+                       ("lium_pod_name", "-x"), ("lium_node", "a;b")):
+        with pytest.raises(ValidationError, match=key):
+            Settings(**{key: value})
+    with pytest.raises(HostError, match="not a pod id"):
+        lium.rm_argv("--all")
 
     with pytest.raises(HostError, match="port"):
         lium.parse_ssh_cmd("ssh root@1.2.3.4 -p x")

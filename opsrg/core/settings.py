@@ -47,7 +47,17 @@ class Settings(BaseSettings):
 
     # Pod
     pod_provider: Literal["local", "ssh", "lium"] = "local"
-    lium_target: str = ""
+    lium_target: str = ""  # replaced by LIUM_GPU / LIUM_NODE: refused with a pointer to them
+    lium_gpu: str = ""  # a GPU type to rent (`lium up --gpu H100`)
+    lium_node: str = ""  # or one node: its id or its name in `lium ls` (never a row number)
+    lium_gpu_count: int | None = Field(None, ge=1)
+    lium_template: str = ""
+    lium_image: str = ""
+    lium_env: str = ""  # KEY=VALUE words for the pod's container (with LIUM_IMAGE)
+    lium_volume: str = ""
+    lium_verify_gpus: bool = False
+    lium_ttl: str = "12h"  # the pod removes itself after this (lium's --ttl); "none" to keep it
+    lium_budget_usd: float | None = Field(None, gt=0)  # ... or once it has cost this much
     ops_default_host: str = ""
     ops_ssh_key: str = ""
     ops_ssh_connect_timeout: float = Field(10.0, gt=0)
@@ -148,6 +158,52 @@ class Settings(BaseSettings):
         from opsrg.core.runenv import patterns
 
         patterns(v)
+        return v
+
+    @field_validator("lium_pod_name", "lium_node")
+    @classmethod
+    def _lium_name(cls, v: str) -> str:
+        if not v:
+            return v
+        if v.isdigit():
+            raise ValueError("a number is a row of the last `lium ls`/`lium ps` in some shell, not a name: "
+                             "use the id or the name itself")
+        if v.lower() == "all":
+            raise ValueError("'all' means every pod to `lium rm`: choose another name")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]*", v):
+            raise ValueError("use letters, digits and '._@-', not starting with '-' or '.' (no commas or spaces)")
+        return v
+
+    @field_validator("lium_gpu")
+    @classmethod
+    def _lium_gpu(cls, v: str) -> str:
+        if v and re.fullmatch(r"[a-z]+-[a-z]+-[0-9a-f]{2}", v):
+            raise ValueError(f"{v!r} is the name of a node (as `lium ls` shows it), not a GPU type: set LIUM_NODE")
+        if v and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*", v):
+            raise ValueError("a GPU type such as H100, A100 or RTX4090")
+        return v
+
+    @field_validator("lium_ttl")
+    @classmethod
+    def _lium_ttl(cls, v: str) -> str:
+        if v.strip().lower() in ("none", ""):
+            return "none"
+        if not re.fullmatch(r"[1-9][0-9]*[mhd]", v.strip()):
+            raise ValueError("a time like 45m, 12h or 2d (lium's --ttl), or none")
+        return v.strip()
+
+    @field_validator("lium_env")
+    @classmethod
+    def _lium_env(cls, v: str) -> str:
+        import shlex
+
+        try:
+            words = shlex.split(v)
+        except ValueError as e:
+            raise ValueError(f"cannot split into words ({e})") from None
+        bad = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w, re.S)]
+        if bad:
+            raise ValueError(f"{bad[0]!r}: KEY=VALUE words separated by spaces")
         return v
 
     @field_validator("wf_tmux_session", "sweep_tmux_session", "ops_tmux_socket")
@@ -282,8 +338,20 @@ def _provider_requirements(s: Settings) -> list[tuple[str, str]]:
     missing: list[tuple[str, str]] = []
     if s.pod_provider == "ssh" and not s.ops_default_host:
         missing.append(("OPS_DEFAULT_HOST", "required when POD_PROVIDER=ssh"))
-    if s.pod_provider == "lium" and not s.lium_target:
-        missing.append(("LIUM_TARGET", "required when POD_PROVIDER=lium"))
+    if s.lium_target:
+        missing.append(("LIUM_TARGET", "replaced: set LIUM_GPU to a GPU type (e.g. H100), or LIUM_NODE to a "
+                                       "node's id or name from `lium ls`"))
+    if s.pod_provider == "lium":
+        if not s.lium_pod_name:
+            missing.append(("LIUM_POD_NAME", "required when POD_PROVIDER=lium (the name of the rented pod)"))
+        if not s.lium_gpu and not s.lium_node:
+            missing.append(("LIUM_GPU", "LIUM_GPU (a GPU type) or LIUM_NODE (one node) is required when POD_PROVIDER=lium"))
+        elif s.lium_gpu and s.lium_node:
+            missing.append(("LIUM_NODE", "set LIUM_GPU or LIUM_NODE, not both (a node has its GPU type)"))
+        if s.lium_env and not s.lium_image:
+            missing.append(("LIUM_ENV", "needs LIUM_IMAGE (lium passes -e only to a container of your image)"))
+        if s.lium_image and s.lium_template:
+            missing.append(("LIUM_TEMPLATE", "set LIUM_TEMPLATE or LIUM_IMAGE, not both"))
     return missing
 
 
@@ -313,10 +381,11 @@ def load_settings(env_file: str | os.PathLike[str] | None = None) -> LoadedSetti
         raise ConfigError("invalid settings:\n  " + "\n  ".join(msgs)) from None
     missing = _provider_requirements(settings)
     if missing:
-        # The key is absent, so point at the line that made it required.
+        # A key that is set points at its own line; an absent one at the line that made it required.
         raise ConfigError(
             "invalid settings:\n  "
-            + "\n  ".join(f"{where('POD_PROVIDER')}: {k}: {why}" for k, why in missing)
+            + "\n  ".join(f"{where(k if k in lines or k in os.environ else 'POD_PROVIDER')}: {k}: {why}"
+                           for k, why in missing)
         )
     sources: dict[str, Source] = {}
     for name in Settings.model_fields:

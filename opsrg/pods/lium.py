@@ -1,27 +1,33 @@
-"""Renting a pod through the ``lium`` command line (package ``lium.io``).
+"""Renting a pod through the ``lium`` command line (PyPI ``lium-io``), as the CLI behaves.
 
-opsrg calls the CLI rather than its SDK, so the user's own ``lium init`` configuration (API
-key, SSH key) is the single source of credentials. The command lines used, from lium's
-documented CLI:
+opsrg calls the CLI rather than its SDK, so the user's own lium configuration (API key, SSH key)
+is the single source of credentials. Every call runs with ``LIUM_OUTPUT=json`` (an error is one
+JSON line on stderr: its code, message and hint), never at a prompt and never interactively:
 
-- ``lium ps --format json``: the pods, each with ``name``, ``huid``, ``status`` and
-  ``ssh_cmd`` (``ssh root@IP -p PORT``);
-- ``lium up [EXECUTOR] [--gpu TYPE] --name NAME --yes``: rent a pod (``LIUM_TARGET`` is an
-  executor id/index, or a GPU type such as ``H100``);
-- ``lium rm NAME --yes``: give it back.
+- ``lium up NODE|--gpu TYPE --name NAME --yes --json --timeout S --ttl T``: rent, wait until the
+  pod is RUNNING with an ssh command, print ``{"pod": ...}`` and return (without ``--json`` it
+  would open an SSH session). lium's ``--timeout`` sits below opsrg's own bound on the call, so
+  lium gives up (and says which pod it left) before opsrg would kill it;
+- ``lium ps --format json``: the pods (``id``, ``huid``, ``name``, ``status``, ``ssh_cmd``);
+- ``lium rm ID --yes``: give one pod back, by the id recorded at ``pod-up`` (names are not
+  unique to lium, ``all`` and numbers mean other things there); exit 5 means it is gone already.
 
-The pod's SSH details are recorded locally in ``.opsrg/lium_pod.json``; every later command
-reaches the pod over plain SSH (:mod:`opsrg.ssh`).
+The pod's record, ``.opsrg/lium_pod.json``, is written as soon as a rented pod's id is known
+(also when it failed to start or is not ready yet), so no pod that costs money goes unrecorded.
+Its host key is kept in a file of its own (``.opsrg/lium_known_hosts/<pod id>``), dropped at
+``pod-down``: providers reuse host:port, and a new pod there has a new key.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
-import re
+import os
 import shlex
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,69 +37,122 @@ from opsrg.hosts.ssh import SSHTarget
 
 EXE = "lium"
 RECORD = ".opsrg/lium_pod.json"
-READY = {"RUNNING"}
-GPU_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+KNOWN_HOSTS_DIR = ".opsrg/lium_known_hosts"
+READY = "RUNNING"  # and an ssh command: lium's own rule
+# Statuses a pod never leaves (lium's own list): waiting on one is waiting forever.
+TERMINAL = frozenset({"FAILED", "STOPPED", "ERROR", "TERMINATED", "DELETED", "REMOVED", "CANCELLED",
+                      "CREATION_FAILED", "BROKEN", "REBOOT_FAILED", "DELETING"})
+EXIT_NOT_FOUND = 5
+CALL_GRACE_SECS = 60.0  # opsrg's bound on `lium up` is lium's own --timeout plus this
+# what lium needs to run unattended: errors as JSON, no prompt, digits never a row of an old listing
+CALL_ENV = {"LIUM_OUTPUT": "json", "LIUM_NONINTERACTIVE": "1", "LIUM_NO_POD_INDEX": "1"}
 
 
-def record_path(ctx) -> Path:
-    return ctx.loaded.local_path(RECORD)
+@dataclass(frozen=True)
+class LiumError:
+    """What a failed ``lium`` call said: its exit code and, from its JSON line, code, message, hint, data."""
+
+    exit_code: int
+    code: str
+    message: str
+    hint: str
+    data: dict[str, Any]
+
+    @classmethod
+    def parse(cls, exit_code: int, stdout: str, stderr: str) -> LiumError:
+        for line in reversed((stderr or "").strip().splitlines()):  # progress lines come first under --json
+            try:
+                env = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(env, dict) and isinstance(env.get("error"), dict):
+                e = env["error"]
+                return cls(exit_code, str(e.get("code", "")), str(e.get("message", "")), str(e.get("hint", "")),
+                           env.get("data") if isinstance(env.get("data"), dict) else {})
+        text = (stderr or stdout or "").strip()
+        return cls(exit_code, "", text[-1500:], "", {})
 
 
-# A pod name or target reaches `lium` as one argument (never through a shell), but one starting with
-# '-' would be read as an option, and whitespace or control characters are no name at all.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+def classify(pod: dict[str, Any]) -> str:
+    """``ready``, ``dead`` (a status it never leaves) or ``starting``."""
+    status = str(pod.get("status", "")).upper()
+    if status == READY and pod.get("ssh_cmd"):
+        return "ready"
+    return "dead" if status in TERMINAL else "starting"
 
 
-def _checked(key: str, value: str) -> str:
-    if not NAME_RE.match(value or ""):
-        raise ConfigError(f"{key}={value!r}: use letters, digits and '._:@-', not starting with '-' or '.'",
-                          hint=f"fix {key} in workflow.env, then run: inv pod-up")
-    return value
-
-
-def up_argv(target: str, name: str) -> list[str]:
-    """``lium up``: an executor id/index is positional, a GPU type goes to ``--gpu``."""
-    _checked("LIUM_TARGET", target)
-    _checked("LIUM_POD_NAME", name)
-    argv = [EXE, "up"]
-    looks_like_gpu = GPU_TYPE_RE.match(target) and not re.match(r"^[0-9a-f]{8}-", target)
-    argv += ["--gpu", target] if looks_like_gpu else [target]
-    return argv + ["--name", name, "--yes"]
+# ---------------------------------------------------------------- command lines (pure)
+def up_argv(s, timeout_secs: int) -> list[str]:
+    """``lium up`` from the settings: one node or a GPU type, never an interactive session."""
+    argv = [EXE, "up", s.lium_node] if s.lium_node else [EXE, "up", "--gpu", s.lium_gpu]
+    argv += ["--name", s.lium_pod_name, "--yes", "--json", "--timeout", str(int(timeout_secs))]
+    if s.lium_ttl != "none":
+        argv += ["--ttl", s.lium_ttl]
+    if s.lium_budget_usd:
+        argv += ["--budget", f"{s.lium_budget_usd:g}"]
+    if s.lium_gpu_count:
+        argv += ["-c", str(s.lium_gpu_count)]
+    if s.lium_template:
+        argv += ["-t", s.lium_template]
+    if s.lium_image:
+        argv += ["--image", s.lium_image]
+        for word in shlex.split(s.lium_env):
+            argv += ["-e", word]
+    if s.lium_volume:
+        argv += ["--volume", s.lium_volume]
+    if s.lium_verify_gpus:
+        argv.append("--verify-gpus")
+    return argv
 
 
 def ps_argv() -> list[str]:
     return [EXE, "ps", "--format", "json"]
 
 
-def rm_argv(name: str) -> list[str]:
-    return [EXE, "rm", _checked("LIUM_POD_NAME", name), "--yes"]
+def rm_argv(pod_id: str) -> list[str]:
+    if not pod_id or pod_id.startswith("-") or pod_id.lower() == "all" or "," in pod_id or pod_id.isdigit():
+        raise HostError(f"refusing to remove lium pod {pod_id!r}: not a pod id")
+    return [EXE, "rm", pod_id, "--yes"]
 
 
-def _call(argv: list[str], timeout: float = 300) -> str:
+# ---------------------------------------------------------------- calls
+def _call(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
     if shutil.which(argv[0]) is None:
-        raise ConfigError("POD_PROVIDER=lium needs the `lium` command (pip install lium.io, then `lium init`)")
+        raise ConfigError("POD_PROVIDER=lium needs the `lium` command (pip install lium-io, then `lium init`)")
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **CALL_ENV})
     except subprocess.TimeoutExpired:
         raise HostError(f"`{shlex.join(argv)}` did not answer within {timeout:g}s") from None
-    if p.returncode != 0:
-        raise HostError(f"`{shlex.join(argv)}` failed ({p.returncode}): {(p.stderr or p.stdout).strip()[-1500:]}")
-    return p.stdout
+
+
+def _failed(argv: list[str], err: LiumError) -> Exception:
+    """The error a user can act on, from lium's own code."""
+    cmd = shlex.join(argv[:2])
+    if err.code == "no_api_key":
+        return ConfigError(f"`{cmd}`: lium has no API key", hint="set LIUM_API_KEY or run `lium init`")
+    if err.code in ("invalid_api_key", "permission_denied", "missing_scope", "budget_exceeded",
+                    "insufficient_balance"):
+        return ConfigError(f"`{cmd}`: {err.message} ({err.code})", hint=err.hint or "check `lium init`")
+    if err.code in ("value_error", "invalid_arguments", "confirmation_required", "config_error"):
+        return ConfigError(f"`{cmd}`: {err.message} ({err.code})", hint=err.hint or "fix the LIUM_* settings")
+    what = f" ({err.code})" if err.code else ""
+    return HostError(f"`{cmd}` failed with exit {err.exit_code}{what}: {err.message}",
+                     hint=err.hint or "see `lium ps`")
 
 
 def list_pods() -> list[dict[str, Any]]:
-    out = _call(ps_argv(), timeout=120).strip()
+    argv = ps_argv()
+    p = _call(argv, timeout=120)
+    if p.returncode != 0:
+        raise _failed(argv, LiumError.parse(p.returncode, p.stdout, p.stderr))
     try:
-        pods = json.loads(out or "[]")
+        pods = json.loads(p.stdout.strip() or "[]")
     except ValueError:
-        raise HostError(f"`lium ps --format json` printed no JSON: {out[:300]!r}") from None
+        raise HostError(f"`lium ps --format json` printed no JSON: {p.stdout[:300]!r}") from None
     if not isinstance(pods, list):
         raise HostError(f"`lium ps --format json`: expected a list, got {type(pods).__name__}")
     return pods
-
-
-def find_pod(pods: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    return next((p for p in pods if name in (p.get("name"), p.get("huid"), p.get("id"))), None)
 
 
 def parse_ssh_cmd(cmd: str) -> tuple[str, str, int]:
@@ -119,51 +178,153 @@ def parse_ssh_cmd(cmd: str) -> tuple[str, str, int]:
     return user or "root", host, port
 
 
-def up(ctx, *, poll: float = 10.0) -> dict[str, Any]:
-    """Rent the pod (or find the one already rented under LIUM_POD_NAME), wait until it runs,
-    and record how to reach it. Returns the record."""
-    s = ctx.s
-    name = s.lium_pod_name
-    pod = find_pod(list_pods(), name)
-    if pod is None:
-        _call(up_argv(s.lium_target, name), timeout=s.lium_up_timeout_secs)
-    t0 = time.monotonic()
-    while True:
-        pod = find_pod(list_pods(), name)
-        if pod and str(pod.get("status", "")).upper() in READY and pod.get("ssh_cmd"):
-            break
-        if time.monotonic() - t0 > s.lium_up_timeout_secs:
-            state = pod.get("status") if pod else "not listed"
-            raise HostError(f"lium pod {name!r} is not running after {s.lium_up_timeout_secs:g}s ({state})",
-                            hint="check `lium ps`; pod-up reuses the pod, run: inv pod-up")
-        time.sleep(poll)
-    user, host, port = parse_ssh_cmd(pod["ssh_cmd"])
-    rec = {"name": name, "huid": pod.get("huid"), "id": pod.get("id"), "user": user, "host": host,
-           "port": port, "ssh_cmd": pod["ssh_cmd"], "gpu": pod.get("config") or pod.get("gpu_type"),
-           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+# ---------------------------------------------------------------- the record
+def record_path(ctx) -> Path:
+    return ctx.loaded.local_path(RECORD)
+
+
+def known_hosts_path(ctx, pod_id: str) -> Path:
+    return ctx.loaded.local_path(KNOWN_HOSTS_DIR) / pod_id
+
+
+def read_record(ctx) -> dict[str, Any] | None:
+    path = record_path(ctx)
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ConfigError(f"{path}: unreadable ({e})",
+                          hint="check `lium ps` for the pod it named, delete the file, then run: inv pod-up") from None
+    return rec if isinstance(rec, dict) else None
+
+
+def _record(ctx, pod: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    rec = {"id": pod.get("id") or pod.get("pod_id"), "name": pod.get("name") or pod.get("pod_name"),
+           "huid": pod.get("huid"), "status": str(pod.get("status", "")).upper(),
+           "gpu": pod.get("config") or pod.get("gpu_type"), "removal_at": pod.get("removal_scheduled_at"),
+           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    if classify(pod) == "ready":
+        rec["user"], rec["host"], rec["port"] = parse_ssh_cmd(pod["ssh_cmd"])
+        rec["ssh_cmd"] = pod["ssh_cmd"]
     atomic_write_json(record_path(ctx), rec)
     return rec
 
 
 def recorded_target(ctx) -> SSHTarget:
-    path = record_path(ctx)
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no lium pod recorded in {path}", hint="inv pod-up") from None
-    except ValueError as e:
-        raise ConfigError(f"{path}: unreadable ({e})", hint="delete it, then run: inv pod-up") from None
+    rec = read_record(ctx)
+    if rec is None:
+        raise ConfigError(f"no lium pod recorded in {record_path(ctx)}", hint="inv pod-up")
+    if not rec.get("host"):
+        raise ConfigError(f"lium pod {rec.get('name')!r} (id {rec.get('id')}) is not running yet "
+                          f"(recorded {rec.get('status') or 'starting'})", hint="inv pod-up")
     return SSHTarget(host=rec["host"], user=rec.get("user", "root"), port=int(rec.get("port", 22)),
-                     key=ctx.s.ops_ssh_key)
+                     key=ctx.s.ops_ssh_key or lium_ssh_key())
+
+
+def recorded_known_hosts(ctx) -> Path:
+    rec = read_record(ctx) or {}
+    return known_hosts_path(ctx, str(rec["id"])) if rec.get("id") else ctx.loaded.local_path(ctx.s.ops_known_hosts)
+
+
+def lium_ssh_key() -> str:
+    """The private key lium registers for its pods (``<key>.pub`` is what it sends): LIUM_SSH_KEY_PATH,
+    ``[ssh] key_path`` of ``~/.lium/config.ini``, else the first of ``~/.ssh/id_ed25519``, id_rsa, id_ecdsa."""
+    if os.environ.get("LIUM_SSH_KEY_PATH"):
+        return os.path.expanduser(os.environ["LIUM_SSH_KEY_PATH"])
+    cfg = configparser.ConfigParser()
+    try:
+        cfg.read(Path.home() / ".lium" / "config.ini", encoding="utf-8")
+        if cfg.get("ssh", "key_path", fallback=""):
+            return os.path.expanduser(cfg.get("ssh", "key_path"))
+    except configparser.Error:
+        pass
+    for name in ("id_ed25519", "id_rsa", "id_ecdsa"):
+        path = Path.home() / ".ssh" / name
+        if path.is_file():
+            return str(path)
+    return ""
+
+
+# ---------------------------------------------------------------- pod-up / pod-down
+def _find(pods: list[dict[str, Any]], pod_id: str) -> dict[str, Any] | None:
+    return next((p for p in pods if p.get("id") == pod_id), None)
+
+
+def _dead(ctx, pod: dict[str, Any]) -> HostError:
+    return HostError(f"lium pod {pod.get('name')!r} (id {pod.get('id')}) is {pod.get('status')}: it will not start",
+                     hint="give it back with: inv pod-down; then rent another with: inv pod-up")
+
+
+def _wait(ctx, pod_id: str, budget: float, poll: float) -> dict[str, Any]:
+    """A recorded pod that is still starting: poll `lium ps` until it runs or can no longer."""
+    t0 = time.monotonic()
+    while True:
+        pod = _find(list_pods(), pod_id)
+        if pod is None:
+            raise HostError(f"lium pod {pod_id} is no longer listed by `lium ps`", hint="inv pod-down; inv pod-up")
+        state = classify(pod)
+        if state != "starting":
+            _record(ctx, pod)
+            if state == "dead":
+                raise _dead(ctx, pod)
+            return pod
+        if time.monotonic() - t0 > budget:
+            _record(ctx, pod)
+            raise HostError(f"lium pod {pod.get('name')!r} (id {pod_id}) is not running after {budget:g}s "
+                            f"({pod.get('status')})", hint="it is recorded: inv pod-up waits again, inv pod-down removes it")
+        time.sleep(poll)
+
+
+def up(ctx, *, poll: float = 5.0) -> dict[str, Any]:
+    """Rent the pod, or wait for / reuse the one recorded, and record how to reach it."""
+    s = ctx.s
+    rec = read_record(ctx)
+    if rec and rec.get("id"):
+        pod = _find(list_pods(), rec["id"])
+        if pod is not None:
+            if classify(pod) == "dead":
+                _record(ctx, pod)
+                raise _dead(ctx, pod)
+            return _record(ctx, _wait(ctx, rec["id"], s.lium_up_timeout_secs, poll))
+        record_path(ctx).unlink(missing_ok=True)  # gone (removed, expired): rent a new one
+    timeout = max(1, int(s.lium_up_timeout_secs))
+    argv = up_argv(s, timeout)
+    p = _call(argv, timeout=timeout + CALL_GRACE_SECS)
+    if p.returncode != 0:
+        err = LiumError.parse(p.returncode, p.stdout, p.stderr)
+        if err.data.get("pod_id"):  # a pod was rented: it costs money until removed, so it is recorded
+            status = "FAILED" if err.code == "pod_start_failed" else "STARTING"
+            _record(ctx, {"id": err.data["pod_id"], "name": err.data.get("pod_name"), "status": status},
+                    error=f"{err.message} ({err.code})")
+            raise HostError(f"lium pod {err.data.get('pod_name')!r} (id {err.data['pod_id']}) did not come up: "
+                            f"{err.message} ({err.code})",
+                            hint="it is recorded: inv pod-up tries it again, inv pod-down gives it back")
+        raise _failed(argv, err)
+    try:
+        pod = json.loads(p.stdout)["pod"]
+    except (ValueError, KeyError, TypeError):
+        raise HostError(f"`lium up --json` printed no pod: {p.stdout[:300]!r}") from None
+    rec = _record(ctx, pod, termination_time=json.loads(p.stdout).get("termination_time"))
+    if not rec.get("host"):
+        return _record(ctx, _wait(ctx, rec["id"], s.lium_up_timeout_secs, poll))
+    return rec
 
 
 def down(ctx) -> str:
-    """Give the rented pod back (``lium rm``) and forget its record."""
-    name = ctx.s.lium_pod_name
-    if find_pod(list_pods(), name) is not None:
-        _call(rm_argv(name))
-        msg = f"lium pod {name!r} removed"
+    """Give the recorded pod back (``lium rm <id>``), then forget it and its host key."""
+    rec = read_record(ctx)
+    if not rec or not rec.get("id"):
+        record_path(ctx).unlink(missing_ok=True)
+        return f"no lium pod recorded in {record_path(ctx)}; nothing to remove (see `lium ps`)"
+    argv = rm_argv(str(rec["id"]))
+    p = _call(argv, timeout=300)
+    if p.returncode == 0:
+        msg = f"lium pod {rec.get('name')!r} (id {rec['id']}) removed"
+    elif p.returncode == EXIT_NOT_FOUND:
+        msg = f"lium pod {rec.get('name')!r} (id {rec['id']}) was already gone"
     else:
-        msg = f"lium pod {name!r} was not listed by `lium ps`; nothing to remove"
+        raise _failed(argv, LiumError.parse(p.returncode, p.stdout, p.stderr))
+    known_hosts_path(ctx, str(rec["id"])).unlink(missing_ok=True)
     record_path(ctx).unlink(missing_ok=True)
     return msg

@@ -61,7 +61,8 @@ def pod_settings(ctx: Context) -> str:
         "wf_fsm_enforce": False,  # the workflow state that counts is this machine's
         "wf_state_file": "",
     }
-    skip = SECRET_KEYS | {"ops_default_host", "ops_ssh_key", "lium_target", "lium_pod_name", "remote_env_path",
+    skip = SECRET_KEYS | {n for n in Settings.model_fields if n.startswith("lium_")} | {
+                          "ops_default_host", "ops_ssh_key", "remote_env_path",
                           "ops_known_hosts", "local_artifacts_dir", "repo_url", "bootstrap_script",
                           "wandb_setup_script", "pod_wheelhouse", "ops_local_pod_root"}
     lines = ["# written by opsrg on the client before each sweep command: edit the client's workflow.env"]
