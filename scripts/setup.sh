@@ -43,7 +43,8 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing opsrg and its dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import opsrg, invoke, fabric, numpy, numba, rich, filelock" # fail loudly if the install did not work
+  "$VENV/bin/python" -c "import opsrg, invoke, fabric, numpy, numba, rich, tmuxp, libtmux" # fail loudly if the install did not work
+  [ "$FOR" = demo ] || "$VENV/bin/python" -c "import pytest, xdist, lium"
   touch "$stamp"
 fi
 # The environment disables bytecode writing; compile once so commands start fast.
