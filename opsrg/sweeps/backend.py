@@ -54,9 +54,6 @@ class Backend(abc.ABC):
     unreachable: str = ""  # why the scheduler did not answer the last refresh ('' when it did, or there is none)
     shares_gpus: ClassVar[bool] = False  # whether it shares a pod's GPUs out to rows (a row's ``gpus``)
     per_job_requests: ClassVar[bool] = False  # whether a row's gpus, cpus and mem become its jobs' requests
-    # whether a run's manifest is written on the pod as it ends (the tmux driver does; on Slurm only a
-    # monitor pass writes it): a waiting monitor then watches the manifests to wake at an end
-    manifests_announce_ends: ClassVar[bool] = False
 
     # ------------------------------------------------------------ launch
     def preflight(self, env: SweepEnv) -> None:
@@ -110,6 +107,12 @@ class Backend(abc.ABC):
     def wake_at(self, env: SweepEnv, m: Campaign) -> float | None:
         """When the next end is due that no file of the run will announce (a job's time limit):
         the monitor looks again then instead of at its next backed-off poll. None: nothing due."""
+        return None
+
+    def end_watch(self, env: SweepEnv, m: Campaign, running: list[str]) -> Callable[[], bool] | None:
+        """A cheap check (stats of files the work leaves, no scheduler call) that turns True once
+        some work ended since it was made: a waiting monitor naps on it and wakes within 0.2 s of
+        an end. None: nothing announces ends here (the monitor sleeps its backed-off delay)."""
         return None
 
     def busy(self, env: SweepEnv, m: Campaign) -> str:

@@ -332,8 +332,9 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
     Between passes it sleeps ``every`` seconds, or, when ``every`` is None, a backed-off delay
     that starts short again whenever a run moved (opsrg.sweeps.slurm.watcher.backoff), cut short
     at the next time limit the backend says is due (``wake_at``: a Slurm TIMEOUT) and then once a
-    second for a while. On the local pod, for a backend whose manifests announce ends (tmux), that
-    sleep also ends within 0.2 s of a run's manifest saying it ended. ``sleep``: a stand-in for
+    second for a while. Where the pod is this machine, that sleep also ends within 0.2 s of the
+    files the backend watches announcing an end (``Backend.end_watch``: tmux's run manifests,
+    Slurm's end markers). ``sleep``: a stand-in for
     those waits (tests). Past ``timeout`` seconds it raises :class:`StillRunning`.
     """
     t0, seen = time.monotonic(), None
@@ -353,8 +354,9 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
         delay = every if every is not None else _due(next(delays), v.get("wake_at"))
         if sleep is not None:
             sleep(delay)
-        elif every is None and BACKENDS[m.backend].manifests_announce_ends and not remote.is_remote(ctx):
-            _nap(delay, _ended_watch(runs.SweepPaths(ctx.outputs_dir), v["running"]))
+        elif every is None and not remote.is_remote(ctx) and (
+                watch := backend_for(m.backend).end_watch(SweepEnv.from_context(ctx), m, v["running"])):
+            _nap(delay, watch)
         else:
             time.sleep(delay)
 
@@ -372,32 +374,6 @@ def _due(delay: float, wake_at: float | None) -> float:
 NAP_STEP = 0.2
 TIMEOUT_WATCH = 120.0  # seconds after a job's limit during which the monitor polls each second
 # (Slurm ends an over-limit job within its KillWait, 30 s by default, of the limit)
-
-
-def _ended_watch(paths, run_ids: list[str]):
-    """A check that says whether one of ``run_ids`` ended since it was made: the manifests' mtimes
-    every call, and only a changed one read."""
-    import os
-
-    def mtime(rid: str) -> int | None:
-        try:
-            return os.stat(paths.run_manifest(rid)).st_mtime_ns
-        except OSError:
-            return None
-
-    seen = {rid: mtime(rid) for rid in run_ids}
-
-    def ended() -> bool:
-        for rid, was in seen.items():
-            now = mtime(rid)
-            if now != was:
-                seen[rid] = now
-                st = runs.state_of(paths, rid)
-                if st is not None and st.is_final:
-                    return True
-        return False
-
-    return ended
 
 
 def _nap(delay: float, ended) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,6 @@ class TmuxBackend(Backend):
 
     name = "tmux"
     shares_gpus = True
-    manifests_announce_ends = True
 
     def start(self, env: SweepEnv, m: Campaign, todo: list[str], claim: Claim | None = None) -> None:
         paths = env.paths
@@ -71,6 +72,30 @@ class TmuxBackend(Backend):
         write_manifest(env, m)
         cmd = shlex.join([env.python, "-m", "opsrg.sweep_runner", "drive", str(paths.sweep_manifest(m.campaign))])
         env.tasks().run(driver, cmd, replace=True, cwd=env.outputs, env=env.run_env())
+
+    def end_watch(self, env: SweepEnv, m: Campaign, running: list[str]) -> Callable[[], bool] | None:
+        """The driver writes a run's manifest as it ends: their mtimes, and only a changed one read."""
+        paths = env.paths
+
+        def mtime(rid: str) -> int | None:
+            try:
+                return os.stat(paths.run_manifest(rid)).st_mtime_ns
+            except OSError:
+                return None
+
+        seen = {rid: mtime(rid) for rid in running}
+
+        def ended() -> bool:
+            for rid, was in seen.items():
+                now = mtime(rid)
+                if now != was:
+                    seen[rid] = now
+                    st = runs.state_of(paths, rid)
+                    if st is not None and st.is_final:
+                        return True
+            return False
+
+        return ended
 
     def refresh(self, env: SweepEnv, m: Campaign) -> None:
         env = as_launched(env, m)

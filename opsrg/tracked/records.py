@@ -79,6 +79,12 @@ class TaskPaths:
     def supervisor(self) -> str:
         return f"{self.root}/supervise.py"
 
+    @property
+    def ended(self) -> str:
+        """Where a Slurm job's elements leave their end markers (empty files ``<index>.<restart>``):
+        a waiting monitor sees an end with a stat, before any scheduler call."""
+        return f"{self.root}/ended"
+
 
 @dataclass
 class TaskRecord:

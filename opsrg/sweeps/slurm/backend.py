@@ -9,7 +9,9 @@ with its node (opsrg.sweeps.slurm.requeue), and advances the run manifests.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ from opsrg.sweeps.slurm.cli import (
 from opsrg.sweeps.slurm.requeue import RequeuePolicy
 from opsrg.sweeps.slurm.watcher import Watcher, expected_elements
 from opsrg.tracked import supervisor
-from opsrg.tracked.records import TaskState, read_tail
+from opsrg.tracked.records import TaskPaths, TaskState, read_tail
 
 
 def _status(env: SweepEnv, key: str) -> dict[str, Any] | None:
@@ -87,6 +89,35 @@ def _record_jobs(paths: SweepPaths, per_run: dict[str, dict[str, list[str]]]) ->
     with deferred_sync():
         for rid, known in per_run.items():
             runs.update(paths, rid, None, **known)
+
+
+def _listing(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def _unrecorded_end(env: SweepEnv, key: str, j: dict[str, Any], rec: dict[str, Any]) -> float | None:
+    """When an element of job ``key`` left the end marker of its current attempt that its record
+    does not show final yet (the earliest such marker's time), or None."""
+    folder = TaskPaths(env.tasks().paths(key).root).ended
+    marks = _listing(folder)
+    if not marks:
+        return None
+    elements = (rec.get("slurm") or {}).get("elements") or {}
+    by_index = dict(zip([str(i) for i in (j.get("tasks") or [0])], expected_elements(j["job_id"], j.get("tasks")),
+                        strict=False))
+    when = []
+    for mark in marks:
+        index, _, restart = mark.partition(".")
+        if index not in by_index or not restart.isdigit():
+            continue
+        info = elements.get(by_index[index]) or {}
+        if int(restart) >= int(info.get("restarts") or 0) and info.get("task_state") not in supervisor.TERMINAL:
+            with contextlib.suppress(OSError):
+                when.append(os.stat(os.path.join(folder, mark)).st_mtime)
+    return min(when) if when else None
 
 
 def _meta_of_killed(env: SweepEnv, m: Campaign, rid: str, how: dict[str, Any]) -> None:
@@ -141,7 +172,7 @@ class SlurmBackend(Backend):
         return render(template or load_template(), key=job.key, campaign=m.campaign, log=_log(tdir, job),
                       directives=env.slurm.for_job(job.resources).directives(
                           time_directive(job.timeout_secs, env.slurm.time), arr),
-                      body=job.body)
+                      body=job.body, ended_dir=TaskPaths(tdir).ended)
 
     def plan(self, env: SweepEnv, m: Campaign, todo: list[str],
              fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
@@ -253,10 +284,14 @@ class SlurmBackend(Backend):
         self._advance_runs(env, m)
 
     def wake_at(self, env: SweepEnv, m: Campaign) -> float | None:
-        """The earliest time limit of a running job: its TIMEOUT comes from the scheduler alone."""
+        """The earliest of: an end marker whose element's record is not final yet (the scheduler may
+        still be finishing it: the monitor then polls each second for a while), and the time limit
+        of a running job (its TIMEOUT comes from the scheduler alone)."""
         due = []
         for key, j in m.jobs.items():
             rec = _status(env, key)
+            if rec and rec.get("state") not in supervisor.TERMINAL and (t := _unrecorded_end(env, key, j, rec)):
+                due.append(t)
             if not rec or rec.get("state") != "running" or not rec.get("started_at"):
                 continue
             limit = limit_secs(j.get("timeout_secs"), env.slurm.time)
@@ -266,6 +301,16 @@ class SlurmBackend(Backend):
             except ValueError:
                 continue
         return min(due) if due else None
+
+    def end_watch(self, env: SweepEnv, m: Campaign, running: list[str]) -> Callable[[], bool] | None:
+        """New end markers in the live jobs' folders (a listing each, no scheduler call)."""
+        dirs = [TaskPaths(env.tasks().paths(k).root).ended for k in m.jobs if not self._record_final(env, k)]
+        seen = {d: _listing(d) for d in dirs}
+
+        def ended() -> bool:
+            return any(_listing(d) - was for d, was in seen.items())
+
+        return ended if dirs else None
 
     def _record_final(self, env: SweepEnv, key: str) -> bool:
         rec = _status(env, key)

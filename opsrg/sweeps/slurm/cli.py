@@ -30,7 +30,7 @@ ${directives}
 set -uo pipefail
 export TMPDIR="$${TMPDIR:-/tmp}/opsrg-$${SLURM_JOB_ID:-0}"
 mkdir -p "$$TMPDIR"
-trap 'rm -rf "$$TMPDIR"' EXIT
+trap 'rc=$$?; rm -rf "$$TMPDIR"; ${on_exit}' EXIT
 ${body}"""
 
 # Scheduler state -> task state. Final states are cached by the watcher.
@@ -318,7 +318,17 @@ def check_log_path(log: str) -> str:
     return log
 
 
-def render(template: str, *, key: str, campaign: str, log: str, directives: list[str], body: str) -> str:
+def end_marker_command(ended_dir: str) -> str:
+    """What the script's EXIT trap runs (inside its single quotes; ``$rc``: the script's status):
+    the element's end marker, an empty file ``<index>.<restart>``. Only a sign that it ended, for
+    a waiting monitor to look now: how it ended (a signal leaves no status here) is the scheduler's."""
+    d = re.sub(r'([\\$`"])', r"\\\1", ended_dir)  # a double-quoted word when the trap runs
+    return (f'mkdir -p "{d}" 2>/dev/null && : > "{d}/${{SLURM_ARRAY_TASK_ID:-0}}.${{SLURM_RESTART_COUNT:-0}}" '
+            '2>/dev/null; exit $rc')
+
+
+def render(template: str, *, key: str, campaign: str, log: str, directives: list[str], body: str,
+           ended_dir: str = "") -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:64]
     check_log_path(log)
     for what, v in (("campaign id", campaign), ("job key", key)):
@@ -328,8 +338,10 @@ def render(template: str, *, key: str, campaign: str, log: str, directives: list
     for d in directives:
         if "\n" in d or "\r" in d:
             raise InputError(f"Slurm script: directive {d!r} contains a newline")
+    # a template of the user's own without ${on_exit} leaves no markers: ends are then seen by polling
+    on_exit = end_marker_command(ended_dir) if ended_dir else "exit $rc"
     return string.Template(template).substitute(job_name=name, log=log, directives="\n".join(directives),
-                                                campaign=campaign, key=key, body=body)
+                                                campaign=campaign, key=key, body=body, on_exit=on_exit)
 
 
 def load_template(name: str = "job.sbatch") -> str:
