@@ -6,7 +6,8 @@ For each N: the plain-sbatch floor (one ``sbatch --array`` of ``true``, until sq
 then opsrg (N shell rows of ``true``: ``sweep-start``, then ``sweep-monitor --wait``), as the ratio
 of the two walls and opsrg's submit wall. Then the delay from Slurm's final state of an element
 (sacct's End) to opsrg's record of it (the run manifest's completed_at) for a COMPLETED, a
-FAILED, a TIMEOUT and an externally scancel'ed CANCELLED row, with a monitor waiting throughout.
+FAILED, a TIMEOUT and an externally scancel'ed CANCELLED row, and a COMPLETED one at 100 s (when the
+monitor's own polls have backed off to 30 s), with a monitor waiting throughout.
 A throw-away project per measurement; jobs are cancelled at the end.
 """
 
@@ -78,8 +79,9 @@ def ends(parallelism: int) -> dict:
     from opsrg.core.clock import parse_iso
 
     rows = (f"ok,{SHELL},1,\"command='sleep 5'\",\nfail,{SHELL},2,\"command='sleep 5; exit 3'\",\n"
-            f"slow,{SHELL},3,\"command='sleep 300' timeout_secs=60\",\ncancel,{SHELL},4,\"command='sleep 300'\",\n")
-    root, env = _project(max(parallelism, 4), rows)
+            f"slow,{SHELL},3,\"command='sleep 300' timeout_secs=60\",\ncancel,{SHELL},4,\"command='sleep 300'\",\n"
+            f"late,{SHELL},5,\"command='sleep 100'\",\n")  # ends when the monitor's polls are 30 s apart
+    root, env = _project(max(parallelism, 5), rows)
     try:
         assert _opsrg(env, "sweep-start").returncode == 0
         monitor = subprocess.Popen([str(BIN / "opsrg"), "sweep-monitor", "--wait"], env=env,
@@ -95,7 +97,7 @@ def ends(parallelism: int) -> dict:
         subprocess.run(["scancel", manifest("cancel")["job_ids"][0]], check=True)  # as a user or admin would
         monitor.wait(timeout=600)
         delays = {}
-        for rid in ("ok", "fail", "slow", "cancel"):
+        for rid in ("ok", "fail", "slow", "cancel", "late"):
             m = manifest(rid)
             job = m["job_ids"][0]
             end = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", "End,State"], capture_output=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -173,7 +174,9 @@ def test_packed_shell_array_keeps_a_multi_line_command_verbatim(tmp_path):
 def test_slurm_log_path_refused_unless_sbatch_reads_it_as_one_value(tmp_path):
     for name, h in hostile(tmp_path).items():
         log = f"{tmp_path}/{h}/_tasks/k/stdout-%a.log"
-        kw = dict(key="k", campaign="c1", log=log, directives=["#SBATCH --time=00:01:00"], body="echo body ran\n")
+        ended = f"{tmp_path}/{h}/_tasks/k/ended"
+        kw = dict(key="k", campaign="c1", log=log, directives=["#SBATCH --time=00:01:00"], body="echo body ran\n",
+                  ended_dir=ended)
         if DIRECTIVE_UNSAFE.search(log):
             with pytest.raises(InputError) as e:
                 render(DEFAULT_TEMPLATE, **kw)
@@ -184,9 +187,30 @@ def test_slurm_log_path_refused_unless_sbatch_reads_it_as_one_value(tmp_path):
         assert f"#SBATCH --output={log}\n" in script and f"#SBATCH --error={log}\n" in script
         # what sbatch reads: the directive up to the first whitespace is the whole path
         assert all(len(ln.split()) == 2 for ln in script.splitlines() if ln.startswith("#SBATCH"))
-        r = _bash(script, tmp_path, TMPDIR=str(tmp_path))
+        r = _bash(script, tmp_path, TMPDIR=str(tmp_path), SLURM_ARRAY_TASK_ID="3")
         assert r.returncode == 0 and r.stdout == "body ran\n", r.stderr
+        assert os.listdir(ended) == ["3.0"], name  # the end marker, at that very path (the EXIT trap)
     no_pwned(tmp_path)
+
+
+def test_a_slurm_script_leaves_its_end_marker_however_it_ends(tmp_path):
+    ended = tmp_path / "_tasks" / "k" / "ended"
+    kw = dict(key="k", campaign="c1", log=f"{tmp_path}/_tasks/k/stdout-%a.log", directives=[],
+              ended_dir=str(ended))
+    r = _bash(render(DEFAULT_TEMPLATE, body="exit 3\n", **kw), tmp_path, TMPDIR=str(tmp_path),
+              SLURM_ARRAY_TASK_ID="4", SLURM_RESTART_COUNT="1")
+    assert r.returncode == 3 and sorted(os.listdir(ended)) == ["4.1"]  # its status kept
+    script = tmp_path / "job.sh"
+    script.write_text(render(DEFAULT_TEMPLATE, body="sleep 60\n", **kw))
+    p = subprocess.Popen(["bash", str(script)], env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True)
+    retry_until(lambda: any("sleep" in x for x in os.popen(f"pgrep -g {p.pid} -a").read().splitlines()), 10,
+                what="the job's command")
+    os.killpg(p.pid, signal.SIGTERM)  # as Slurm signals a job at its time limit or scancel
+    p.wait(10)
+    assert sorted(os.listdir(ended)) == ["0.0", "4.1"]
+    # a template of the user's own without ${on_exit} still renders and runs; it leaves no marker
+    r = _bash(render("#!/bin/bash\n${body}", body="true\n", **kw), tmp_path, SLURM_ARRAY_TASK_ID="5")
+    assert r.returncode == 0 and sorted(os.listdir(ended)) == ["0.0", "4.1"]
 
 
 def test_slurm_pattern_characters_only_in_the_file_name(tmp_path):

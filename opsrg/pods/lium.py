@@ -251,6 +251,21 @@ def _find(pods: list[dict[str, Any]], pod_id: str) -> dict[str, Any] | None:
     return next((p for p in pods if p.get("id") == pod_id), None)
 
 
+def _rented_since(pods: list[dict[str, Any]], name: str, since: float) -> list[dict[str, Any]]:
+    """The pods named ``name`` that were created after ``since`` (a minute's slack for clocks)."""
+    from opsrg.core.clock import parse_iso
+
+    out = []
+    for pod in pods:
+        try:
+            created = parse_iso(str(pod.get("created_at")))
+        except ValueError:
+            continue
+        if pod.get("name") == name and created >= since - 60:
+            out.append(pod)
+    return out
+
+
 def _dead(ctx, pod: dict[str, Any]) -> HostError:
     return HostError(f"lium pod {pod.get('name')!r} (id {pod.get('id')}) is {pod.get('status')}: it will not start",
                      hint="give it back with: inv pod-down; then rent another with: inv pod-up")
@@ -290,7 +305,18 @@ def up(ctx, *, poll: float = 5.0) -> dict[str, Any]:
         record_path(ctx).unlink(missing_ok=True)  # gone (removed, expired): rent a new one
     timeout = max(1, int(s.lium_up_timeout_secs))
     argv = up_argv(s, timeout)
-    p = _call(argv, timeout=timeout + CALL_GRACE_SECS)
+    started = time.time()
+    try:
+        p = _call(argv, timeout=timeout + CALL_GRACE_SECS)
+    except HostError as e:  # lium itself hung past its own --timeout: find what it rented, record it
+        mine = _rented_since(list_pods(), s.lium_pod_name, started)
+        if len(mine) == 1:
+            _record(ctx, mine[0], error=str(e.message))
+            e.hint = "the pod it rented is recorded: inv pod-up waits for it, inv pod-down gives it back"
+        elif mine:
+            e.hint = (f"lium lists {len(mine)} new pods named {s.lium_pod_name!r} (ids "
+                      f"{', '.join(str(x.get('id')) for x in mine)}): remove them with `lium rm ID`")
+        raise
     if p.returncode != 0:
         err = LiumError.parse(p.returncode, p.stdout, p.stderr)
         if err.data.get("pod_id"):  # a pod was rented: it costs money until removed, so it is recorded

@@ -233,3 +233,15 @@ def test_missing_lium_cli_is_a_config_error(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match="lium-io"):
         lium.list_pods()
+
+
+def test_a_rent_that_outlived_opsrgs_bound_finds_its_own_pod():
+    """lium hung past its own --timeout: the pod it rented is the one named so and created since."""
+    pods = [{"id": "old", "name": "opsrg", "created_at": "2026-12-01T10:00:00+00:00"},
+            {"id": "new", "name": "opsrg", "created_at": "2026-12-01T12:00:30+00:00"},
+            {"id": "other", "name": "theirs", "created_at": "2026-12-01T12:00:31+00:00"},
+            {"id": "odd", "name": "opsrg", "created_at": None}]
+    from opsrg.core.clock import parse_iso
+
+    since = parse_iso("2026-12-01T12:00:00+00:00")
+    assert [p["id"] for p in lium._rented_since(pods, "opsrg", since)] == ["new"]

@@ -181,3 +181,16 @@ def test_ledger_verify_accepts_an_element_of_a_listed_array(tmp_path):
                           ledger.entry("c", "a", "a.RG1.gen", "587_0", "requeued by Slurm after PREEMPTED (attempt 2)"),
                           ledger.entry("c", "a", "a.RG1.gen", "588_0", "requeued by Slurm after PREEMPTED (attempt 2)")])
     assert ledger.verify(paths) == ["row 3: a: job 588_0 (a.RG1.gen) not in its run manifest"]
+
+
+def test_the_monitor_looks_again_soon_after_an_end_is_due(monkeypatch):
+    """An element's end marker or a job's time limit (wake_at): polls close together for a while."""
+    from opsrg.sweeps import commands
+
+    monkeypatch.setattr(commands.time, "time", lambda: 1000.0)
+    assert commands._due(30.0, None) == 30.0
+    assert commands._due(30.0, 1010.0) == 10.5  # a limit ahead: look just after it
+    assert commands._due(30.0, 999.0) == 0.5  # just ended (a marker), Slurm not saying so yet
+    assert commands._due(30.0, 950.0) == 1.0  # within two minutes of a limit (KillWait)
+    assert commands._due(30.0, 800.0) == 30.0  # then the backed-off delay again
+    assert commands._due(0.2, 999.0) == 0.2

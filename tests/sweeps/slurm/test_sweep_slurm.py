@@ -93,6 +93,9 @@ def test_tiny_sweep_on_slurm_gives_the_tmux_histograms(timeout_sweep, slurm_clus
     assert st["a"]["state"] == st["e"]["state"] == "completed" and st["a"]["summary_ok"]
     assert len(st["a"]["job_ids"]) == 4 and len(st["e"]["job_ids"]) == 2
     # the same task record as a tmux task, from the scheduler
+    # each element left its end marker (what a waiting monitor watches)
+    assert sorted(p.name for p in (tmp_path / "s" / "outputs" / "_tasks" / "a.RG1.gen" / "ended").iterdir()) == [
+        "0.0", "1.0"]
     gen = record(tmp_path / "s", "a.RG1.gen")
     assert gen["runner"] == "slurm" and gen["state"] == "success" and gen["exit_code"] == 0
     assert set(gen["slurm"]["elements"]) == {f"{started['jobs']['a.RG1.gen']}_{i}" for i in range(2)}
