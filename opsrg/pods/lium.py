@@ -184,7 +184,13 @@ def record_path(ctx) -> Path:
 
 
 def known_hosts_path(ctx, pod_id: str) -> Path:
-    return ctx.loaded.local_path(KNOWN_HOSTS_DIR) / pod_id
+    """The pod's own known_hosts file; an id that is no plain file name (``..``, a slash) is hashed."""
+    import hashlib
+    import re
+
+    name = pod_id if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", pod_id) else \
+        "id-" + hashlib.sha256(pod_id.encode()).hexdigest()[:32]
+    return ctx.loaded.local_path(KNOWN_HOSTS_DIR) / name
 
 
 def read_record(ctx) -> dict[str, Any] | None:

@@ -245,3 +245,17 @@ def test_a_rent_that_outlived_opsrgs_bound_finds_its_own_pod():
 
     since = parse_iso("2026-12-01T12:00:00+00:00")
     assert [p["id"] for p in lium._rented_since(pods, "opsrg", since)] == ["new"]
+
+
+def test_a_pod_id_never_names_a_file_outside_its_folder(tmp_path):
+    class Ctx:
+        class loaded:  # noqa: N801 - the shape of ctx.loaded
+            @staticmethod
+            def local_path(p):
+                return tmp_path / p
+
+    folder = tmp_path / lium.KNOWN_HOSTS_DIR
+    assert lium.known_hosts_path(Ctx, "649b8c8e-3bc6") == folder / "649b8c8e-3bc6"
+    for evil in ("../../etc/passwd", "/abs", ".hidden", "a/b"):
+        p = lium.known_hosts_path(Ctx, evil)
+        assert p.parent == folder and p.name.startswith("id-"), evil
