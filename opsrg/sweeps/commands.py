@@ -362,20 +362,18 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
 
 
 def _due(delay: float, wake_at: float | None) -> float:
-    """``delay``, cut short at an end due (``wake_at``), then every half second for ten seconds and
-    every second for two minutes after it."""
+    """``delay``, cut short at an end due (``wake_at``), then once a second for two minutes after it.
+    (Each look is one scheduler query and a pass over the campaign's records: at 200 elements ending
+    one after another, polls twice a second took CPU from the jobs themselves, 1.06x the floor.)"""
     if not wake_at:
         return delay
     left = wake_at - time.time()
     if left > 0:
-        return min(delay, left + 0.5)
-    if left > -SOON_WATCH:
-        return min(delay, 0.5)
+        return min(delay, left + 1.0)
     return min(delay, 1.0) if left > -TIMEOUT_WATCH else delay
 
 
 NAP_STEP = 0.2
-SOON_WATCH = 10.0  # an end marker's element or a time limit just passed: the scheduler says so within seconds
 TIMEOUT_WATCH = 120.0  # seconds after a job's limit during which the monitor polls each second
 # (Slurm ends an over-limit job within its KillWait, 30 s by default, of the limit)
 

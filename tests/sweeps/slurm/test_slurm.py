@@ -189,8 +189,8 @@ def test_the_monitor_looks_again_soon_after_an_end_is_due(monkeypatch):
 
     monkeypatch.setattr(commands.time, "time", lambda: 1000.0)
     assert commands._due(30.0, None) == 30.0
-    assert commands._due(30.0, 1010.0) == 10.5  # a limit ahead: look just after it
-    assert commands._due(30.0, 999.0) == 0.5  # just ended (a marker), Slurm not saying so yet
+    assert commands._due(30.0, 1010.0) == 11.0  # a limit ahead: look just after it
+    assert commands._due(30.0, 999.0) == 1.0  # just ended (a marker), Slurm not saying so yet
     assert commands._due(30.0, 950.0) == 1.0  # within two minutes of a limit (KillWait)
     assert commands._due(30.0, 800.0) == 30.0  # then the backed-off delay again
     assert commands._due(0.2, 999.0) == 0.2
