@@ -94,7 +94,7 @@ class Context:
         if s.pod_provider == "lium":
             from opsrg.pods import lium
 
-            target, known_hosts = lium.recorded_target(self), lium.recorded_known_hosts(self)
+            target, known_hosts = lium.recorded_host(self)
         else:
             target = SSHTarget.parse(s.ops_default_host, key=s.ops_ssh_key)
         return SSHHost(

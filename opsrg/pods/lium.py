@@ -217,20 +217,17 @@ def _record(ctx, pod: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return rec
 
 
-def recorded_target(ctx) -> SSHTarget:
+def recorded_host(ctx) -> tuple[SSHTarget, Path]:
+    """How to reach the recorded pod, and the known_hosts file of its own."""
     rec = read_record(ctx)
     if rec is None:
         raise ConfigError(f"no lium pod recorded in {record_path(ctx)}", hint="inv pod-up")
     if not rec.get("host"):
         raise ConfigError(f"lium pod {rec.get('name')!r} (id {rec.get('id')}) is not running yet "
                           f"(recorded {rec.get('status') or 'starting'})", hint="inv pod-up")
-    return SSHTarget(host=rec["host"], user=rec.get("user", "root"), port=int(rec.get("port", 22)),
-                     key=ctx.s.ops_ssh_key or lium_ssh_key())
-
-
-def recorded_known_hosts(ctx) -> Path:
-    rec = read_record(ctx) or {}
-    return known_hosts_path(ctx, str(rec["id"])) if rec.get("id") else ctx.loaded.local_path(ctx.s.ops_known_hosts)
+    target = SSHTarget(host=rec["host"], user=rec.get("user", "root"), port=int(rec.get("port", 22)),
+                       key=ctx.s.ops_ssh_key or lium_ssh_key())
+    return target, known_hosts_path(ctx, str(rec["id"]))
 
 
 def lium_ssh_key() -> str:
@@ -272,29 +269,30 @@ def _rented_since(pods: list[dict[str, Any]], name: str, since: float) -> list[d
     return out
 
 
-def _dead(ctx, pod: dict[str, Any]) -> HostError:
+def _dead(pod: dict[str, Any]) -> HostError:
     return HostError(f"lium pod {pod.get('name')!r} (id {pod.get('id')}) is {pod.get('status')}: it will not start",
                      hint="give it back with: inv pod-down; then rent another with: inv pod-up")
 
 
-def _wait(ctx, pod_id: str, budget: float, poll: float) -> dict[str, Any]:
-    """A recorded pod that is still starting: poll `lium ps` until it runs or can no longer."""
-    t0 = time.monotonic()
+def _wait(ctx, pod: dict[str, Any], budget: float, poll: float, **extra: Any) -> dict[str, Any]:
+    """Record the pod as listed; while it is still starting, poll `lium ps` until it runs or can no
+    longer. Returns the record of a running pod."""
+    pod_id, t0 = pod.get("id"), time.monotonic()
     while True:
-        pod = _find(list_pods(), pod_id)
-        if pod is None:
-            raise HostError(f"lium pod {pod_id} is no longer listed by `lium ps`", hint="inv pod-down; inv pod-up")
         state = classify(pod)
-        if state != "starting":
-            _record(ctx, pod)
+        if state != "starting" or time.monotonic() - t0 > budget:
+            rec = _record(ctx, pod, **extra)
+            if state == "ready":
+                return rec
             if state == "dead":
-                raise _dead(ctx, pod)
-            return pod
-        if time.monotonic() - t0 > budget:
-            _record(ctx, pod)
+                raise _dead(pod)
             raise HostError(f"lium pod {pod.get('name')!r} (id {pod_id}) is not running after {budget:g}s "
                             f"({pod.get('status')})", hint="it is recorded: inv pod-up waits again, inv pod-down removes it")
         time.sleep(poll)
+        listed = _find(list_pods(), str(pod_id))
+        if listed is None:
+            raise HostError(f"lium pod {pod_id} is no longer listed by `lium ps`", hint="inv pod-down; inv pod-up")
+        pod = listed
 
 
 def up(ctx, *, poll: float = 5.0) -> dict[str, Any]:
@@ -303,11 +301,8 @@ def up(ctx, *, poll: float = 5.0) -> dict[str, Any]:
     rec = read_record(ctx)
     if rec and rec.get("id"):
         pod = _find(list_pods(), rec["id"])
-        if pod is not None:
-            if classify(pod) == "dead":
-                _record(ctx, pod)
-                raise _dead(ctx, pod)
-            return _record(ctx, _wait(ctx, rec["id"], s.lium_up_timeout_secs, poll))
+        if pod is not None:  # reused when running, waited for while starting, reported when dead
+            return _wait(ctx, pod, s.lium_up_timeout_secs, poll)
         record_path(ctx).unlink(missing_ok=True)  # gone (removed, expired): rent a new one
     timeout = max(1, int(s.lium_up_timeout_secs))
     argv = up_argv(s, timeout)
@@ -334,13 +329,11 @@ def up(ctx, *, poll: float = 5.0) -> dict[str, Any]:
                             hint="it is recorded: inv pod-up tries it again, inv pod-down gives it back")
         raise _failed(argv, err)
     try:
-        pod = json.loads(p.stdout)["pod"]
+        out = json.loads(p.stdout)
+        pod = out["pod"]
     except (ValueError, KeyError, TypeError):
         raise HostError(f"`lium up --json` printed no pod: {p.stdout[:300]!r}") from None
-    rec = _record(ctx, pod, termination_time=json.loads(p.stdout).get("termination_time"))
-    if not rec.get("host"):
-        return _record(ctx, _wait(ctx, rec["id"], s.lium_up_timeout_secs, poll))
-    return rec
+    return _wait(ctx, pod, s.lium_up_timeout_secs, poll, termination_time=out.get("termination_time"))
 
 
 def down(ctx) -> str:

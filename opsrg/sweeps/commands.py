@@ -337,7 +337,7 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
     Slurm's end markers). ``sleep``: a stand-in for
     those waits (tests). Past ``timeout`` seconds it raises :class:`StillRunning`.
     """
-    t0, seen = time.monotonic(), None
+    t0, seen, env = time.monotonic(), None, None
     delays = backoff(slow=10.0, cap=30.0)
     while True:
         m, rows, v = monitor(ctx, campaign)
@@ -355,7 +355,7 @@ def follow(ctx, campaign: str | None = None, *, wait: bool = True, every: float 
         if sleep is not None:
             sleep(delay)
         elif every is None and not remote.is_remote(ctx) and (
-                watch := backend_for(m.backend).end_watch(SweepEnv.from_context(ctx), m, v["running"])):
+                watch := backend_for(m.backend).end_watch(env := env or SweepEnv.from_context(ctx), m, v["running"])):
             _nap(delay, watch)
         else:
             time.sleep(delay)

@@ -48,7 +48,7 @@ from opsrg.sweeps.slurm.cli import (
 from opsrg.sweeps.slurm.requeue import RequeuePolicy
 from opsrg.sweeps.slurm.watcher import Watcher, expected_elements
 from opsrg.tracked import supervisor
-from opsrg.tracked.records import TaskPaths, TaskState, read_tail
+from opsrg.tracked.records import TaskState, read_tail
 
 
 def _status(env: SweepEnv, key: str) -> dict[str, Any] | None:
@@ -101,7 +101,7 @@ def _listing(folder: str) -> set[str]:
 def _unrecorded_end(env: SweepEnv, key: str, j: dict[str, Any], rec: dict[str, Any]) -> float | None:
     """When an element of job ``key`` left the end marker of its current attempt that its record
     does not show final yet (the earliest such marker's time), or None."""
-    folder = TaskPaths(env.tasks().paths(key).root).ended
+    folder = env.tasks().paths(key).ended
     marks = _listing(folder)
     if not marks:
         return None
@@ -167,12 +167,13 @@ class SlurmBackend(Backend):
         return plan_slurm(sweep, max_array_size=max_array, progress=prog, only=set(todo))
 
     def script(self, env: SweepEnv, m: Campaign, job: Job, template: str | None = None) -> str:
-        tdir = env.tasks().paths(job.key).root
+        tp = env.tasks().paths(job.key)
+        tdir = tp.root
         arr = array_spec(job.tasks, env.slurm.array_parallelism) if job.tasks is not None else ""
         return render(template or load_template(), key=job.key, campaign=m.campaign, log=_log(tdir, job),
                       directives=env.slurm.for_job(job.resources).directives(
                           time_directive(job.timeout_secs, env.slurm.time), arr),
-                      body=job.body, ended_dir=TaskPaths(tdir).ended)
+                      body=job.body, ended_dir=tp.ended)
 
     def plan(self, env: SweepEnv, m: Campaign, todo: list[str],
              fresh: frozenset[str] = frozenset()) -> tuple[list[PlannedJob], dict[str, Any]]:
@@ -303,8 +304,10 @@ class SlurmBackend(Backend):
         return min(due) if due else None
 
     def end_watch(self, env: SweepEnv, m: Campaign, running: list[str]) -> Callable[[], bool] | None:
-        """New end markers in the live jobs' folders (a listing each, no scheduler call)."""
-        dirs = [TaskPaths(env.tasks().paths(k).root).ended for k in m.jobs if not self._record_final(env, k)]
+        """New end markers in the folders of the jobs that work for ``running`` runs (a listing each,
+        no scheduler call)."""
+        live = set(running)
+        dirs = [env.tasks().paths(k).ended for k, j in m.jobs.items() if live.intersection(j["runs"])]
         seen = {d: _listing(d) for d in dirs}
 
         def ended() -> bool:
