@@ -20,15 +20,12 @@ def _run(op: str, args: dict[str, Any]) -> Any:
 
     ctx = Context.load()
     if op == "start":
-        if _checkout_python(ctx):  # the RG study's checkout: its venv runs the driver and the RG rows
-            os.environ["SWEEP_PYTHON"] = _checkout_python(ctx)
+        if py := _checkout_python(ctx):  # the RG study's checkout: its venv runs the driver and the RG rows
+            os.environ["SWEEP_PYTHON"] = py
             ctx = Context.load()
-        out = commands.start(ctx, args.get("csv"), args.get("backend"), resume=bool(args.get("resume")),
-                             dry_run=bool(args.get("dry_run")), force=bool(args.get("force")))
-        if not args.get("dry_run") and not out.get("resumed" if args.get("resume") else "runs"):
-            m, _, v = commands.monitor(ctx, out["campaign"])  # nothing to run: its verdict now, for the client
-            out["verdict"] = {"done": v["done"], "failed": v["failed"], "rows": len(m.rows)}
-        return out
+        # with nothing to run, the answer carries the campaign's verdict for the client's state
+        return commands.start(ctx, args.get("csv"), args.get("backend"), resume=bool(args.get("resume")),
+                              dry_run=bool(args.get("dry_run")), force=bool(args.get("force")))
     if op == "monitor":
         m, rows, verdict = commands.monitor(ctx, args.get("campaign"), args.get("metrics"))
         return {"campaign": m.to_json(), "rows": rows, "verdict": verdict}

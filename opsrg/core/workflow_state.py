@@ -150,18 +150,22 @@ class StateStore:
             os.close(fd)
 
     def set(self, target: State, command: str, *, expect: State | None = None, note: str = "") -> WorkflowState:
-        """Move to ``target`` under the lock; with ``expect``, only from that state."""
+        """Move to ``target`` under the lock; with ``expect``, only from that state (or none at all when
+        it moved meanwhile to ``target`` itself: a sweep-cancel racing the sweep's own end, recorded
+        by a monitor, finds its outcome already there, nothing to overwrite)."""
         with locked(self.path):
             return self._set_locked(target, command, expect=expect, note=note)
 
     def _set_locked(self, target: State, command: str, *, expect: State | None = None,
                     note: str = "") -> WorkflowState:
         ws = self.read()
-        if expect is not None and ws.state != expect:
+        if expect is not None and ws.state not in (expect, target):
             raise IllegalStateError(
                 f"workflow state changed from {expect.value} to {ws.state.value} while "
                 f"'{command}' ran (by '{ws.command}' at {ws.updated_at}); not overwriting it"
             )
+        if expect is not None and ws.state == target != expect:
+            return ws
         entry = {
             "from": ws.state.value,
             "to": target.value,
@@ -214,13 +218,7 @@ class StateStore:
         yield ws
         target = fsm.target_of(command, ws.state) if msg is None else fsm.rule_for(command).target
         if target is not None and target != ws.state:
-            try:
-                self.set(target, command, expect=ws.state)
-            except IllegalStateError:
-                # moved meanwhile to where this command leads (a sweep-cancel racing the sweep's
-                # own end, recorded by a monitor): that is its outcome, nothing to overwrite
-                if self.read().state != target:
-                    raise
+            self.set(target, command, expect=ws.state)
 
 
 def _refuse(command: str, state: State, enforce: bool) -> str | None:

@@ -157,8 +157,11 @@ def check_rg_runs(root: Path, fix: bool) -> Iterator[Finding]:
         yield f
 
 
-def check_sweep(ctx: Context, fix: bool, fsm: bool = True, out: dict | None = None) -> Iterator[Finding]:
-    """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs."""
+def check_sweep(ctx: Context, fix: bool, out: dict | None = None) -> Iterator[Finding]:
+    """The latest sweep: manifests that lag their tasks or the scheduler, an FSM that lags its runs.
+
+    With ``out`` (on a pod, for its client): the campaign's verdict goes there, and the workflow
+    state, which is the client's, is left to the client."""
     from opsrg.core.errors import OpsError
     from opsrg.core.fsm import State
     from opsrg.sweeps import runs
@@ -206,11 +209,9 @@ def check_sweep(ctx: Context, fix: bool, fsm: bool = True, out: dict | None = No
     yield from _dedupe(lagging)
     done, failed, live = verdict(env.paths, m)
     launched = launch.get("state") == LaunchState.LAUNCHED
-    if out is not None:  # for the client, who judges its own workflow state by it
-        out.update(id=camp, done=done, failed=failed, live=live, launched=launched, lagging=bool(lagging))
-    # on a pod whose workflow state is its client's (``fsm`` False), the client judges that part
+    # on a pod (``out``) the workflow state is its client's: the client judges that part
     fsm_finding, others = fsm_findings(ctx.store.read().state, camp, done, failed, live, bool(lagging),
-                                       launched) if fsm else (None, [])
+                                       launched) if out is None else (None, [])
     yield from others
     if launch_finding:
         yield launch_finding
@@ -220,6 +221,10 @@ def check_sweep(ctx: Context, fix: bool, fsm: bool = True, out: dict | None = No
             f.fixed = runs.state_of(env.paths, f.subject.split("/", 1)[1]) in FINAL
         if fsm_finding:
             fsm_finding.fixed = ctx.store.read().state != State.SWEEP_RUNNING
+        done, failed, live = verdict(env.paths, m)  # what the fix left, for the client below
+    if out is not None:  # for the client, who judges its own workflow state by it
+        out.update(id=camp, done=done, failed=failed, live=live, launched=launched,
+                   lagging=any(not f.fixed for f in lagging))
     if fsm_finding:
         yield fsm_finding
 
@@ -248,7 +253,7 @@ def pod_side(ctx: Context, fix: bool) -> dict:
     client reads those over SSH) and the workflow state (the client's), plus the campaign's
     verdict for the client to judge its state by."""
     campaign: dict = {}
-    findings = list(check_sweep(ctx, fix, fsm=False, out=campaign))
+    findings = list(check_sweep(ctx, fix, out=campaign))
     root = Path(ctx.outputs_dir)
     if root.exists():
         for name in ("temp files", "locks", "rg runs"):

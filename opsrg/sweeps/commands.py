@@ -130,12 +130,20 @@ def start(ctx, csv: str | None = None, backend: str | None = None, *, resume: bo
         discard(env, m)
         raise
     launch_runs(env, m, be, todo)
+    out = {"campaign": sweep.campaign, "backend": backend, "runs": todo,
+           "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.replaced,
+           "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m.csv_copy,
+           "jobs": {k: j["job_id"] for k, j in m.jobs.items()}}
     if not todo:  # every row reused: the sweep ends now, not at the next monitor pass
-        _move_fsm(ctx, env, m)
-    return {"campaign": sweep.campaign, "backend": backend, "runs": todo,
-            "reused": {k: u["identity"] for k, u in reused.items()}, "replaced": m.replaced,
-            "manifest": str(paths.sweep_manifest(sweep.campaign)), "csv_copy": m.csv_copy,
-            "jobs": {k: j["job_id"] for k, j in m.jobs.items()}}
+        out["verdict"] = _verdict_now(ctx, env, m)
+    return out
+
+
+def _verdict_now(ctx, env: SweepEnv, m: Campaign) -> dict[str, Any]:
+    """A launch with nothing to run: the campaign's verdict, the workflow state moved by it (and
+    for a client whose state is its own: opsrg.cli.pod)."""
+    done, failed, _ = _move_fsm(ctx, env, m)
+    return {"done": done, "failed": failed, "rows": len(m.rows)}
 
 
 def write_grid(ctx, g, out: str | None = None, *, force: bool = False) -> tuple[Path, list[dict[str, Any]]]:
@@ -211,9 +219,11 @@ def _resume(ctx, env: SweepEnv, backend: str | None, dry_run: bool) -> dict[str,
     else:
         m.launch.update(state=LaunchState.LAUNCHED, done_at=now_iso())
         write_manifest(env, m)
-        _move_fsm(ctx, env, m)  # nothing to redo: the sweep ends now
-    return {"campaign": m.campaign, "backend": m.backend, "resumed": todo,
-            "skipped": [rid for rid in m.run_ids if rid not in todo], "csv_changed": drift}
+    out = {"campaign": m.campaign, "backend": m.backend, "resumed": todo,
+           "skipped": [rid for rid in m.run_ids if rid not in todo], "csv_changed": drift}
+    if not todo:  # nothing to redo: the sweep ends now
+        out["verdict"] = _verdict_now(ctx, env, m)
+    return out
 
 
 def _move_fsm(ctx, env: SweepEnv, m: Campaign) -> tuple[bool, list[str], list[str]]:

@@ -245,8 +245,8 @@ def command_words(sweep: Sweep, row: SweepRow) -> list[str]:
 
 def command_body(sweep: Sweep, row: SweepRow, books: bool = True) -> str:
     """Bash for a command row: the user's program in their checkout, the project's venv first on
-    PATH; then summary.json (``opsrg.runs command-summary``: the program's own, if it wrote one;
-    ``books`` as for :func:`shell_body`)."""
+    PATH; then its books as :func:`wrap` keeps them (summary.json: the program's own, if it wrote
+    one; ``books`` as for :func:`shell_body`)."""
     od, repo = shlex.quote(sweep.out_dir(row.run_id)), shlex.quote(sweep.repo or sweep.out_dir(row.run_id))
     lines = [f"cd {repo} || exit 1",
              'if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; export VIRTUAL_ENV="$PWD/.venv"; fi',

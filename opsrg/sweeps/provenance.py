@@ -216,16 +216,6 @@ def end(meta_dir: str, summary: str, exit_code: int) -> dict[str, Any]:
     return finish_meta(meta_dir, ok=_summary_ok(summary) and exit_code == 0, exit_code=exit_code)
 
 
-def close(meta_dir: str, out_dir: str, mode: str, exit_code: int) -> tuple[int, str]:
-    """A script row's end: its summary.json (opsrg.sweeps.runs.write_summary), then meta.json's
-    end; the run's exit status, and why it differs from ``exit_code``."""
-    from opsrg.sweeps import runs
-
-    status, why = runs.write_summary(out_dir, mode, exit_code)
-    end(meta_dir, f"{out_dir}/summary.json", status)
-    return status, why
-
-
 def books(meta_dir: str, plan: dict[str, Any], out_dir: str, mode: str, exit_code: int, started_at: str) -> int:
     """A script row's books in one interpreter start, once its command (and a final sync) ended:
     what a Slurm job runs instead of ``begin``, a summary and ``end``. meta.json is written once,

@@ -212,14 +212,13 @@ def close_books(sweep, row, rec) -> tuple[bool, str, int | None]:
     ok, reason, exit_code = rec.state == TaskState.SUCCESS, _task_reason(rec), rec.exit_code
     if exit_code is None:  # killed: no verdict of the command's own
         return ok, reason, exit_code
-    if row.mode not in SCRIPT_MODES:  # an RG run writes its own summary
-        with contextlib.suppress(OSError, ValueError):
-            provenance.end(sweep.run_dir(row.run_id), f"{sweep.out_dir(row.run_id)}/{RunPaths.SUMMARY}", exit_code)
-        return ok, reason, exit_code
+    od = sweep.out_dir(row.run_id)
     with contextlib.suppress(OSError, ValueError):
-        exit_code, why = provenance.close(sweep.run_dir(row.run_id), sweep.out_dir(row.run_id), row.mode, exit_code)
-        if why:
-            ok, reason = False, f"task {row.run_id} exit code {exit_code}: {why}"
+        if row.mode in SCRIPT_MODES:  # an RG run writes its own summary
+            exit_code, why = runs.write_summary(od, row.mode, exit_code)
+            if why:
+                ok, reason = False, f"task {row.run_id} exit code {exit_code}: {why}"
+        provenance.end(sweep.run_dir(row.run_id), f"{od}/{RunPaths.SUMMARY}", exit_code)
     return ok, reason, exit_code
 
 

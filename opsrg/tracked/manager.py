@@ -28,10 +28,8 @@ from opsrg.tracked.records import ID_RE, TAIL_BYTES, TaskPaths, TaskRecord, read
 from opsrg.tracked.tmux import TmuxRunner
 
 SUPERVISOR_SOURCE = Path(supervisor.__file__)
+PROBE_EVERY = 2.0  # seconds between liveness probes of a task being waited on (its record is read each tick)
 
-
-
-PROBE_EVERY = 2.0  # seconds between liveness probes of a task being waited on (a file read each tick)
 
 class TaskManager:
     """Create, observe and stop the tracked tasks under one outputs folder of one host."""
